@@ -1,0 +1,576 @@
+"""Mercury's configuration: typed sections, layered sources, one clear line per problem.
+
+Sources, lowest to highest: built-in defaults < the YAML file < MERCURY_* environment
+variables < CLI flags. Secrets (chat tokens, signing secrets, model keys, the dashboard
+password) are read only from the environment or a `.env` file, never from the YAML file,
+so a config file can be shared or committed without leaking anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from dotenv import dotenv_values
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+ENV_PREFIX = "MERCURY_"
+ENV_NESTING = "__"
+DEFAULT_CONFIG_NAME = "mercury.yaml"
+
+# --------------------------------------------------------------------------- value types
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: Any) -> int:
+    """`512m`, `2g`, `64k` or a plain byte count -> bytes."""
+    if isinstance(value, bool):
+        raise PydanticCustomError(
+            "size", 'expected a size like 512m or 2g, got "{v}"', {"v": value}
+        )
+    if isinstance(value, int) and value > 0:
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            n = int(float(m.group(1)) * _SIZE_FACTORS[m.group(2).lower()])
+            if n > 0:
+                return n
+    raise PydanticCustomError("size", 'expected a size like 512m or 2g, got "{v}"', {"v": value})
+
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
+_DURATION_FACTORS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """`30s`, `10m`, `1h30m`, `250ms` or plain seconds -> seconds (float)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError(
+            "duration", 'expected a duration like 30s, 10m or 2h, got "{v}"', {"v": value}
+        )
+    if isinstance(value, int | float) and value > 0:
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        parts = _DURATION_RE.findall(text)
+        if parts and "".join(n + u for n, u in parts).lower() == text.lower():
+            seconds = sum(float(n) * _DURATION_FACTORS[u.lower()] for n, u in parts)
+            if seconds > 0:
+                return seconds
+        try:
+            if float(text) > 0:
+                return float(text)
+        except ValueError:
+            pass
+    raise PydanticCustomError(
+        "duration", 'expected a duration like 30s, 10m or 2h, got "{v}"', {"v": value}
+    )
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Section(BaseModel):
+    """Every section forbids unknown keys: a typo must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class ServerConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=1, le=65535)
+    # Public base URL (for Slack/Telegram webhooks, links in messages); none = not exposed.
+    public_url: str | None = None
+
+
+class LogConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: coloured console in a terminal, JSON lines otherwise.
+    format: Literal["auto", "console", "json"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+
+class TriggerConfig(Section):
+    # mention: only when the bot is mentioned; prefix: when a message starts with a prefix;
+    # always: every message in the conversation.
+    match: Literal["mention", "prefix", "always"] = "mention"
+    prefixes: list[str] = Field(default_factory=lambda: ["!mercury"])
+    direct_messages: bool = True
+    reply_to_bot: bool = True
+
+
+class ContainerConfig(Section):
+    image: str = "mercury-agent:latest"
+    base_image: str = "python:3.12-slim"
+    timeout: Duration = 600.0
+    memory: ByteSize = 1024**3
+    cpus: float = Field(1.0, gt=0)
+    pids: int = Field(256, ge=16)
+    tmpfs_size: ByteSize = 64 * 1024**2
+    # none: no network at all (the agent reaches its model through the host API socket);
+    # bridge or a named Docker network for agents that need the internet.
+    network: str = "none"
+    max_concurrency: int = Field(2, ge=1)
+    # Optional OCI runtime, e.g. runsc (gVisor).
+    runtime: str | None = None
+    # Extra environment variables granted to every run (never secrets).
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v) or v == "host":
+            raise PydanticCustomError(
+                "network",
+                'expected none, bridge or a Docker network name (not host), got "{v}"',
+                {"v": v},
+            )
+        return v
+
+
+class ModelLeg(Section):
+    provider: Literal["anthropic", "openai"]
+    model: str = Field(min_length=1)
+    # Any compatible endpoint: a proxy, OpenRouter, Ollama, vLLM. None = the provider's own.
+    base_url: str | None = None
+
+
+def _default_chain() -> list[ModelLeg]:
+    return [ModelLeg(provider="anthropic", model="claude-sonnet-4-5")]
+
+
+class ModelConfig(Section):
+    chain: list[ModelLeg] = Field(default_factory=_default_chain, min_length=1)
+    retries_per_leg: int = Field(2, ge=0, le=10)
+    budget: Duration = 300.0
+    max_turns: int = Field(40, ge=1)
+
+
+class SlackConfig(Section):
+    enabled: bool = False
+    # socket: Socket Mode, no public URL needed; http: Events API on /slack/events.
+    mode: Literal["socket", "http"] = "socket"
+    api_base_url: str = "https://slack.com/api/"
+
+
+class DiscordConfig(Section):
+    enabled: bool = False
+    api_base_url: str = "https://discord.com/api/v10"
+    gateway_url: str = "wss://gateway.discord.gg"
+
+
+class TelegramConfig(Section):
+    enabled: bool = False
+    mode: Literal["polling", "webhook"] = "polling"
+    api_base_url: str = "https://api.telegram.org/bot"
+    file_base_url: str = "https://api.telegram.org/file/bot"
+
+
+class WebChatConfig(Section):
+    enabled: bool = True
+    # Largest upload accepted by the web chat.
+    max_upload: ByteSize = 20 * 1024**2
+
+
+class AdaptersConfig(Section):
+    slack: SlackConfig = Field(default_factory=SlackConfig)
+    discord: DiscordConfig = Field(default_factory=DiscordConfig)
+    telegram: TelegramConfig = Field(default_factory=TelegramConfig)
+    web: WebChatConfig = Field(default_factory=WebChatConfig)
+
+
+class DashboardConfig(Section):
+    enabled: bool = True
+    username: str = "admin"
+    session_ttl: Duration = 12 * 3600.0
+
+
+class RateLimitsConfig(Section):
+    # Per user per space: at most `burst` triggering messages in `burst_window`.
+    burst: int = Field(5, ge=1)
+    burst_window: Duration = 60.0
+    # Runs per user per day, by role; null = unlimited.
+    daily: dict[str, int | None] = Field(default_factory=lambda: {"admin": None, "member": 200})
+
+
+class PermissionsConfig(Section):
+    # Seeded as admins in every space: "platform:user_id", e.g. "slack:U024BE7LH".
+    admins: list[str] = Field(default_factory=list)
+    default_role: str = "member"
+
+    @field_validator("admins")
+    @classmethod
+    def _admins(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not re.fullmatch(r"(slack|discord|telegram|web):\S+", item):
+                raise PydanticCustomError(
+                    "admin_id",
+                    'expected "platform:user_id" (platform slack, discord, telegram or web), '
+                    'got "{v}"',
+                    {"v": item},
+                )
+        return v
+
+
+class HistoryConfig(Section):
+    # How much recent conversation goes into each run's input.json.
+    turns: int = Field(20, ge=0)
+    max_chars: int = Field(20000, ge=0)
+
+
+class SchedulerConfig(Section):
+    enabled: bool = True
+    tick: Duration = 30.0
+    timezone: str = "UTC"
+
+
+class ExtensionsConfig(Section):
+    # Folder of operator-installed extensions (relative to the config file).
+    dir: Path = Path("extensions")
+    enabled: list[str] = Field(default_factory=list)
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class Config(Section):
+    """The whole configuration. `secrets` is filled from the environment only."""
+
+    # Names this install; containers are labelled with it so orphan cleanup never touches
+    # another instance's containers on the same engine.
+    instance: str = Field("mercury", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
+    data_dir: Path = Path("data")
+    # None = sqlite+aiosqlite:///<data_dir>/mercury.db
+    database_url: str | None = None
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    trigger: TriggerConfig = Field(default_factory=TriggerConfig)
+    container: ContainerConfig = Field(default_factory=ContainerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    adapters: AdaptersConfig = Field(default_factory=AdaptersConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
+    permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    extensions: ExtensionsConfig = Field(default_factory=ExtensionsConfig)
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise PydanticCustomError(
+                "database_url",
+                'expected sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB, got "{v}"',
+                {"v": v.split("://", 1)[0] + "://…" if "://" in v else v},
+            )
+        return v
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'mercury.db'}"
+
+
+# --------------------------------------------------------------------------- secrets
+
+# Secret name -> environment variable. These are the only places secrets come from.
+SECRET_ENV: dict[str, str] = {
+    "slack_bot_token": "MERCURY_SLACK_BOT_TOKEN",
+    "slack_app_token": "MERCURY_SLACK_APP_TOKEN",
+    "slack_signing_secret": "MERCURY_SLACK_SIGNING_SECRET",
+    "discord_bot_token": "MERCURY_DISCORD_BOT_TOKEN",
+    "telegram_bot_token": "MERCURY_TELEGRAM_BOT_TOKEN",
+    "telegram_webhook_secret": "MERCURY_TELEGRAM_WEBHOOK_SECRET",
+    "dashboard_password": "MERCURY_DASHBOARD_PASSWORD",
+    "anthropic_api_key": "ANTHROPIC_API_KEY",
+    "openai_api_key": "OPENAI_API_KEY",
+}
+
+
+class Secrets(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    slack_bot_token: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    discord_bot_token: SecretStr | None = None
+    telegram_bot_token: SecretStr | None = None
+    telegram_webhook_secret: SecretStr | None = None
+    dashboard_password: SecretStr | None = None
+    anthropic_api_key: SecretStr | None = None
+    openai_api_key: SecretStr | None = None
+
+    def present(self) -> set[str]:
+        return {k for k in SECRET_ENV if getattr(self, k) is not None}
+
+
+# Keys people will try to put in the YAML file; each answer says where they belong.
+_SECRET_LOOKALIKES = {
+    "token",
+    "bot_token",
+    "app_token",
+    "signing_secret",
+    "password",
+    "api_key",
+    "secret",
+    "webhook_secret",
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class ConfigError(Exception):
+    """A config that cannot start Mercury; `problems` has one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass
+class LoadedConfig:
+    config: Config
+    secrets: Secrets
+    path: Path | None  # the YAML file read, if any
+    sources: dict[str, str] = field(default_factory=dict)  # "container.memory" -> "MERCURY_…"
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
+    if explicit:
+        return Path(explicit)
+    if env.get("MERCURY_CONFIG"):
+        return Path(env["MERCURY_CONFIG"])
+    return Path(DEFAULT_CONFIG_NAME)
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        nxt = target.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            target[part] = nxt
+        target = nxt
+    target[path[-1]] = value
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are YAML scalars or flow collections: 2g, 8080, true, [a, b]."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        return raw
+
+
+def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """MERCURY_SECTION__KEY=value -> {"section": {"key": value}}; top-level keys by name."""
+    top_level = set(Config.model_fields)
+    secret_vars = set(SECRET_ENV.values())
+    data: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name in secret_vars or name == "MERCURY_CONFIG":
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        if ENV_NESTING in rest:
+            path = rest.split(ENV_NESTING)
+        elif rest in top_level:
+            path = [rest]
+        else:
+            continue  # not a config key (e.g. a tool's own MERCURY_* variable)
+        _set_path(data, path, _parse_env_value(raw))
+        sources[".".join(path)] = name
+    return data, sources
+
+
+def _suggest(word: str, candidates: Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model section at `loc` (for did-you-mean)."""
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = getattr(model, "model_fields", {}).get(part)
+        if info is None:
+            return []
+        ann = info.annotation
+        args = getattr(ann, "__args__", ())
+        model = next(
+            (a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(err: Mapping[str, Any], sources: Mapping[str, str]) -> str:
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err["type"]
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        if key in _SECRET_LOOKALIKES or any(s in key for s in ("token", "secret", "password")):
+            msg = (
+                "secrets are not read from the config file; set them in the environment "
+                "or .env (see docs/configuration.md#secrets)"
+            )
+        else:
+            msg = "unknown key" + _suggest(key, _fields_at(loc[:-1]))
+    elif kind in ("size", "duration", "network", "database_url", "admin_id"):
+        msg = err["msg"]
+    elif kind == "missing":
+        msg = "required key is missing"
+    elif kind == "literal_error":
+        msg = f'expected one of {ctx.get("expected", "")}, got "{_short(value)}"'
+    elif kind in ("int_parsing", "int_type", "int_from_float"):
+        msg = f'expected a whole number, got "{_short(value)}"'
+    elif kind in ("float_parsing", "float_type"):
+        msg = f'expected a number, got "{_short(value)}"'
+    elif kind in ("bool_parsing", "bool_type"):
+        msg = f'expected true or false, got "{_short(value)}"'
+    elif kind in ("string_type",):
+        msg = f'expected text, got "{_short(value)}"'
+    elif kind in ("list_type",):
+        msg = f'expected a list, got "{_short(value)}"'
+    elif kind in ("dict_type", "model_type", "model_attributes_type"):
+        msg = f'expected a mapping of keys, got "{_short(value)}"'
+    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        bound = {
+            "greater_than_equal": ">=",
+            "greater_than": ">",
+            "less_than_equal": "<=",
+            "less_than": "<",
+        }[kind]
+        limit = next(iter(ctx.values()), "")
+        msg = f'expected a number {bound} {limit}, got "{_short(value)}"'
+    elif kind == "string_pattern_mismatch":
+        msg = f'expected text matching {ctx.get("pattern")}, got "{_short(value)}"'
+    elif kind in ("too_short",):
+        msg = "must not be empty"
+    else:
+        msg = err["msg"][0].lower() + err["msg"][1:]
+    source = sources.get(".".join(str(p) for p in loc if not isinstance(p, int)))
+    return f"{path}: {msg}" + (f" (from {source})" if source else "")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{path}:{where}: {problem}"]) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a mapping of keys at the top level"])
+    return data
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The `.env` beside the config file (values only; the process env wins over it)."""
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    require_file: bool = False,
+) -> LoadedConfig:
+    """Build the config from defaults < file < environment (+ .env) < `overrides`.
+
+    `overrides` are CLI flags as a nested mapping. Raises ConfigError listing every problem.
+    """
+    process_env = dict(os.environ if env is None else env)
+    explicit = path is not None or "MERCURY_CONFIG" in process_env
+    cfg_path = find_config_path(path, process_env)
+    file_data: dict[str, Any] = {}
+    used_path: Path | None = None
+    if cfg_path.is_file():
+        file_data = _read_yaml(cfg_path)
+        used_path = cfg_path.resolve()
+    elif explicit or require_file:
+        raise ConfigError([f"{cfg_path}: config file not found (run `mercury init` to create one)"])
+
+    base_dir = used_path.parent if used_path else Path.cwd()
+    # The process environment wins over .env, as every dotenv user expects.
+    merged_env = {**read_env_file(base_dir / ".env"), **process_env}
+
+    env_data, sources = _env_overrides(merged_env)
+    data = _deep_merge(_deep_merge(file_data, env_data), overrides or {})
+    for key in overrides or {}:
+        sources.pop(key, None)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_describe(e, sources) for e in exc.errors()]) from None
+
+    # Relative paths are relative to the config file, not to wherever `mercury` was started.
+    if not config.data_dir.is_absolute():
+        config.data_dir = (base_dir / config.data_dir).resolve()
+    if not config.extensions.dir.is_absolute():
+        config.extensions.dir = (base_dir / config.extensions.dir).resolve()
+
+    secrets = Secrets(
+        **{name: merged_env[var] for name, var in SECRET_ENV.items() if merged_env.get(var)}
+    )
+    return LoadedConfig(config=config, secrets=secrets, path=used_path, sources=sources)
+
+
+def defaults() -> Config:
+    return Config()
