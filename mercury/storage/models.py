@@ -1,0 +1,376 @@
+"""The whole schema as SQLAlchemy 2 typed models; Alembic migrations must match it exactly.
+
+Types are chosen to behave the same on SQLite and PostgreSQL: strings with CHECK constraints
+instead of native enums, JSON, timezone-aware timestamps stored in UTC.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Dialect,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+sql_text = text  # `text` is also a column name below; this alias avoids the shadowing
+
+# Deterministic constraint names, so migrations can drop or alter them on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Row ids that grow with traffic: 64-bit on PostgreSQL, but plain INTEGER on SQLite, where
+# only an INTEGER PRIMARY KEY is the auto-incrementing rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that goes in as any aware datetime and always comes out aware, in UTC.
+
+    SQLite has no time zones: values are stored as naive UTC text (which also keeps
+    comparisons in SQL correct) and get their UTC tzinfo back on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class MessageRole(enum.StrEnum):
+    """Who wrote a message: a user who addressed the bot, the bot, or chatter it only overheard."""
+
+    USER = "user"
+    ASSISTANT = "assistant"
+    AMBIENT = "ambient"
+
+
+class JobStatus(enum.StrEnum):
+    """A job's place in the queue: queued -> running -> done | failed | aborted."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+FINAL_JOB_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.ABORTED})
+
+
+class RunReason(enum.StrEnum):
+    """How one container execution ended."""
+
+    OK = "ok"
+    ERROR = "error"
+    CRASHED = "crashed"
+    OOM = "oom"
+    TIMEOUT = "timeout"
+    ABORTED = "aborted"
+
+
+def _str_enum(enum_cls: type[enum.StrEnum], name: str) -> Enum:
+    # Non-native: a VARCHAR plus a named CHECK constraint, identical on SQLite and PostgreSQL,
+    # and adding a value later needs no ALTER TYPE.
+    return Enum(
+        enum_cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        validate_strings=True,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        list[Any]: JSON(),
+    }
+
+
+class Space(Base):
+    """One isolated agent workspace: its own files, history, roles and preferences."""
+
+    __tablename__ = "spaces"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    profile: Mapped[str] = mapped_column(
+        String(64), default="general", server_default=sql_text("'general'")
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    paused_until: Mapped[datetime | None]
+    # Messages before this instant are left out of the agent's history (/reset).
+    context_reset_at: Mapped[datetime | None]
+
+
+class Conversation(Base):
+    """A platform chat (channel, group, DM) linked to the space that answers it."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("platform", "chat_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    space_id: Mapped[str] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"), index=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(255))
+    # The thread replies go into, where the platform has threads (Slack thread_ts, ...).
+    thread_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Message(Base):
+    """A stored chat message, inbound or outbound."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        # A redelivered platform event carries the same message id: recognise it.
+        # Partial, because outbound and synthetic messages may have no platform id.
+        Index(
+            "uq_messages_platform_platform_message_id",
+            "platform",
+            "platform_message_id",
+            unique=True,
+            sqlite_where=sql_text("platform_message_id IS NOT NULL"),
+            postgresql_where=sql_text("platform_message_id IS NOT NULL"),
+        ),
+        Index("ix_messages_space_id_created_at", "space_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    space_id: Mapped[str] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"))
+    conversation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL"), index=True
+    )
+    platform: Mapped[str] = mapped_column(String(32))
+    platform_message_id: Mapped[str | None] = mapped_column(String(255))
+    role: Mapped[MessageRole] = mapped_column(_str_enum(MessageRole, "message_role"))
+    author_id: Mapped[str | None] = mapped_column(String(255))
+    author_name: Mapped[str | None] = mapped_column(String(255))
+    text: Mapped[str] = mapped_column(Text, default="")
+    attachments: Mapped[list[Any]] = mapped_column(default=list)
+    is_bot: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """One entry of the persistent queue: a message (or task) waiting for, or getting, an answer."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # The dispatcher's query: queued jobs per space in id (FIFO) order.
+        Index("ix_jobs_status_space_id_id", "status", "space_id", "id"),
+        # One running job per space, enforced by the database itself.
+        Index(
+            "uq_jobs_space_id_running",
+            "space_id",
+            unique=True,
+            sqlite_where=sql_text("status = 'running'"),
+            postgresql_where=sql_text("status = 'running'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    space_id: Mapped[str] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"))
+    message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"), index=True
+    )
+    status: Mapped[JobStatus] = mapped_column(
+        _str_enum(JobStatus, "job_status"), default=JobStatus.QUEUED
+    )
+    # How many times a process started it; a crash-requeue loop stops at the limit.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=sql_text("0"))
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default=sql_text("0"))
+    enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    # The process (instance + pid + boot id) that claimed it; tells stale jobs from live ones.
+    owner: Mapped[str | None] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Run(Base):
+    """One container execution, with its outcome and cost."""
+
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_space_id_started_at", "space_id", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
+    space_id: Mapped[str] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"))
+    reason: Mapped[RunReason] = mapped_column(_str_enum(RunReason, "run_reason"))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int | None] = mapped_column(BigInteger)
+    image: Mapped[str | None] = mapped_column(String(255))
+    container_name: Mapped[str | None] = mapped_column(String(255))
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    model: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class Role(Base):
+    """A user's role in one space (admin, member, or a custom role)."""
+
+    __tablename__ = "roles"
+
+    space_id: Mapped[str] = mapped_column(
+        ForeignKey("spaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    role: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class RolePermission(Base):
+    """A permission granted to a custom role in one space."""
+
+    __tablename__ = "role_permissions"
+
+    space_id: Mapped[str] = mapped_column(
+        ForeignKey("spaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(String(64), primary_key=True)
+    permission: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
+class Mute(Base):
+    """A user the bot ignores in one space, until a time or (until NULL) for good."""
+
+    __tablename__ = "mutes"
+
+    space_id: Mapped[str] = mapped_column(
+        ForeignKey("spaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    until: Mapped[datetime | None]
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Preference(Base):
+    """A per-space setting the agent sees in input.json (`preferences {k: v}`)."""
+
+    __tablename__ = "preferences"
+
+    space_id: Mapped[str] = mapped_column(
+        ForeignKey("spaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Task(Base):
+    """A scheduled prompt: by cron expression, fixed interval, or once at a time."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint(
+            "(CASE WHEN cron IS NULL THEN 0 ELSE 1 END)"
+            " + (CASE WHEN interval_s IS NULL THEN 0 ELSE 1 END)"
+            " + (CASE WHEN run_at IS NULL THEN 0 ELSE 1 END) = 1",
+            name="one_schedule",
+        ),
+        CheckConstraint("interval_s IS NULL OR interval_s > 0", name="interval_positive"),
+        Index("ix_tasks_enabled_next_run_at", "enabled", "next_run_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    space_id: Mapped[str] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"), index=True)
+    # Where the answer is posted; a scheduled run is a synthetic message in this chat.
+    conversation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL")
+    )
+    prompt: Mapped[str] = mapped_column(Text)
+    cron: Mapped[str | None] = mapped_column(String(128))
+    interval_s: Mapped[int | None] = mapped_column(Integer)
+    run_at: Mapped[datetime | None]
+    created_by: Mapped[str | None] = mapped_column(String(255))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    next_run_at: Mapped[datetime | None]
+    last_run_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ExtensionState(Base):
+    """A JSON value an extension keeps between runs."""
+
+    __tablename__ = "extension_state"
+
+    extension: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Usage(Base):
+    """Tokens, cost and run count per space, UTC day and model (upserted after each run)."""
+
+    __tablename__ = "usage"
+
+    space_id: Mapped[str] = mapped_column(
+        ForeignKey("spaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    runs: Mapped[int] = mapped_column(Integer, default=0)
