@@ -1,0 +1,110 @@
+"""Builds and owns every service of a running Mercury; start, stop, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+from mercury.config import LoadedConfig
+from mercury.httpserver import HttpServer
+from mercury.logging import get_logger
+
+log = get_logger("mercury.app")
+
+# How long shutdown may take before remaining work is abandoned.
+SHUTDOWN_TIMEOUT_S = 20.0
+
+
+class StartupError(Exception):
+    """Mercury cannot start; the message is one clear line for the operator."""
+
+
+class App:
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
+        self.docker: Any = None
+        self.http = HttpServer(self.config.server.host, self.config.server.port)
+        self._started = False
+
+    async def start(self) -> None:
+        from mercury.httpserver import ServerStartError
+        from mercury.sandbox.engine import EngineUnavailable, connect_engine
+        from mercury.storage.migrate import upgrade
+
+        cfg = self.config
+        try:
+            cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"data_dir: cannot create {cfg.data_dir}: {exc.strerror}") from exc
+        try:
+            self.docker, info = await asyncio.to_thread(connect_engine, 10.0)
+        except EngineUnavailable as exc:
+            raise StartupError(str(exc)) from exc
+        log.info("docker engine", version=info.version, endpoint=info.endpoint)
+        try:
+            await upgrade(cfg.resolved_database_url())
+        except Exception as exc:
+            from mercury.doctor import _first_line, _safe_url
+
+            raise StartupError(
+                f"database_url: cannot migrate {_safe_url(cfg.resolved_database_url())}: "
+                f"{_first_line(exc)}"
+            ) from exc
+        try:
+            await self.http.start()
+        except ServerStartError as exc:
+            raise StartupError(str(exc)) from exc
+        self._started = True
+        log.info(
+            "mercury started",
+            instance=cfg.instance,
+            url=f"http://{cfg.server.host}:{self.http.bound_port}",
+        )
+
+    async def stop(self) -> None:
+        """Stop every service; each step runs even if an earlier one failed."""
+        with contextlib.suppress(Exception):
+            await self.http.stop()
+        if self.docker is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.docker.close)
+            self.docker = None
+        if self._started:
+            log.info("mercury stopped")
+        self._started = False
+
+
+async def serve(app: App, stop: asyncio.Event | None = None) -> None:
+    """Start `app`, wait for SIGINT/SIGTERM (or `stop`), then shut down within a bound."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, _on_signal, stop, sig)
+    try:
+        try:
+            await app.start()
+        except BaseException:
+            await app.stop()
+            raise
+        await stop.wait()
+        log.info("shutting down", timeout_s=SHUTDOWN_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(app.stop(), timeout=SHUTDOWN_TIMEOUT_S)
+        except TimeoutError:
+            log.error("shutdown timed out; exiting anyway", timeout_s=SHUTDOWN_TIMEOUT_S)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if stop.is_set():
+        # A second signal means "now": the operator is not waiting for a clean stop.
+        log.warning("second signal, exiting immediately", signal=sig.name)
+        raise SystemExit(130)
+    log.info("signal received", signal=sig.name)
+    stop.set()

@@ -1,0 +1,254 @@
+"""The `mercury` command. Thin: it parses arguments and calls services."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from mercury import __version__
+from mercury.config import ConfigError, LoadedConfig, load_config
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    """One clear line on stderr, then exit non-zero."""
+    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    sys.exit(code)
+
+
+def config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`--config PATH` on every command (also accepted before the command name)."""
+
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Config file (default: $MERCURY_CONFIG, else ./mercury.yaml).",
+    )
+    @click.pass_context
+    @functools.wraps(fn)
+    def wrapper(ctx: click.Context, config_path: Path | None, **kwargs: Any) -> Any:
+        ctx.ensure_object(dict)
+        if config_path is not None:
+            ctx.obj["config_path"] = config_path
+        return ctx.invoke(fn, **kwargs)
+
+    return wrapper
+
+
+def _load(overrides: dict[str, Any] | None = None) -> LoadedConfig:
+    ctx = click.get_current_context()
+    path = (ctx.find_object(dict) or {}).get("config_path")
+    return load_config(path, overrides=overrides)
+
+
+def _load_or_exit(overrides: dict[str, Any] | None = None) -> LoadedConfig:
+    try:
+        return _load(overrides)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err.print(f"[bold red]config:[/] {problem}", markup=True, soft_wrap=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="mercury")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Config file (default: $MERCURY_CONFIG, else ./mercury.yaml).",
+)
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None) -> None:
+    """Mercury: answers chat messages with an AI agent in a fresh container per message."""
+    ctx.ensure_object(dict)
+    if config_path is not None:
+        ctx.obj["config_path"] = config_path
+
+
+# --------------------------------------------------------------------------- init
+
+
+def _prompt_answers() -> Any:
+    from mercury.scaffold import InitAnswers
+
+    a = InitAnswers()
+    a.instance = click.prompt("Instance name", default=a.instance)
+    a.port = click.prompt("Dashboard and web chat port", default=a.port, type=int)
+    a.provider = click.prompt(
+        "Model provider", default=a.provider, type=click.Choice(["anthropic", "openai"])
+    )
+    default_model = "claude-sonnet-4-5" if a.provider == "anthropic" else "gpt-4.1"
+    a.model = click.prompt("Model", default=default_model)
+    base = click.prompt(
+        "Model base URL (empty: the provider's own API)", default="", show_default=False
+    )
+    a.model_base_url = base or None
+    key_var = "ANTHROPIC_API_KEY" if a.provider == "anthropic" else "OPENAI_API_KEY"
+    key = click.prompt(
+        f"{key_var} (empty: set it later)", default="", hide_input=True, show_default=False
+    )
+    if key:
+        a.secrets[key_var] = key
+    for name, tokens in (
+        ("slack", ["MERCURY_SLACK_BOT_TOKEN", "MERCURY_SLACK_APP_TOKEN"]),
+        ("discord", ["MERCURY_DISCORD_BOT_TOKEN"]),
+        ("telegram", ["MERCURY_TELEGRAM_BOT_TOKEN"]),
+    ):
+        if click.confirm(f"Enable {name}?", default=False):
+            a.adapters.append(name)
+            for var in tokens:
+                value = click.prompt(
+                    f"{var} (empty: set it later)", default="", hide_input=True, show_default=False
+                )
+                if value:
+                    a.secrets[var] = value
+    return a
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
+@click.option("--yes", "-y", is_flag=True, help="Take every default without asking.")
+@click.option("--force", is_flag=True, help="Overwrite an existing mercury.yaml and .env.")
+def init(directory: Path, yes: bool, force: bool) -> None:
+    """Write mercury.yaml and .env (mode 0600) into DIRECTORY."""
+    from mercury.scaffold import InitAnswers, ScaffoldError, init_project
+
+    interactive = not yes and sys.stdin.isatty()
+    answers = _prompt_answers() if interactive else InitAnswers()
+    try:
+        result = init_project(directory, answers, force=force)
+    except ScaffoldError as exc:
+        _fail(str(exc))
+        return
+    out.print(f"wrote {result.config_path}")
+    out.print(f"wrote {result.env_path} (mode 0600)")
+    out.print(
+        f"dashboard login: admin / [bold]{result.dashboard_password}[/]  "
+        "(shown once; it is stored only in .env)",
+        markup=True,
+        soft_wrap=True,
+    )
+    out.print("next: mercury doctor, then mercury run")
+
+
+# --------------------------------------------------------------------------- run
+
+
+@main.command()
+@config_option
+@click.option("--host", default=None, help="Listen address (server.host).")
+@click.option("--port", type=int, default=None, help="Listen port (server.port).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="log.level",
+)
+def run(host: str | None, port: int | None, log_level: str | None) -> None:
+    """Migrate the database and run Mercury until SIGINT/SIGTERM."""
+    from mercury.app import App, StartupError, serve
+    from mercury.logging import configure_logging
+
+    overrides: dict[str, Any] = {}
+    if host is not None or port is not None:
+        overrides["server"] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if log_level:
+        overrides["log"] = {"level": log_level}
+    loaded = _load_or_exit(overrides)
+    configure_logging(loaded.config.log.level, loaded.config.log.format)
+    try:
+        asyncio.run(serve(App(loaded)))
+    except StartupError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:  # pragma: no cover - a signal before handlers were installed
+        sys.exit(130)
+
+
+# --------------------------------------------------------------------------- doctor
+
+_STATE_STYLE = {"ok": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
+
+
+@main.command()
+@config_option
+def doctor() -> None:
+    """Check everything `mercury run` needs; exit 1 when a required check fails."""
+    from mercury.doctor import run_checks
+
+    results = asyncio.run(run_checks(_load))
+    table = Table(title="mercury doctor", show_lines=False)
+    table.add_column("check")
+    table.add_column("state")
+    table.add_column("detail", overflow="fold")
+    table.add_column("fix", overflow="fold")
+    for r in results:
+        style = _STATE_STYLE[r.status.value]
+        table.add_row(r.name, f"[{style}]{r.status.value}[/]", r.detail, r.hint)
+    out.print(table)
+    failed = [r for r in results if r.failed]
+    if failed:
+        err.print(f"{len(failed)} required check(s) failed", style="bold red")
+        sys.exit(1)
+    out.print("all required checks passed", style="green")
+
+
+# --------------------------------------------------------------------------- db
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@config_option
+def db_upgrade() -> None:
+    """Apply every pending migration."""
+    from mercury.doctor import _first_line, _safe_url
+    from mercury.storage.migrate import current_revision, upgrade
+
+    loaded = _load_or_exit()
+    url = loaded.config.resolved_database_url()
+    loaded.config.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        asyncio.run(upgrade(url))
+        rev = asyncio.run(current_revision(url))
+    except Exception as exc:
+        _fail(f"database_url: cannot migrate {_safe_url(url)}: {_first_line(exc)}")
+        return
+    out.print(f"{_safe_url(url)} is at revision {rev}")
+
+
+@db.command("current")
+@config_option
+def db_current() -> None:
+    """Print the schema revision of the database and the one the code expects."""
+    from mercury.doctor import _first_line, _safe_url
+    from mercury.storage.migrate import current_revision, head_revision
+
+    loaded = _load_or_exit()
+    url = loaded.config.resolved_database_url()
+    try:
+        rev = asyncio.run(current_revision(url))
+    except Exception as exc:
+        _fail(f"database_url: cannot read {_safe_url(url)}: {_first_line(exc)}")
+        return
+    out.print(f"database: {rev or 'empty'}  code: {head_revision()}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""The browser dashboard: aiohttp routes, templates and static files."""

@@ -1,0 +1,233 @@
+"""`mercury doctor`: each check an operator needs before `mercury run`, with a fix hint."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from mercury.config import SECRET_ENV, Config, ConfigError, LoadedConfig, Secrets
+
+
+class Status(StrEnum):
+    OK = "ok"
+    FAIL = "fail"
+    WARN = "warn"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: Status
+    detail: str
+    hint: str = ""
+    required: bool = True
+
+    @property
+    def failed(self) -> bool:
+        return self.required and self.status is Status.FAIL
+
+
+def _env(secret: str) -> str:
+    return SECRET_ENV[secret]
+
+
+def check_config(loaded: LoadedConfig | None, error: ConfigError | None) -> CheckResult:
+    if error is not None:
+        return CheckResult(
+            "config valid",
+            Status.FAIL,
+            "; ".join(error.problems),
+            "fix the keys named above (mercury.example.yaml lists every key and its default)",
+        )
+    assert loaded is not None
+    where = str(loaded.path) if loaded.path else "no mercury.yaml found: built-in defaults"
+    status = Status.OK if loaded.path else Status.WARN
+    return CheckResult(
+        "config valid", status, where, "" if loaded.path else "run `mercury init` to create one"
+    )
+
+
+def check_docker() -> tuple[CheckResult, object | None]:
+    from mercury.sandbox.engine import ENGINE_HINT, EngineUnavailable, connect_engine
+
+    try:
+        client, info = connect_engine(timeout=5)
+    except EngineUnavailable as exc:
+        return CheckResult("Docker engine reachable", Status.FAIL, str(exc), ENGINE_HINT), None
+    detail = f"Docker {info.version} (API {info.api_version}) at {info.endpoint}"
+    return CheckResult("Docker engine reachable", Status.OK, detail), client
+
+
+def check_image(config: Config, client: object | None) -> CheckResult:
+    name = "agent image present"
+    if client is None:
+        return CheckResult(name, Status.SKIP, "needs the Docker engine", "fix the Docker check")
+    from docker.errors import DockerException, ImageNotFound
+
+    try:
+        image = client.images.get(config.container.image)  # type: ignore[attr-defined]
+    except ImageNotFound:
+        return CheckResult(
+            name,
+            Status.FAIL,
+            f"{config.container.image} not found on the engine",
+            "build it: mercury image build",
+        )
+    except DockerException as exc:
+        return CheckResult(name, Status.FAIL, str(exc).splitlines()[0], "check the Docker engine")
+    return CheckResult(name, Status.OK, f"{config.container.image} ({image.short_id})")
+
+
+async def check_database(config: Config) -> CheckResult:
+    from mercury.storage.migrate import current_revision, head_revision
+
+    name = "database reachable and migrated"
+    url = config.resolved_database_url()
+    shown = _safe_url(url)
+    try:
+        current = await asyncio.wait_for(current_revision(url), timeout=10)
+    except Exception as exc:  # any driver error means "not reachable"
+        return CheckResult(
+            name,
+            Status.FAIL,
+            f"{shown}: {_first_line(exc)}",
+            "check database_url and that the server is running",
+        )
+    head = head_revision()
+    if current != head:
+        return CheckResult(
+            name,
+            Status.FAIL,
+            f"{shown}: schema at {current or 'empty'}, code expects {head}",
+            "run `mercury db upgrade` (mercury run also migrates on start)",
+        )
+    return CheckResult(name, Status.OK, f"{shown} at revision {head}")
+
+
+def check_data_dir(config: Config) -> CheckResult:
+    path = config.data_dir
+    name = "data dir writable"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".doctor-"):
+            pass
+    except OSError as exc:
+        return CheckResult(
+            name, Status.FAIL, f"{path}: {exc.strerror}", "fix its permissions or set data_dir"
+        )
+    return CheckResult(name, Status.OK, str(path))
+
+
+def check_adapters(config: Config, secrets: Secrets) -> list[CheckResult]:
+    present = secrets.present()
+    results: list[CheckResult] = []
+
+    def need(adapter: str, names: list[str], extra: str = "") -> None:
+        missing = [_env(n) for n in names if n not in present]
+        label = f"{adapter} adapter has its token"
+        if missing:
+            results.append(
+                CheckResult(
+                    label,
+                    Status.FAIL,
+                    f"missing {', '.join(missing)}{extra}",
+                    "set it in the environment or .env (docs/" + adapter + ".md)",
+                )
+            )
+        else:
+            results.append(
+                CheckResult(label, Status.OK, ", ".join(_env(n) for n in names) + " set")
+            )
+
+    a = config.adapters
+    if a.slack.enabled:
+        second = "slack_app_token" if a.slack.mode == "socket" else "slack_signing_secret"
+        need("slack", ["slack_bot_token", second], f" (mode {a.slack.mode})")
+    if a.discord.enabled:
+        need("discord", ["discord_bot_token"])
+    if a.telegram.enabled:
+        names = ["telegram_bot_token"]
+        if a.telegram.mode == "webhook":
+            names.append("telegram_webhook_secret")
+        need("telegram", names)
+    if a.web.enabled or config.dashboard.enabled:
+        need("web", ["dashboard_password"], " (dashboard and web chat login)")
+    if not results:
+        results.append(
+            CheckResult("adapters", Status.WARN, "no adapter enabled", "enable one in mercury.yaml")
+        )
+    return results
+
+
+def check_model(config: Config, secrets: Secrets) -> CheckResult:
+    present = secrets.present()
+    usable, problems = [], []
+    for i, leg in enumerate(config.model.chain):
+        key = f"{leg.provider}_api_key"
+        if key in present or leg.base_url:
+            usable.append(f"{leg.provider}/{leg.model}")
+        else:
+            problems.append(f"model.chain[{i}] {leg.provider}: no {_env(key)} and no base_url")
+    name = "model provider key or base URL"
+    if not usable:
+        return CheckResult(
+            name,
+            Status.FAIL,
+            "; ".join(problems),
+            "set ANTHROPIC_API_KEY / OPENAI_API_KEY in .env, or a base_url for a local server",
+        )
+    if problems:
+        return CheckResult(name, Status.WARN, "; ".join(problems), "that leg will be skipped")
+    return CheckResult(name, Status.OK, ", ".join(usable))
+
+
+async def run_checks(
+    load: Callable[[], LoadedConfig],
+) -> list[CheckResult]:
+    try:
+        loaded: LoadedConfig | None = load()
+        error = None
+    except ConfigError as exc:
+        loaded, error = None, exc
+    results = [check_config(loaded, error)]
+    docker_result, client = await asyncio.to_thread(check_docker)
+    results.append(docker_result)
+    if loaded is None:
+        skipped = [
+            "agent image present",
+            "database reachable and migrated",
+            "data dir writable",
+            "adapter tokens",
+            "model provider key or base URL",
+        ]
+        results += [CheckResult(n, Status.SKIP, "needs a valid config") for n in skipped]
+        return results
+    config = loaded.config
+    results.append(await asyncio.to_thread(check_image, config, client))
+    results.append(check_data_dir(config))
+    results.append(await check_database(config))
+    results += check_adapters(config, loaded.secrets)
+    results.append(check_model(config, loaded.secrets))
+    if client is not None:
+        client.close()  # type: ignore[attr-defined]
+    return results
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("://", 1)[0] + "://…"
+
+
+def _first_line(exc: BaseException) -> str:
+    from mercury.logging import scrub_text
+
+    text = str(exc).strip().splitlines()
+    return scrub_text(text[0][:200]) if text else type(exc).__name__

@@ -1,0 +1,1 @@
+"""Extension loader, hooks, skills and the derived-image recipe."""

@@ -1,0 +1,105 @@
+"""`mercury init`: write a starting mercury.yaml and a private .env into a folder."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mercury.config import DEFAULT_CONFIG_NAME, SECRET_ENV
+
+
+class ScaffoldError(Exception):
+    """Init cannot proceed; the message says what to do."""
+
+
+@dataclass
+class InitAnswers:
+    """What `mercury init` asks; the defaults are what `--yes` uses."""
+
+    instance: str = "mercury"
+    port: int = 8787
+    provider: str = "anthropic"  # anthropic | openai
+    model: str = "claude-sonnet-4-5"
+    model_base_url: str | None = None
+    adapters: list[str] = field(default_factory=list)  # slack / discord / telegram
+    # Secret env var name -> value, written to .env only.
+    secrets: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InitResult:
+    config_path: Path
+    env_path: Path
+    dashboard_password: str
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def render_config(answers: InitAnswers) -> str:
+    leg: dict[str, object] = {"provider": answers.provider, "model": answers.model}
+    if answers.model_base_url:
+        leg["base_url"] = answers.model_base_url
+    data: dict[str, object] = {
+        "instance": answers.instance,
+        "data_dir": "data",
+        "server": {"host": "127.0.0.1", "port": answers.port},
+        "model": {"chain": [leg]},
+        "adapters": {
+            name: {"enabled": name in answers.adapters} for name in ("slack", "discord", "telegram")
+        }
+        | {"web": {"enabled": True}},
+    }
+    header = (
+        "# Mercury configuration, written by `mercury init`.\n"
+        "# Every key and its default: mercury.example.yaml; docs/configuration.md explains them.\n"
+        "# Secrets are not kept here: they live in .env next to this file (mode 0600).\n\n"
+    )
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def render_env(answers: InitAnswers, dashboard_password: str) -> str:
+    lines = [
+        "# Mercury secrets, written by `mercury init`. Keep this file private (mode 0600).",
+        "# The process environment wins over values here.",
+        f"MERCURY_DASHBOARD_PASSWORD={dashboard_password}",
+    ]
+    known = set(SECRET_ENV.values())
+    for name, value in answers.secrets.items():
+        if name not in known:
+            raise ScaffoldError(f"{name}: not a secret Mercury reads")
+        if value and name != "MERCURY_DASHBOARD_PASSWORD":
+            lines.append(f"{name}={value}")
+    for name in sorted(known - set(answers.secrets) - {"MERCURY_DASHBOARD_PASSWORD"}):
+        lines.append(f"# {name}=")
+    return "\n".join(lines) + "\n"
+
+
+def init_project(target: Path, answers: InitAnswers, *, force: bool = False) -> InitResult:
+    """Write mercury.yaml and .env into `target`; refuse to overwrite unless `force`."""
+    target.mkdir(parents=True, exist_ok=True)
+    config_path = target / DEFAULT_CONFIG_NAME
+    env_path = target / ".env"
+    existing = [p.name for p in (config_path, env_path) if p.exists()]
+    if existing and not force:
+        raise ScaffoldError(
+            f"{', '.join(existing)} already exist in {target}; "
+            "use --force to overwrite (the current dashboard password will be replaced)"
+        )
+    password = generate_password()
+    config_path.write_text(render_config(answers), encoding="utf-8")
+    # Create .env with 0600 from the start, so the secrets are never world-readable even
+    # for an instant.
+    if env_path.exists():
+        env_path.unlink()
+    fd = os.open(env_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(render_env(answers, password))
+    os.chmod(env_path, 0o600)
+    (target / "data").mkdir(exist_ok=True)
+    return InitResult(config_path=config_path, env_path=env_path, dashboard_password=password)
