@@ -139,8 +139,36 @@ class ContainerConfig(Section):
     max_concurrency: int = Field(2, ge=1)
     # Optional OCI runtime, e.g. runsc (gVisor).
     runtime: str | None = None
+    # Hardening: each on by default; docs/security.md explains what turning one off costs.
+    user: str = "1000:1000"
+    read_only_rootfs: bool = True
+    cap_drop: list[str] = Field(default_factory=lambda: ["ALL"])
+    no_new_privileges: bool = True
+    init: bool = True
     # Extra environment variables granted to every run (never secrets).
     env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not re.fullmatch(r"\d+(:\d+)?", v) or v.split(":")[0] == "0":
+            raise PydanticCustomError(
+                "user", 'expected a non-root numeric "uid:gid" like 1000:1000, got "{v}"', {"v": v}
+            )
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if name in SECRET_ENV.values() or name.startswith("MERCURY_"):
+                raise PydanticCustomError(
+                    "container_env",
+                    "{v} may not be passed into containers (secrets and Mercury's own settings "
+                    "never enter a container)",
+                    {"v": name},
+                )
+        return v
 
     @field_validator("network")
     @classmethod
@@ -165,11 +193,29 @@ def _default_chain() -> list[ModelLeg]:
     return [ModelLeg(provider="anthropic", model="claude-sonnet-4-5")]
 
 
+class ModelPrice(Section):
+    # US dollars per million tokens.
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
 class ModelConfig(Section):
     chain: list[ModelLeg] = Field(default_factory=_default_chain, min_length=1)
     retries_per_leg: int = Field(2, ge=0, le=10)
     budget: Duration = 300.0
     max_turns: int = Field(40, ge=1)
+    # Model name -> price; runs of models listed here get cost_usd in their usage.
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+
+class AgentConfig(Section):
+    # Profile of new spaces: resources/profiles/<name>/AGENTS.md (general, coding, research).
+    profile: str = "general"
+    # Run an installed agent CLI instead of the built-in loop, e.g.
+    # ["claude", "-p", "--output-format", "json"]; null = built-in loop.
+    command: list[str] | None = None
+    # Limit for one bash tool call inside the container.
+    bash_timeout: Duration = 120.0
 
 
 class SlackConfig(Section):
@@ -271,6 +317,7 @@ class Config(Section):
     trigger: TriggerConfig = Field(default_factory=TriggerConfig)
     container: ContainerConfig = Field(default_factory=ContainerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
     adapters: AdaptersConfig = Field(default_factory=AdaptersConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
@@ -462,7 +509,15 @@ def _describe(err: Mapping[str, Any], sources: Mapping[str, str]) -> str:
             )
         else:
             msg = "unknown key" + _suggest(key, _fields_at(loc[:-1]))
-    elif kind in ("size", "duration", "network", "database_url", "admin_id"):
+    elif kind in (
+        "size",
+        "duration",
+        "network",
+        "database_url",
+        "admin_id",
+        "user",
+        "container_env",
+    ):
         msg = err["msg"]
     elif kind == "missing":
         msg = "required key is missing"

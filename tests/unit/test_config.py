@@ -136,6 +136,24 @@ def test_mercury_config_env_names_the_file(tmp_path: Path, monkeypatch) -> None:
             'permissions.admins: expected "platform:user_id" (platform slack, discord, telegram '
             'or web), got "bob"',
         ),
+        (
+            "container: {user: '0:0'}",
+            'container.user: expected a non-root numeric "uid:gid" like 1000:1000, got "0:0"',
+        ),
+        (
+            "container: {user: agent}",
+            'container.user: expected a non-root numeric "uid:gid" like 1000:1000, got "agent"',
+        ),
+        (
+            "container: {env: {ANTHROPIC_API_KEY: x}}",
+            "container.env: ANTHROPIC_API_KEY may not be passed into containers (secrets and "
+            "Mercury's own settings never enter a container)",
+        ),
+        (
+            "container: {env: {MERCURY_DATABASE_URL: x}}",
+            "container.env: MERCURY_DATABASE_URL may not be passed into containers (secrets and "
+            "Mercury's own settings never enter a container)",
+        ),
         ("server: 8080", 'server: expected a mapping of keys, got "8080"'),
         (
             "database_url: 'mysql://root:hunter2@db/x'",
@@ -303,7 +321,12 @@ def _keys(data: object, prefix: str = "") -> set[str]:
         path = f"{prefix}{k}"
         out.add(path)
         # free-form maps (env, settings, daily) are values, not schema
-        if path not in ("container.env", "extensions.settings", "rate_limits.daily"):
+        if path not in (
+            "container.env",
+            "extensions.settings",
+            "rate_limits.daily",
+            "model.prices",
+        ):
             out |= _keys(v, path + ".")
     return out
 
