@@ -21,7 +21,7 @@ def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
 def _clean_mercury_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's own MERCURY_* settings or model keys must not leak into tests."""
     for name in list(os.environ):
-        if (name.startswith("MERCURY_") and name != "MERCURY_TEST_POSTGRES_URL") or name in (
+        if (name.startswith("MERCURY_") and not name.startswith("MERCURY_TEST_")) or name in (
             "ANTHROPIC_API_KEY",
             "OPENAI_API_KEY",
         ):

@@ -1,0 +1,188 @@
+"""`mercury image ...`: build the agent image, with a live view of the build log.
+
+A click group of its own; mercury/cli.py adds it with `main.add_command(image)`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.text import Text
+
+from mercury.config import ConfigError, LoadedConfig, load_config
+
+# How many log lines the live view keeps on screen, and how many a failure prints.
+LIVE_LINES = 10
+FAILURE_TAIL = 20
+
+
+def _consoles() -> tuple[Console, Console]:
+    # Made per call, not at import: tests and wrappers may swap sys.stdout/sys.stderr.
+    return Console(highlight=False), Console(stderr=True, highlight=False)
+
+
+def _fail(err: Console, message: str, code: int = 1) -> NoReturn:
+    """One clear line on stderr (more only when the message itself has several)."""
+    first, *rest = message.splitlines() or [""]
+    err.print(f"[bold red]error:[/] {first}", markup=True, soft_wrap=True)
+    for line in rest:
+        err.print(line, markup=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _load_or_exit(err: Console, path: Path | None) -> LoadedConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err.print(f"[bold red]config:[/] {problem}", markup=True, soft_wrap=True)
+        sys.exit(2)
+
+
+class BuildView:
+    """The build log as it happens: a spinner, the current step and the last lines.
+
+    In a terminal it redraws in place (rich Live); anywhere else (CI logs, pipes) every line
+    is printed as it comes, so nothing is lost and nothing is redrawn.
+    """
+
+    def __init__(self, console: Console, title: str) -> None:
+        self.console = console
+        self.live_mode = console.is_terminal
+        self.title = title
+        self.step = ""
+        self.lines: deque[str] = deque(maxlen=LIVE_LINES)
+        self.started = time.monotonic()
+        self._spinner = Spinner("dots", style="cyan")
+        self._live: Live | None = None
+
+    def __enter__(self) -> BuildView:
+        if self.live_mode:
+            # transient: the summary printed afterwards replaces the scrolling view.
+            self._live = Live(self, console=self.console, refresh_per_second=10, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+            self._live = None
+
+    def __call__(self, line: str) -> None:
+        """The on_event callback: one log line."""
+        if line.startswith("Step "):
+            self.step = line
+        if self.live_mode:
+            self.lines.append(line)  # Live redraws on its own refresh thread
+        else:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def __rich__(self) -> RenderableType:
+        elapsed = time.monotonic() - self.started
+        header = Text.assemble((self.title, "bold"), f"  {elapsed:4.0f}s  ", (self.step, "cyan"))
+        width = max(self.console.width - 4, 20)
+        # One line, however long the step: a wrapped header makes the view jump.
+        header.truncate(width - 2, overflow="ellipsis")
+        self._spinner.update(text=header)
+        log = Text("\n".join("  " + ln[:width] for ln in self.lines), style="dim", no_wrap=True)
+        return Group(self._spinner, log)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def image() -> None:
+    """Agent image commands."""
+
+
+@image.command("build")
+@click.option(
+    "--base", metavar="IMAGE", default=None, help="Base image (default: container.base_image)."
+)
+@click.option("--tag", metavar="TAG", default=None, help="Tag to build (default: container.image).")
+@click.option("--if-missing", is_flag=True, help="Do nothing when TAG already exists.")
+@click.option("--no-cache", is_flag=True, help="Rebuild every layer, ignoring Docker's cache.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Config file (default: $MERCURY_CONFIG, else ./mercury.yaml).",
+)
+@click.pass_context
+def build(
+    ctx: click.Context,
+    base: str | None,
+    tag: str | None,
+    if_missing: bool,
+    no_cache: bool,
+    config_path: Path | None,
+) -> None:
+    """Build the agent image (container/Dockerfile) FROM a base image."""
+    from mercury.sandbox.engine import ENGINE_HINT, EngineUnavailable, connect_engine
+    from mercury.sandbox.images import (
+        BaseImageUnavailable,
+        ImageBuildError,
+        agent_context_dir,
+        build_agent_image,
+        image_id,
+        resolve_base,
+    )
+
+    out, err = _consoles()
+    # `mercury --config X image build` puts the path on the parent context.
+    path = config_path or (ctx.find_object(dict) or {}).get("config_path")
+    cfg = _load_or_exit(err, path).config
+    tag = tag or cfg.container.image
+    base = base or cfg.container.base_image
+
+    try:
+        context = agent_context_dir()
+    except FileNotFoundError as exc:
+        _fail(err, str(exc))
+
+    try:
+        client, _info = connect_engine()
+    except EngineUnavailable as exc:
+        _fail(err, f"{exc}; {ENGINE_HINT}")
+
+    view = BuildView(out, f"building {tag} from {base}")
+    try:
+        if if_missing:
+            existing = image_id(client, tag)
+            if existing is not None:
+                out.print(
+                    f"{tag} already exists ({existing}); not rebuilding (--if-missing)",
+                    soft_wrap=True,
+                )
+                return
+        view.started = time.monotonic()
+        with view:
+            resolve_base(client, base, on_event=view)
+            image_ref = build_agent_image(
+                client, base=base, tag=tag, context=context, on_event=view, nocache=no_cache
+            )
+    except BaseImageUnavailable as exc:
+        _fail(err, str(exc))
+    except ImageBuildError as exc:
+        if view.live_mode and exc.log_tail:
+            # The live view was transient: show what led to the failure.
+            err.print("last lines of the build log:", style="dim")
+            for line in exc.log_tail[-FAILURE_TAIL:]:
+                err.print(f"  {line}", markup=False, soft_wrap=True)
+        _fail(err, f"image build failed: {exc}")
+    except EngineUnavailable as exc:
+        _fail(err, f"{exc}; {ENGINE_HINT}")
+    except KeyboardInterrupt:
+        _fail(err, "image build interrupted", code=130)
+    finally:
+        client.close()
+
+    elapsed = time.monotonic() - view.started
+    out.print(f"built {tag} {image_ref} in {elapsed:.0f}s", soft_wrap=True)
