@@ -1,0 +1,70 @@
+"""Per-run tokens: minted by the host for one run, bound to its space and caller role.
+
+A token is the only credential an agent holds. It is random (32 bytes, URL-safe), lives in
+memory only, and dies with the run (`revoke`). Tokens are never logged: `RunGrant` carries
+everything a handler needs to know about the caller, without the token itself.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+TOKEN_BYTES = 32
+
+
+@dataclass(frozen=True)
+class RunGrant:
+    """What a valid token grants: acting for one run, in one space, with the caller's role."""
+
+    run_id: str
+    space_id: str
+    role: str
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class TokenStore:
+    """In-memory token -> grant map. Thread-safe, so a runner thread may mint or revoke."""
+
+    def __init__(self) -> None:
+        self._grants: dict[str, RunGrant] = {}
+        self._lock = threading.Lock()
+
+    def mint(self, run_id: str, space_id: str, role: str) -> str:
+        """A fresh random token for `run_id`; a run may hold several (all die on revoke)."""
+        if not run_id or not space_id or not role:
+            raise ValueError("run_id, space_id and role must be non-empty")
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        with self._lock:
+            self._grants[token] = RunGrant(run_id=run_id, space_id=space_id, role=role)
+        return token
+
+    def lookup(self, token: str | None) -> RunGrant | None:
+        """The grant of a live token, else None (unknown, revoked, empty)."""
+        if not token:
+            return None
+        with self._lock:
+            return self._grants.get(token)
+
+    def revoke(self, run_id: str) -> int:
+        """Invalidate every token of `run_id`; returns how many there were."""
+        with self._lock:
+            dead = [t for t, g in self._grants.items() if g.run_id == run_id]
+            for t in dead:
+                del self._grants[t]
+        return len(dead)
+
+    def active_runs(self) -> set[str]:
+        """Run ids that currently hold at least one token."""
+        with self._lock:
+            return {g.run_id for g in self._grants.values()}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._grants)
+
+    def __repr__(self) -> str:
+        # Never the tokens themselves.
+        return f"<TokenStore tokens={len(self)}>"

@@ -1,0 +1,685 @@
+"""A scripted fake model server speaking the Anthropic Messages and OpenAI Chat wire formats.
+
+    async with FakeModelServer() as fake:
+        fake.script([ToolCall("bash", {"command": "ls"}), Text("done")])
+        client = anthropic.AsyncAnthropic(base_url=fake.url, api_key="k", max_retries=0)
+        openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key="k", max_retries=0)
+
+Every model request pops the next scripted turn: a per-model queue when one was scripted
+for the request's "model", else the shared queue. A turn is
+
+- `Text("...")` or `ToolCall(name, {args})`: one reply part;
+- a list of parts, e.g. `[Text("let me look"), ToolCall(...), ToolCall(...)]`;
+- `Turn(parts, input_tokens=, output_tokens=, delay=, event_delay=)` for usage and timing;
+- `Error(status)`: that status with the provider's error body (e.g. 529 overloaded).
+
+A request with no turn left gets a 500 whose body says so. Streaming (`"stream": true`)
+answers with each provider's exact SSE events. Every model request is recorded in
+`fake.requests` (path, query, lower-cased headers, JSON body, and for streams the
+monotonic time each SSE event was written).
+
+Other threads and processes: `FakeModelServer.start_in_thread()` serves from its own event
+loop (scripting and `requests` are thread-safe); over HTTP, `POST /_fake/script`
+(`{"turns": [...], "model": null}`, turns as in `turn_from_json`), `GET /_fake/requests`
+and `POST /_fake/reset` drive it from another process, and
+`python -m tests.fakes.model_server --port 8900` runs it standalone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Self
+
+from aiohttp import web
+
+# --------------------------------------------------------------------------- script
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text reply part."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call part; `id` is generated in the provider's style when not given."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+
+
+Part = Text | ToolCall
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One model response: its parts, usage, and timing.
+
+    `delay`: seconds before the response starts. `event_delay`: seconds between SSE events
+    when streaming (to observe that proxies pass events through as they come).
+    `stop_reason`: defaults to tool_use/tool_calls if any part is a ToolCall, else end_turn/stop.
+    `drop_after`: when streaming, cut the connection after that many SSE events (a dropped
+    upstream mid-stream).
+    """
+
+    parts: Sequence[Part]
+    input_tokens: int = 10
+    output_tokens: int = 5
+    delay: float = 0.0
+    event_delay: float = 0.0
+    stop_reason: str | None = None
+    drop_after: int | None = None
+
+
+@dataclass(frozen=True)
+class Error:
+    """An error status with a provider-shaped body; `error_type` defaults by status."""
+
+    status: int
+    message: str | None = None
+    error_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+ScriptItem = Text | ToolCall | Turn | Error | Sequence[Part]
+
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_OPENAI_ERROR_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("insufficient_permissions", None),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("rate_limit_exceeded", "rate_limit_exceeded"),
+    500: ("server_error", None),
+    503: ("server_error", None),
+}
+
+
+def as_turn(item: ScriptItem) -> Turn | Error:
+    """Normalise the shorthands accepted by `script`."""
+    if isinstance(item, Turn | Error):
+        return item
+    if isinstance(item, Text | ToolCall):
+        return Turn([item])
+    if isinstance(item, Sequence) and not isinstance(item, str):
+        parts = list(item)
+        if not all(isinstance(p, Text | ToolCall) for p in parts):
+            raise TypeError(f"a turn's parts must be Text or ToolCall, got {parts!r}")
+        return Turn(parts)
+    raise TypeError(f"cannot script {item!r}")
+
+
+def turn_from_json(obj: dict[str, Any]) -> Turn | Error:
+    """JSON form of a turn, for scripting over HTTP:
+
+    {"text": "hi"} | {"tool_call": {"name", "arguments", "id"?}} |
+    {"parts": [{"text"}|{"tool_call"}...], "input_tokens"?, "output_tokens"?, "delay"?,
+     "event_delay"?, "stop_reason"?, "drop_after"?} |
+    {"error": 529, "message"?, "error_type"?, "delay"?}
+    """
+    if "error" in obj:
+        return Error(
+            status=int(obj["error"]),
+            message=obj.get("message"),
+            error_type=obj.get("error_type"),
+            headers=dict(obj.get("headers") or {}),
+            delay=float(obj.get("delay", 0.0)),
+        )
+
+    def part(p: dict[str, Any]) -> Part:
+        if "text" in p:
+            return Text(str(p["text"]))
+        tc = p["tool_call"]
+        return ToolCall(tc["name"], dict(tc.get("arguments") or {}), tc.get("id"))
+
+    parts = [part(p) for p in obj["parts"]] if "parts" in obj else [part(obj)]
+    return Turn(
+        parts,
+        input_tokens=int(obj.get("input_tokens", 10)),
+        output_tokens=int(obj.get("output_tokens", 5)),
+        delay=float(obj.get("delay", 0.0)),
+        event_delay=float(obj.get("event_delay", 0.0)),
+        stop_reason=obj.get("stop_reason"),
+        drop_after=obj.get("drop_after"),
+    )
+
+
+@dataclass
+class RecordedRequest:
+    """A model request as the fake received it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-cased names
+    body: Any
+    provider: str  # "anthropic" | "openai"
+    model: str | None
+    stream: bool
+    # For streams: (time.monotonic() after the write, event name) of every SSE event sent.
+    events: list[tuple[float, str]] = field(default_factory=list)
+    # What was answered: "turn", "error" or "unscripted".
+    outcome: str = ""
+
+
+# --------------------------------------------------------------------------- server
+
+
+class FakeModelServer:
+    """Scripted Anthropic/OpenAI fake on 127.0.0.1 (random port unless given)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.requests: list[RecordedRequest] = []
+        self._queue: deque[Turn | Error] = deque()
+        self._by_model: dict[str, deque[Turn | Error]] = {}
+        self._lock = threading.Lock()
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ids = itertools.count(1)
+
+    # ----------------------------------------------------------------- scripting
+
+    def script(self, turns: Iterable[ScriptItem], *, model: str | None = None) -> None:
+        """Append turns to the shared queue, or to `model`'s own queue."""
+        normal = [as_turn(t) for t in turns]
+        with self._lock:
+            queue = self._queue if model is None else self._by_model.setdefault(model, deque())
+            queue.extend(normal)
+
+    def remaining(self, model: str | None = None) -> int:
+        """Turns not yet used (shared queue, or `model`'s queue)."""
+        with self._lock:
+            return len(self._queue if model is None else self._by_model.get(model, ()))
+
+    def reset(self) -> None:
+        """Forget the script and the recorded requests."""
+        with self._lock:
+            self._queue.clear()
+            self._by_model.clear()
+            self.requests.clear()
+
+    def _pop(self, model: str | None) -> Turn | Error | None:
+        with self._lock:
+            queue = self._by_model.get(model) if model else None
+            if queue:
+                return queue.popleft()
+            return self._queue.popleft() if self._queue else None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def url(self) -> str:
+        """http://127.0.0.1:PORT (no trailing slash, no /v1)."""
+        if not self.port:
+            raise RuntimeError("FakeModelServer is not started")
+        return f"http://{self.host}:{self.port}"
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_post("/v1/chat/completions", self._openai)
+        app.router.add_post("/_fake/script", self._control_script)
+        app.router.add_get("/_fake/requests", self._control_requests)
+        app.router.add_post("/_fake/reset", self._control_reset)
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self._app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def start_in_thread(self, timeout: float = 10.0) -> Self:
+        """Serve from a daemon thread with its own event loop (for sync or other-loop users)."""
+        started = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as exc:
+                errors.append(exc)
+                started.set()
+                return
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-model-server", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout):
+            raise RuntimeError("FakeModelServer did not start in time")
+        if errors:
+            raise errors[0]
+        return self
+
+    def stop_thread(self, timeout: float = 10.0) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+            self._thread = None
+            self._loop = None
+
+    def __enter__(self) -> Self:
+        return self.start_in_thread()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_thread()
+
+    # ----------------------------------------------------------------- handlers
+
+    async def _receive(self, request: web.Request, provider: str) -> RecordedRequest:
+        raw = await request.read()
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", errors="replace")
+        model = body.get("model") if isinstance(body, dict) else None
+        rec = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+            provider=provider,
+            model=model if isinstance(model, str) else None,
+            stream=bool(isinstance(body, dict) and body.get("stream")),
+        )
+        with self._lock:
+            self.requests.append(rec)
+        return rec
+
+    def _next_id(self, prefix: str) -> str:
+        return f"{prefix}{next(self._ids):04d}{uuid.uuid4().hex[:12]}"
+
+    async def _turn_for(self, rec: RecordedRequest) -> Turn | Error | web.Response:
+        turn = self._pop(rec.model)
+        if turn is None:
+            rec.outcome = "unscripted"
+            message = (
+                f"fake model server: no scripted turn left for {rec.method} {rec.path} "
+                f"(model {rec.model!r}); call fake.script([...]) first"
+            )
+            return _error_response(rec.provider, 500, message, "api_error", {})
+        if turn.delay:
+            await asyncio.sleep(turn.delay)
+        if isinstance(turn, Error):
+            rec.outcome = "error"
+        else:
+            rec.outcome = "turn"
+        return turn
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        rec = await self._receive(request, "anthropic")
+        turn = await self._turn_for(rec)
+        if isinstance(turn, web.Response):
+            return turn
+        if isinstance(turn, Error):
+            return _error_response(
+                "anthropic", turn.status, turn.message, turn.error_type, turn.headers
+            )
+        model = rec.model or "claude-fake"
+        has_tools = any(isinstance(p, ToolCall) for p in turn.parts)
+        stop = turn.stop_reason or ("tool_use" if has_tools else "end_turn")
+        msg_id = self._next_id("msg_")
+        blocks: list[dict[str, Any]] = []
+        for part in turn.parts:
+            if isinstance(part, Text):
+                blocks.append({"type": "text", "text": part.text})
+            else:
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": part.id or self._next_id("toolu_"),
+                        "name": part.name,
+                        "input": part.arguments,
+                    }
+                )
+        usage = {
+            "input_tokens": turn.input_tokens,
+            "output_tokens": turn.output_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+        headers = {"request-id": self._next_id("req_")}
+        if not rec.stream:
+            return web.json_response(
+                {
+                    "id": msg_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": blocks,
+                    "stop_reason": stop,
+                    "stop_sequence": None,
+                    "usage": usage,
+                },
+                headers=headers,
+            )
+
+        events: list[tuple[str, dict[str, Any]]] = [
+            (
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": msg_id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        # The real API reports a provisional output count here.
+                        "usage": {**usage, "output_tokens": min(1, turn.output_tokens)},
+                    },
+                },
+            ),
+            ("ping", {"type": "ping"}),
+        ]
+        for index, block in enumerate(blocks):
+            if block["type"] == "text":
+                events.append(
+                    (
+                        "content_block_start",
+                        {
+                            "type": "content_block_start",
+                            "index": index,
+                            "content_block": {"type": "text", "text": ""},
+                        },
+                    )
+                )
+                deltas = [{"type": "text_delta", "text": p} for p in _pieces(block["text"])]
+            else:
+                events.append(
+                    (
+                        "content_block_start",
+                        {
+                            "type": "content_block_start",
+                            "index": index,
+                            "content_block": {**block, "input": {}},
+                        },
+                    )
+                )
+                deltas = [
+                    {"type": "input_json_delta", "partial_json": p}
+                    for p in _halves(json.dumps(block["input"]))
+                ]
+            for delta in deltas:
+                events.append(
+                    (
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": index, "delta": delta},
+                    )
+                )
+            events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+        events.append(
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": turn.output_tokens},
+                },
+            )
+        )
+        events.append(("message_stop", {"type": "message_stop"}))
+        frames = [
+            (name, f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()) for name, data in events
+        ]
+        return await self._stream(request, rec, frames, turn, headers)
+
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        rec = await self._receive(request, "openai")
+        turn = await self._turn_for(rec)
+        if isinstance(turn, web.Response):
+            return turn
+        if isinstance(turn, Error):
+            return _error_response(
+                "openai", turn.status, turn.message, turn.error_type, turn.headers
+            )
+        model = rec.model or "gpt-fake"
+        texts = [p.text for p in turn.parts if isinstance(p, Text)]
+        calls = [
+            {
+                "id": p.id or self._next_id("call_"),
+                "type": "function",
+                "function": {"name": p.name, "arguments": json.dumps(p.arguments)},
+            }
+            for p in turn.parts
+            if isinstance(p, ToolCall)
+        ]
+        finish = turn.stop_reason or ("tool_calls" if calls else "stop")
+        usage = {
+            "prompt_tokens": turn.input_tokens,
+            "completion_tokens": turn.output_tokens,
+            "total_tokens": turn.input_tokens + turn.output_tokens,
+        }
+        cid = self._next_id("chatcmpl-")
+        created = int(time.time())
+        if not rec.stream:
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(texts) if texts else None,
+                "refusal": None,
+            }
+            if calls:
+                message["tool_calls"] = calls
+            return web.json_response(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+                    ],
+                    "usage": usage,
+                }
+            )
+
+        body = rec.body if isinstance(rec.body, dict) else {}
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+                ],
+            }
+            if include_usage:
+                out["usage"] = None  # as the real API: null on every chunk but the last
+            return out
+
+        chunks = [chunk({"role": "assistant", "content": ""})]
+        chunks += [chunk({"content": p}) for p in _pieces("".join(texts))]
+        for i, call in enumerate(calls):
+            fn = call["function"]
+            chunks.append(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": i,
+                                "id": call["id"],
+                                "type": "function",
+                                "function": {"name": fn["name"], "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
+            for piece in _halves(fn["arguments"]):
+                chunks.append(
+                    chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
+                )
+        chunks.append(chunk({}, finish))
+        if include_usage:
+            chunks.append(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
+        frames = [("chunk", f"data: {json.dumps(c)}\n\n".encode()) for c in chunks]
+        frames.append(("[DONE]", b"data: [DONE]\n\n"))
+        return await self._stream(request, rec, frames, turn, {})
+
+    async def _stream(
+        self,
+        request: web.Request,
+        rec: RecordedRequest,
+        frames: list[tuple[str, bytes]],
+        turn: Turn,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
+        )
+        await resp.prepare(request)
+        for i, (name, frame) in enumerate(frames):
+            if i == turn.drop_after and request.transport is not None:
+                rec.outcome = "dropped"
+                request.transport.close()  # no terminating chunk: the client sees a cut
+                return resp
+            if i and turn.event_delay:
+                await asyncio.sleep(turn.event_delay)
+            await resp.write(frame)
+            rec.events.append((time.monotonic(), name))
+        await resp.write_eof()
+        return resp
+
+    # ----------------------------------------------------------------- control (HTTP)
+
+    async def _control_script(self, request: web.Request) -> web.Response:
+        data = await request.json()
+        turns = [turn_from_json(t) for t in data.get("turns", [])]
+        self.script(turns, model=data.get("model"))
+        return web.json_response({"ok": True, "queued": len(turns)})
+
+    async def _control_requests(self, _request: web.Request) -> web.Response:
+        with self._lock:
+            data = [asdict(r) for r in self.requests]
+        return web.json_response(data)
+
+    async def _control_reset(self, _request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"ok": True})
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _pieces(text: str) -> list[str]:
+    """Split text into word-sized deltas, as providers stream it."""
+    return re.findall(r"\s*\S+\s*|\s+", text) if text else []
+
+
+def _halves(s: str) -> list[str]:
+    """Split JSON text in two, so clients must join partial_json / arguments deltas."""
+    if len(s) < 2:
+        return [s]
+    mid = len(s) // 2
+    return [s[:mid], s[mid:]]
+
+
+def _error_response(
+    provider: str,
+    status: int,
+    message: str | None,
+    error_type: str | None,
+    headers: dict[str, str],
+) -> web.Response:
+    """The provider's own error body shape for `status`."""
+    if provider == "anthropic":
+        kind = error_type or _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+        body: dict[str, Any] = {
+            "type": "error",
+            "error": {"type": kind, "message": message or f"fake {kind} ({status})"},
+        }
+    else:
+        kind, code = _OPENAI_ERROR_TYPES.get(status, ("server_error", None))
+        kind = error_type or kind
+        body = {
+            "error": {
+                "message": message or f"fake {kind} ({status})",
+                "type": kind,
+                "param": None,
+                "code": code,
+            }
+        }
+    return web.json_response(body, status=status, headers=headers)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run standalone; script it over HTTP (POST /_fake/script)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    async def serve() -> None:
+        async with FakeModelServer(args.host, args.port) as fake:
+            print(fake.url, flush=True)
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
