@@ -1,0 +1,178 @@
+"""Runs with their host API: what every run needs around the bare container.
+
+`RunHost` owns the host API server (unix socket mounted into containers), the per-run
+token store and the usage meter, and completes an operator's or the pipeline's payload
+into a full input.json. `run_once` is `mercury sandbox run`: one container, no chat
+platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mercury.config import Config, LoadedConfig, Secrets
+from mercury.sandbox.types import ImageBuildState, RunRequest, RunResult
+
+API_SOCKET_NAME = "api.sock"
+# Where the runner mounts the socket's directory in every container (hardening.API_MOUNT).
+CONTAINER_API_DIR = "/run/mercury-api"
+
+
+class SandboxRunError(Exception):
+    """The run could not be attempted (engine down, bad space id); one line."""
+
+
+def resources_dir() -> Path | None:
+    """The repository's resources/ (profiles, skills), mounted read-only into runs."""
+    path = Path(__file__).resolve().parents[2] / "resources"
+    return path if path.is_dir() else None
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def api_socket_path(config: Config) -> Path:
+    # Unix socket paths are limited to ~107 bytes: keep it short under data_dir.
+    return config.data_dir / "api" / API_SOCKET_NAME
+
+
+def build_input(
+    config: Config,
+    payload: Mapping[str, Any],
+    *,
+    run_id: str,
+    space_id: str,
+    token: str,
+) -> dict[str, Any]:
+    """Complete `payload` into input.json: defaults from config, ids and API access set.
+
+    Keys in `payload` win where they are the run's own (prompt, history, caller...); the
+    ids and the API access are always the host's, so a payload cannot borrow another run's.
+    """
+    model = config.model
+    data: dict[str, Any] = {
+        "platform": "cli",
+        "messages": [],
+        "caller": {"id": "operator", "name": "operator", "role": "admin"},
+        "attachments": [],
+        "preferences": {},
+        "profile": config.agent.profile,
+        "skills": [],
+        "model": {
+            "chain": [leg.model_dump(mode="json") for leg in model.chain],
+            "retries_per_leg": model.retries_per_leg,
+            "budget_s": model.budget,
+            "max_turns": model.max_turns,
+        },
+        "agent": {
+            "command": config.agent.command,
+            "bash_timeout_s": config.agent.bash_timeout,
+        },
+    }
+    data.update(payload)
+    data["run_id"] = run_id
+    data["space_id"] = space_id
+    data["api"] = {"socket": f"{CONTAINER_API_DIR}/{API_SOCKET_NAME}", "token": token}
+    return data
+
+
+class RunHost:
+    """The host API server + tokens + usage meter that runs talk back to."""
+
+    def __init__(self, config: Config, secrets: Secrets) -> None:
+        from mercury.api.server import HostApiServer
+        from mercury.api.tokens import TokenStore
+        from mercury.api.usage import UsageMeter
+
+        self.config = config
+        self.socket_path = api_socket_path(config)
+        self.tokens = TokenStore()
+        self.meter = UsageMeter(config.model.prices)
+        self.server = HostApiServer(
+            self.socket_path, self.tokens, config=config, secrets=secrets, meter=self.meter
+        )
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.socket_path.parent
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    def grant(self, run_id: str, space_id: str, role: str) -> str:
+        return self.tokens.mint(run_id, space_id, role)
+
+    def finish(self, run_id: str) -> Any:
+        """Revoke the run's token; return the usage the proxy metered for it."""
+        self.tokens.revoke(run_id)
+        return self.meter.pop_run(run_id)
+
+
+async def run_once(
+    loaded: LoadedConfig,
+    *,
+    space_id: str,
+    payload: dict[str, Any],
+    image: str | None = None,
+) -> RunResult:
+    """Run one container for `payload`, serving its host API; Ctrl-C aborts and cleans up."""
+    from mercury.sandbox.engine import EngineUnavailable, connect_engine
+    from mercury.sandbox.runner import ContainerRunner
+
+    config = loaded.config
+    try:
+        client, _info = await asyncio.to_thread(connect_engine, 10.0)
+    except EngineUnavailable as exc:
+        raise SandboxRunError(str(exc)) from exc
+    host = RunHost(config, loaded.secrets)
+    try:
+        await host.start()
+    except (OSError, ValueError) as exc:
+        client.close()
+        raise SandboxRunError(f"host API: cannot listen on {host.socket_path}: {exc}") from exc
+    run_id = new_run_id()
+    role = str((payload.get("caller") or {}).get("role") or "admin")
+    token = host.grant(run_id, space_id, role)
+    images = ImageBuildState(base_image=config.container.image)
+    runner = ContainerRunner(
+        config,
+        images,
+        client=client,
+        resources_dir=resources_dir(),
+        api_socket_dir=host.socket_dir,
+    )
+    loop = asyncio.get_running_loop()
+    aborts: set[asyncio.Task[bool]] = set()
+
+    def _abort() -> None:
+        task = loop.create_task(runner.abort(space_id))
+        aborts.add(task)  # keep a reference until it is done
+        task.add_done_callback(aborts.discard)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _abort)
+    try:
+        data = build_input(config, payload, run_id=run_id, space_id=space_id, token=token)
+        request = RunRequest(run_id=run_id, space_id=space_id, input=data, image=image)
+        try:
+            return await runner.run(request)
+        except ValueError as exc:  # e.g. an unsafe space id
+            raise SandboxRunError(str(exc)) from exc
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        host.finish(run_id)
+        await runner.aclose()
+        await host.stop()
+        with contextlib.suppress(Exception):
+            client.close()
