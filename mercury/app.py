@@ -26,6 +26,7 @@ class App:
         self.loaded = loaded
         self.config = loaded.config
         self.docker: Any = None
+        self.runner: Any = None
         self.http = HttpServer(self.config.server.host, self.config.server.port)
         self._started = False
 
@@ -44,6 +45,20 @@ class App:
         except EngineUnavailable as exc:
             raise StartupError(str(exc)) from exc
         log.info("docker engine", version=info.version, endpoint=info.endpoint)
+        from mercury.sandbox.runner import ContainerRunner
+        from mercury.sandbox.service import resources_dir
+        from mercury.sandbox.types import ImageBuildState
+
+        self.runner = ContainerRunner(
+            cfg,
+            ImageBuildState(cfg.container.image),
+            client=self.docker,
+            resources_dir=resources_dir(),
+        )
+        # Containers labelled with this instance belong to a dead process: remove them.
+        removed = await self.runner.cleanup_orphans()
+        if removed:
+            log.warning("removed orphaned containers", count=removed)
         try:
             await upgrade(cfg.resolved_database_url())
         except Exception as exc:
@@ -68,6 +83,12 @@ class App:
         """Stop every service; each step runs even if an earlier one failed."""
         with contextlib.suppress(Exception):
             await self.http.stop()
+        if self.runner is not None:
+            with contextlib.suppress(Exception):
+                await self.runner.kill_all()
+            with contextlib.suppress(Exception):
+                await self.runner.aclose()
+            self.runner = None
         if self.docker is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.docker.close)
