@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from mercury.sandbox.runner import ContainerRunner  # noqa: E402
 
 from mercury.config import Config  # noqa: E402
+from mercury.logging import configure_logging  # noqa: E402
 from mercury.sandbox.types import ImageBuildState, RunRequest  # noqa: E402
 
 TAG = "mercury-bench-echo:latest"
@@ -103,6 +104,7 @@ async def main() -> None:
     parser.add_argument("-n", type=int, default=20, help="runs of each (default 20)")
     parser.add_argument("--base", default=None, help="base image for the echo image")
     args = parser.parse_args()
+    configure_logging("warning", "console")
 
     client = docker.from_env()
     build_echo(client, base_image(args.base))

@@ -127,9 +127,14 @@ async def run_once(
 ) -> RunResult:
     """Run one container for `payload`, serving its host API; Ctrl-C aborts and cleans up."""
     from mercury.sandbox.engine import EngineUnavailable, connect_engine
+    from mercury.sandbox.hardening import check_id
     from mercury.sandbox.runner import ContainerRunner
 
     config = loaded.config
+    try:
+        check_id("space id", space_id)
+    except ValueError as exc:
+        raise SandboxRunError(str(exc)) from exc
     try:
         client, _info = await asyncio.to_thread(connect_engine, 10.0)
     except EngineUnavailable as exc:
