@@ -30,10 +30,9 @@ import docker
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mercury.sandbox.runner import ContainerRunner  # noqa: E402
-
 from mercury.config import Config  # noqa: E402
 from mercury.logging import configure_logging  # noqa: E402
+from mercury.sandbox.runner import ContainerRunner  # noqa: E402
 from mercury.sandbox.types import ImageBuildState, RunRequest  # noqa: E402
 
 TAG = "mercury-bench-echo:latest"
