@@ -159,3 +159,24 @@ async def make_runner(
 @pytest.fixture
 def runner(make_runner: Callable[..., ContainerRunner]) -> ContainerRunner:
     return make_runner()
+
+
+@pytest.fixture(scope="session")
+def agent_image(docker_client: docker.DockerClient, base_image: str) -> Iterator[str]:
+    """The real agent image (container/Dockerfile), built once per session from the base."""
+    from mercury.sandbox.images import agent_context_dir, build_agent_image
+
+    context = agent_context_dir()
+    digest = hashlib.sha256()
+    for path in sorted(context.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and ".egg-info" not in str(path):
+            digest.update(str(path.relative_to(context)).encode())
+            digest.update(path.read_bytes())
+    digest.update(base_image.encode())
+    tag = f"mercury-agent-test:{digest.hexdigest()[:12]}"
+    lines: list[str] = []
+    try:
+        build_agent_image(docker_client, base=base_image, tag=tag, on_event=lines.append)
+    except Exception as exc:
+        pytest.fail(f"agent image build failed: {exc}\n" + "\n".join(lines[-40:]), pytrace=False)
+    yield tag
