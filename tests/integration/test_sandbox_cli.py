@@ -112,3 +112,33 @@ def test_bad_input_file_and_bad_space_are_one_line_errors(tmp_path: Path, test_i
         "error: space id '../etc' is not allowed: use 1-64 letters, digits, '_', '.' or '-', "
         "starting with a letter or digit"
     ]
+
+
+def test_real_agent_answers_through_the_host_api(tmp_path: Path, agent_image: str) -> None:
+    """`mercury sandbox run` serves the host API: the real agent reaches the (fake) model."""
+    from tests.fakes.model_server import FakeModelServer, Text
+
+    with FakeModelServer() as fake:
+        fake.script([Text("Hello from the model")])
+        (tmp_path / "mercury.yaml").write_text(
+            f"instance: cli{uuid.uuid4().hex[:10]}\n"
+            f"data_dir: {tmp_path / 'data'}\n"
+            f"container: {{image: {agent_image}, memory: 512m, timeout: 90}}\n"
+            "model:\n"
+            f"  chain: [{{provider: anthropic, model: claude-test, base_url: '{fake.url}'}}]\n"
+        )
+        (tmp_path / "input.json").write_text(json.dumps({"prompt": "hi"}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MERCURY_")}
+        env["ANTHROPIC_API_KEY"] = "sk-ant-operator-key-000000000"
+        r = subprocess.run(
+            [sys.executable, "-m", "mercury.cli", "sandbox", "run", "--space", "demo",
+             "--input", "input.json", "--json"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        result = json.loads(r.stdout)
+        assert result["reply"] == "Hello from the model"
+        assert result["usage"]["input_tokens"] == 10
+        (req,) = fake.requests
+        assert req.headers["x-api-key"] == "sk-ant-operator-key-000000000"
+        assert "sk-ant-operator-key" not in r.stdout
