@@ -1,0 +1,50 @@
+"""The adapter contract: a few methods, in the spirit of opsdroid's connectors.
+
+An adapter turns platform events into InboundMessage and hands them to the sink; it sends
+Replies back. It never touches the database and makes no routing decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from mercury.core.messages import Attachment, ConversationRef, InboundMessage, Reply, SentMessage
+
+InboundSink = Callable[[InboundMessage], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    max_message_length: int  # longer replies are split by the adapter
+    threads: bool
+    file_upload: bool
+    markup: str  # "markdown" | "mrkdwn" | "telegram-html" | "plain"
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    platform: str
+    capabilities: Capabilities
+
+    async def start(self, sink: InboundSink) -> None:
+        """Connect and begin delivering inbound messages to `sink`."""
+
+    async def stop(self) -> None:
+        """Disconnect; no message is delivered to the sink afterwards."""
+
+    async def send(self, reply: Reply) -> SentMessage:
+        """Post a reply (split as needed) with its files."""
+
+    async def set_typing(self, conversation: ConversationRef) -> None:
+        """Show that a run is going (typing indicator, reaction or nothing)."""
+
+    async def edit(self, conversation: ConversationRef, message_id: str, text: str) -> None:
+        """Edit a message this adapter sent (the "still working" status)."""
+
+    async def delete(self, conversation: ConversationRef, message_id: str) -> None:
+        """Delete a message this adapter sent."""
+
+    async def download(self, attachment: Attachment, max_bytes: int) -> bytes:
+        """Fetch an inbound attachment's bytes; raise ValueError past `max_bytes`."""
