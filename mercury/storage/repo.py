@@ -537,6 +537,17 @@ async def finish_job(
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+async def requeue_job(store: Store, job_id: int) -> bool:
+    """Put a running job back in the queue at its place (shutdown cut its run short)."""
+    async with _tx(store) as s:
+        result = await s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_([JobStatus.RUNNING, JobStatus.ABORTED]))
+            .values(status=JobStatus.QUEUED, owner=None, started_at=None, finished_at=None)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def abort_queued_jobs(store: Store, space_id: str, error: str = "aborted") -> int:
     """Abort every job still waiting in a space's queue (/stop); returns how many."""
     async with _tx(store) as s:

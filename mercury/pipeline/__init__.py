@@ -1,0 +1,1 @@
+"""The message pipeline: inbound handling, the durable per-space queue, runs, delivery."""
