@@ -1,0 +1,155 @@
+"""Chat commands handled by the host before the agent (stop, pause, model, ...)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class CommandKind(StrEnum):
+    STOP = "stop"  # abort the running run and clear the space's queue
+    PAUSE = "pause"
+    RESUME = "resume"
+    HELP = "help"
+    STATUS = "status"
+    MODEL_LIST = "model_list"
+    MODEL_SWITCH = "model_switch"
+    CLEAR = "clear"  # start a fresh context boundary
+
+
+@dataclass(frozen=True)
+class Command:
+    kind: CommandKind
+    # /pause: seconds, None = until /resume.
+    duration_s: float | None = None
+    # /model switch: a 1-based list number or a model name, as typed.
+    model: str | None = None
+    # Set when the arguments were unusable: show this to the user instead of acting.
+    error: str | None = None
+
+
+HELP_TEXT = """\
+Commands:
+  stop — stop the current run and drop queued requests
+  /pause [30m|2h|1d] — stop answering here (for a while, or until /resume)
+  /resume — answer again
+  /status — what I'm doing here
+  /model list — the models available here
+  /model switch <number|name> — use another model here
+  clear — start a fresh conversation (earlier messages are forgotten)
+  /help — this text"""
+
+_UNITS = {
+    "s": 1,
+    "sec": 1,
+    "secs": 1,
+    "second": 1,
+    "seconds": 1,
+    "m": 60,
+    "min": 60,
+    "mins": 60,
+    "minute": 60,
+    "minutes": 60,
+    "h": 3600,
+    "hr": 3600,
+    "hrs": 3600,
+    "hour": 3600,
+    "hours": 3600,
+    "d": 86400,
+    "day": 86400,
+    "days": 86400,
+    "w": 604800,
+    "week": 604800,
+    "weeks": 604800,
+}
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)")
+# A pause longer than this is almost certainly a typo; "until /resume" is the open-ended form.
+MAX_PAUSE_S = 365 * 86400
+
+
+def parse_duration(text: str) -> float | None:
+    """ "30m", "2h", "1d", "1h30m", "90 min" -> seconds; None when unreadable or not > 0."""
+    s = text.strip().lower().replace(" ", "")
+    if not s:
+        return None
+    total = 0.0
+    pos = 0
+    for m in _PART.finditer(s):
+        if m.start() != pos or m.group(2) not in _UNITS:
+            return None
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or total <= 0:
+        return None
+    return total
+
+
+_BARE = {"stop": CommandKind.STOP, "clear": CommandKind.CLEAR}
+_SLASH = {
+    "stop": CommandKind.STOP,
+    "pause": CommandKind.PAUSE,
+    "resume": CommandKind.RESUME,
+    "help": CommandKind.HELP,
+    "status": CommandKind.STATUS,
+    "clear": CommandKind.CLEAR,
+    "model": CommandKind.MODEL_LIST,  # refined below
+}
+_MODEL_USAGE = "Usage: /model list, or /model switch <number|name>."
+
+
+def parse_command(text: str) -> Command | None:
+    """Parse a command from a prompt already addressed to the bot; None for anything else.
+
+    Bare "stop" and "clear" count only as the whole message (optionally with "!" or "."),
+    so "stop the music" still goes to the agent. Slash commands accept Telegram's
+    "/cmd@botname" form. Unknown slash commands are not ours: None (the agent gets them).
+    """
+    s = text.strip()
+    if not s:
+        return None
+    bare = s.lower().rstrip("!.")
+    if bare in _BARE:
+        return Command(_BARE[bare])
+    if not s.startswith("/"):
+        return None
+    head, _, rest = s[1:].partition(" ")
+    name = head.split("@", 1)[0].lower()
+    args = rest.split()
+    kind = _SLASH.get(name)
+    if kind is None:
+        return None
+    if kind is CommandKind.PAUSE:
+        return _pause(args)
+    if kind is CommandKind.MODEL_LIST:
+        return _model(args)
+    return Command(kind)
+
+
+def _pause(args: list[str]) -> Command:
+    if not args:
+        return Command(CommandKind.PAUSE)
+    raw = " ".join(args)
+    seconds = parse_duration(raw)
+    if seconds is None:
+        return Command(
+            CommandKind.PAUSE,
+            error=f'I couldn\'t read "{raw}" as a duration. Try /pause 30m, /pause 2h, '
+            "/pause 1d, or just /pause (until /resume).",
+        )
+    if seconds > MAX_PAUSE_S:
+        return Command(
+            CommandKind.PAUSE,
+            error="That pause is too long (over a year); use /pause alone to pause until /resume.",
+        )
+    return Command(CommandKind.PAUSE, duration_s=seconds)
+
+
+def _model(args: list[str]) -> Command:
+    if not args or (len(args) == 1 and args[0].lower() == "list"):
+        return Command(CommandKind.MODEL_LIST)
+    if args[0].lower() == "switch":
+        if len(args) < 2:
+            return Command(CommandKind.MODEL_SWITCH, error=_MODEL_USAGE)
+        return Command(CommandKind.MODEL_SWITCH, model=" ".join(args[1:]))
+    return Command(CommandKind.MODEL_LIST, error=_MODEL_USAGE)

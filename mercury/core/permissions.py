@@ -1,0 +1,93 @@
+"""Roles and permissions per space.
+
+Built-in roles:
+- `admin`: every permission. Config admins ("platform:user_id") are admins in every space.
+- `member` (the usual default role): `run`, `stop` and `clear` — a member can use the
+  agent, stop a run in a space they belong to and start a fresh context. Pausing the
+  space, switching its model and managing roles/mutes change the space for everyone, so
+  they need `pause`, `model` and `admin` (admins only, unless a custom role grants them).
+
+Custom roles are named sets of permissions (e.g. {"helper": {"run", "stop", "pause"}}).
+A custom definition may redefine `member` (e.g. a read-only member without `run`) but not
+`admin`. A role that is neither built in nor defined has no permissions: fail closed.
+Unknown permission names in a custom role are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from enum import StrEnum
+
+from mercury.core.commands import Command, CommandKind
+
+
+class Permission(StrEnum):
+    RUN = "run"  # use the agent
+    STOP = "stop"
+    PAUSE = "pause"
+    MODEL = "model"
+    CLEAR = "clear"
+    ADMIN = "admin"  # manage roles and mutes
+
+
+ADMIN_ROLE = "admin"
+MEMBER_ROLE = "member"
+ALL_PERMISSIONS: frozenset[str] = frozenset(p.value for p in Permission)
+MEMBER_PERMISSIONS: frozenset[str] = frozenset({Permission.RUN, Permission.STOP, Permission.CLEAR})
+
+
+def user_key(platform: str, user_id: str) -> str:
+    """The "platform:user_id" key used by config admins, roles, mutes and rate limits."""
+    return f"{platform}:{user_id}"
+
+
+def role_of(
+    user_key: str,
+    space_roles: Mapping[str, str],
+    config_admins: Set[str],
+    default_role: str = MEMBER_ROLE,
+) -> str:
+    """The user's role in a space: config admins are admin everywhere (a space role cannot
+    demote them), then the space's assignment, then the default role."""
+    if user_key in config_admins:
+        return ADMIN_ROLE
+    return space_roles.get(user_key, default_role)
+
+
+def permissions_of(role: str, custom: Mapping[str, Set[str]] | None = None) -> frozenset[str]:
+    """The permissions a role grants (see the module docstring for the built-ins)."""
+    if role == ADMIN_ROLE:
+        return ALL_PERMISSIONS
+    if custom and role in custom:
+        return frozenset(custom[role]) & ALL_PERMISSIONS
+    if role == MEMBER_ROLE:
+        return MEMBER_PERMISSIONS
+    return frozenset()
+
+
+def allowed(role: str, permission: str, custom: Mapping[str, Set[str]] | None = None) -> bool:
+    return permission in permissions_of(role, custom)
+
+
+def known_roles(custom: Mapping[str, Set[str]] | None = None) -> frozenset[str]:
+    """Roles that may be assigned (for the host API's role management)."""
+    return frozenset({ADMIN_ROLE, MEMBER_ROLE, *(custom or {})})
+
+
+# /help, /status and /model list only read: anyone addressed by the bot may use them.
+_COMMAND_PERMISSION: dict[CommandKind, Permission | None] = {
+    CommandKind.STOP: Permission.STOP,
+    CommandKind.PAUSE: Permission.PAUSE,
+    CommandKind.RESUME: Permission.PAUSE,
+    CommandKind.HELP: None,
+    CommandKind.STATUS: None,
+    CommandKind.MODEL_LIST: None,
+    CommandKind.MODEL_SWITCH: Permission.MODEL,
+    CommandKind.CLEAR: Permission.CLEAR,
+}
+
+
+def command_permission(command: Command | CommandKind) -> Permission | None:
+    """The permission a command needs, or None when anyone may use it."""
+    kind = command.kind if isinstance(command, Command) else command
+    return _COMMAND_PERMISSION[kind]

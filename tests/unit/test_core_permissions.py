@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+
+from mercury.core.commands import Command, CommandKind
+from mercury.core.permissions import (
+    ALL_PERMISSIONS,
+    Permission,
+    allowed,
+    command_permission,
+    known_roles,
+    permissions_of,
+    role_of,
+    user_key,
+)
+
+ADMINS = {"slack:UADMIN"}
+
+
+def test_role_of() -> None:
+    roles = {"slack:U2": "helper", "slack:UADMIN": "member"}
+    assert role_of("slack:UADMIN", roles, ADMINS, "member") == "admin"  # cannot be demoted
+    assert role_of("slack:U2", roles, ADMINS, "member") == "helper"
+    assert role_of("slack:U3", roles, ADMINS, "member") == "member"
+    assert role_of("slack:U3", {}, ADMINS, "guest") == "guest"
+    # Keys are platform-qualified: the same id elsewhere is someone else.
+    assert role_of("discord:UADMIN", {}, ADMINS, "member") == "member"
+    assert user_key("slack", "UADMIN") == "slack:UADMIN"
+
+
+def test_builtin_roles() -> None:
+    assert permissions_of("admin") == ALL_PERMISSIONS
+    member = permissions_of("member")
+    assert member == {"run", "stop", "clear"}
+    for p in ("pause", "model", "admin"):
+        assert not allowed("member", p)
+        assert allowed("admin", p)
+
+
+def test_custom_roles() -> None:
+    custom = {"helper": {"run", "pause", "bogus"}, "member": {"stop"}, "admin": set()}
+    assert permissions_of("helper", custom) == {"run", "pause"}
+    assert permissions_of("member", custom) == {"stop"}  # may be redefined
+    assert permissions_of("admin", custom) == ALL_PERMISSIONS  # may not
+    assert permissions_of("stranger", custom) == frozenset()  # fail closed
+    assert known_roles(custom) == {"admin", "member", "helper"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "perm"),
+    [
+        (CommandKind.STOP, Permission.STOP),
+        (CommandKind.PAUSE, Permission.PAUSE),
+        (CommandKind.RESUME, Permission.PAUSE),
+        (CommandKind.MODEL_SWITCH, Permission.MODEL),
+        (CommandKind.CLEAR, Permission.CLEAR),
+        (CommandKind.MODEL_LIST, None),
+        (CommandKind.HELP, None),
+        (CommandKind.STATUS, None),
+    ],
+)
+def test_command_permission(kind: CommandKind, perm: Permission | None) -> None:
+    assert command_permission(Command(kind)) == perm
+    assert command_permission(kind) == perm
