@@ -13,8 +13,10 @@ from mercury.logging import get_logger
 
 log = get_logger("mercury.app")
 
-# How long shutdown may take before remaining work is abandoned.
-SHUTDOWN_TIMEOUT_S = 20.0
+# How long running runs may go on after SIGTERM before they are killed and requeued.
+RUN_GRACE_S = 10.0
+# How long the whole shutdown may take before remaining work is abandoned.
+SHUTDOWN_TIMEOUT_S = 40.0
 
 
 class StartupError(Exception):
@@ -27,12 +29,18 @@ class App:
         self.config = loaded.config
         self.docker: Any = None
         self.runner: Any = None
+        self.db: Any = None
+        self.host: Any = None
+        self.pipeline: Any = None
+        self.adapters: dict[str, Any] = {}
         self.http = HttpServer(self.config.server.host, self.config.server.port)
+        self._started_adapters: list[Any] = []
         self._started = False
 
     async def start(self) -> None:
         from mercury.httpserver import ServerStartError
         from mercury.sandbox.engine import EngineUnavailable, connect_engine
+        from mercury.storage import Database
         from mercury.storage.migrate import upgrade
 
         cfg = self.config
@@ -45,29 +53,22 @@ class App:
         except EngineUnavailable as exc:
             raise StartupError(str(exc)) from exc
         log.info("docker engine", version=info.version, endpoint=info.endpoint)
-        from mercury.sandbox.runner import ContainerRunner
-        from mercury.sandbox.service import resources_dir
-        from mercury.sandbox.types import ImageBuildState
-
-        self.runner = ContainerRunner(
-            cfg,
-            ImageBuildState(cfg.container.image),
-            client=self.docker,
-            resources_dir=resources_dir(),
-        )
-        # Containers labelled with this instance belong to a dead process: remove them.
-        removed = await self.runner.cleanup_orphans()
-        if removed:
-            log.warning("removed orphaned containers", count=removed)
+        url = cfg.resolved_database_url()
         try:
-            await upgrade(cfg.resolved_database_url())
+            await upgrade(url)
         except Exception as exc:
             from mercury.doctor import _first_line, _safe_url
 
             raise StartupError(
-                f"database_url: cannot migrate {_safe_url(cfg.resolved_database_url())}: "
-                f"{_first_line(exc)}"
+                f"database_url: cannot migrate {_safe_url(url)}: {_first_line(exc)}"
             ) from exc
+        self.db = Database(url)
+        await self._build_services()
+        await self.pipeline.start()
+        for adapter in self.adapters.values():
+            await adapter.start(self.pipeline.inbound)
+            self._started_adapters.append(adapter)
+        # Listen last: once /healthz answers, every adapter accepts messages.
         try:
             await self.http.start()
         except ServerStartError as exc:
@@ -77,10 +78,65 @@ class App:
             "mercury started",
             instance=cfg.instance,
             url=f"http://{cfg.server.host}:{self.http.bound_port}",
+            adapters=sorted(self.adapters),
         )
+
+    async def _build_services(self) -> None:
+        from mercury.api.space_routes import space_routes
+        from mercury.pipeline.service import Pipeline, model_problem
+        from mercury.sandbox.runner import ContainerRunner
+        from mercury.sandbox.service import RunHost, resources_dir
+        from mercury.sandbox.types import ImageBuildState
+
+        cfg = self.config
+        secrets = self.loaded.secrets
+        self.host = RunHost(cfg, secrets)
+        self.runner = ContainerRunner(
+            cfg,
+            ImageBuildState(cfg.container.image),
+            client=self.docker,
+            resources_dir=resources_dir(),
+            api_socket_dir=self.host.socket_dir,
+        )
+        # Containers labelled with this instance belong to a dead process: remove them.
+        removed = await self.runner.cleanup_orphans()
+        if removed:
+            log.warning("removed orphaned containers", count=removed)
+        self._build_adapters()
+        self.pipeline = Pipeline(cfg, secrets, self.db, self.runner, self.host, self.adapters)
+        self.host.server.add_routes(
+            space_routes(self.db, send_interim=self.pipeline.executor.send_interim)
+        )
+        await self.host.start()
+        problem = model_problem(cfg, secrets)
+        if problem:
+            log.warning("no model configured: runs will answer with what to configure")
+
+    def _build_adapters(self) -> None:
+        cfg = self.config
+        if cfg.adapters.web.enabled:
+            from mercury.adapters.web import WebChatAdapter
+
+            password = self.loaded.secrets.dashboard_password
+            web = WebChatAdapter(
+                username=cfg.dashboard.username,
+                password=password.get_secret_value() if password else None,
+                max_upload=cfg.adapters.web.max_upload,
+                upload_dir=cfg.data_dir / "webchat",
+                session_ttl=cfg.dashboard.session_ttl,
+            )
+            web.register(self.http.app)
+            self.adapters["web"] = web
 
     async def stop(self) -> None:
         """Stop every service; each step runs even if an earlier one failed."""
+        if self.pipeline is not None:
+            with contextlib.suppress(Exception):
+                await self.pipeline.stop(RUN_GRACE_S)
+        for adapter in reversed(self._started_adapters):
+            with contextlib.suppress(Exception):
+                await adapter.stop()
+        self._started_adapters.clear()
         with contextlib.suppress(Exception):
             await self.http.stop()
         if self.runner is not None:
@@ -89,6 +145,14 @@ class App:
             with contextlib.suppress(Exception):
                 await self.runner.aclose()
             self.runner = None
+        if self.host is not None:
+            with contextlib.suppress(Exception):
+                await self.host.stop()
+            self.host = None
+        if self.db is not None:
+            with contextlib.suppress(Exception):
+                await self.db.dispose()
+            self.db = None
         if self.docker is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.docker.close)
@@ -112,7 +176,7 @@ async def serve(app: App, stop: asyncio.Event | None = None) -> None:
             await app.stop()
             raise
         await stop.wait()
-        log.info("shutting down", timeout_s=SHUTDOWN_TIMEOUT_S)
+        log.info("shutting down", grace_s=RUN_GRACE_S, timeout_s=SHUTDOWN_TIMEOUT_S)
         try:
             await asyncio.wait_for(app.stop(), timeout=SHUTDOWN_TIMEOUT_S)
         except TimeoutError:

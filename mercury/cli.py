@@ -348,6 +348,9 @@ def _register_subcommands() -> None:
     except ImportError:  # pragma: no cover - only while the image module is missing
         return
     main.add_command(image)
+    from mercury.cli_chat import chat
+
+    main.add_command(chat)
 
 
 _register_subcommands()

@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Self
 
@@ -204,6 +204,8 @@ class FakeModelServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
+        # Answers requests nothing was scripted for (load tests: reply per prompt).
+        self.responder: Callable[[dict[str, Any]], ScriptItem] | None = None
 
     # ----------------------------------------------------------------- scripting
 
@@ -338,6 +340,8 @@ class FakeModelServer:
 
     async def _turn_for(self, rec: RecordedRequest) -> Turn | Error | web.Response:
         turn = self._pop(rec.model)
+        if turn is None and self.responder is not None:
+            turn = as_turn(self.responder(rec.body))
         if turn is None:
             rec.outcome = "unscripted"
             message = (

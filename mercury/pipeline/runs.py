@@ -1,0 +1,338 @@
+"""One job -> one container run -> one reply: input.json, the run, delivery, the record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mercury.adapters.base import Adapter
+from mercury.config import Config
+from mercury.core.history import HistoryItem, select_history
+from mercury.core.messages import ConversationRef, OutboundFile, Reply
+from mercury.core.router import failure_notice
+from mercury.logging import get_logger
+from mercury.sandbox.runner import ContainerRunner
+from mercury.sandbox.service import RunHost, build_input, new_run_id
+from mercury.sandbox.types import RunReason, RunRequest, RunResult
+from mercury.storage import Database, JobRecord, JobStatus, MessageRole, repo, utcnow
+
+log = get_logger("mercury.runs")
+
+STATUS_AFTER_S = 30.0  # past this, a "still working" status message appears
+STATUS_EVERY_S = 15.0
+TYPING_EVERY_S = 5.0
+AGENT_UID = 1000
+
+
+@dataclass(frozen=True)
+class JobPayload:
+    """What the inbound handler stores with a job: enough to run it after a restart."""
+
+    platform: str
+    chat_id: str
+    thread_id: str | None
+    reply_to: str | None
+    message_id: int | None
+    prompt: str
+    author_id: str
+    author_name: str
+    role: str
+    attachments: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JobPayload:
+        return cls(
+            platform=str(d["platform"]),
+            chat_id=str(d["chat_id"]),
+            thread_id=d.get("thread_id"),
+            reply_to=d.get("reply_to"),
+            message_id=d.get("message_id"),
+            prompt=str(d.get("prompt", "")),
+            author_id=str(d.get("author_id", "")),
+            author_name=str(d.get("author_name", "")),
+            role=str(d.get("role", "member")),
+            attachments=tuple(d.get("attachments") or ()),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "platform": self.platform,
+            "chat_id": self.chat_id,
+            "thread_id": self.thread_id,
+            "reply_to": self.reply_to,
+            "message_id": self.message_id,
+            "prompt": self.prompt,
+            "author_id": self.author_id,
+            "author_name": self.author_name,
+            "role": self.role,
+            "attachments": list(self.attachments),
+        }
+
+    @property
+    def conversation(self) -> ConversationRef:
+        return ConversationRef(self.platform, self.chat_id, self.thread_id)
+
+
+def space_dir(config: Config, space_id: str) -> Path:
+    return config.data_dir / "spaces" / space_id
+
+
+def init_space_dir(config: Config, space_id: str, profile: str) -> Path:
+    """Create a space's folder once (MEMORY.md, inbox/, outbox/); afterwards it is the agent's."""
+    path = space_dir(config, space_id)
+    if path.exists():
+        return path
+    for sub in ("", "inbox", "outbox"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    memory = path / "MEMORY.md"
+    memory.write_text(
+        f"# Memory of space {space_id}\n\nProfile: {profile}. The agent keeps notes here.\n"
+    )
+    if os.geteuid() == 0:
+        # The agent runs as uid 1000 and owns its space from now on.
+        for p in (path, path / "inbox", path / "outbox", memory):
+            os.chown(p, AGENT_UID, AGENT_UID)
+    return path
+
+
+class RunExecutor:
+    """The dispatcher's job handler."""
+
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        runner: ContainerRunner,
+        host: RunHost,
+        adapters: Mapping[str, Adapter],
+        *,
+        model_problem: str | None = None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.runner = runner
+        self.host = host
+        self.adapters = adapters
+        # Set when no chain leg has a key or base URL: runs would fail, say what to fix.
+        self.model_problem = model_problem
+        self.stopping = False
+        # run_id -> conversation, for interim messages sent through the host API.
+        self._conversations: dict[str, ConversationRef] = {}
+
+    async def send_interim(self, run_id: str, space_id: str, text: str) -> None:
+        conv = self._conversations.get(run_id)
+        if conv is None:
+            raise LookupError("that run is not active")
+        await self._send(Reply(conv, text))
+
+    async def __call__(self, job: JobRecord) -> JobStatus:
+        payload = JobPayload.from_dict(job.payload)
+        conv = payload.conversation
+        if self.model_problem:
+            await self._send(Reply(conv, self.model_problem, reply_to=payload.reply_to))
+            return JobStatus.FAILED
+        space = await repo.get_or_create_space(self.db, job.space_id)
+        init_space_dir(self.config, job.space_id, space.profile)
+        data = await self._input(job, payload, space.profile, space.context_reset_at)
+        run_id = new_run_id()
+        token = self.host.grant(run_id, job.space_id, payload.role)
+        full = build_input(self.config, data, run_id=run_id, space_id=job.space_id, token=token)
+        self._conversations[run_id] = conv
+        started = utcnow()
+        indicator = asyncio.get_running_loop().create_task(self._indicate(conv))
+        try:
+            result = await self.runner.run(
+                RunRequest(run_id=run_id, space_id=job.space_id, input=full)
+            )
+        finally:
+            indicator.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await indicator
+            self._conversations.pop(run_id, None)
+            usage = self.host.finish(run_id)
+        if self.stopping and result.reason is RunReason.ABORTED:
+            return JobStatus.ABORTED  # killed by shutdown: requeued, no notice
+        await self._deliver(job, payload, result)
+        await self._record(job, result, usage, started)
+        if result.ok:
+            return JobStatus.DONE
+        return JobStatus.ABORTED if result.reason is RunReason.ABORTED else JobStatus.FAILED
+
+    # ------------------------------------------------------------------ input
+
+    async def _input(
+        self, job: JobRecord, payload: JobPayload, profile: str, reset_at: Any
+    ) -> dict[str, Any]:
+        hist_cfg = self.config.history
+        rows = await repo.recent_messages(self.db, job.space_id, limit=hist_cfg.turns + 1)
+        items = [
+            HistoryItem(
+                id=str(m.id),
+                author_id=m.author_id or "",
+                author_name=m.author_name or "",
+                text=m.text,
+                ts=m.created_at,
+                is_bot=m.is_bot or m.role is MessageRole.ASSISTANT,
+                attachments=tuple(m.attachments or ()),
+            )
+            for m in rows
+            if m.id != payload.message_id
+        ]
+        window = select_history(
+            items, turns=hist_cfg.turns, max_chars=hist_cfg.max_chars, since=reset_at
+        )
+        prefs = await repo.get_preferences(self.db, job.space_id)
+        chain = [leg.model_dump(mode="json") for leg in self.config.model.chain]
+        chosen = prefs.get("_model")  # /model switch: that leg goes first
+        chain.sort(key=lambda leg: leg["model"] != chosen)
+        model = self.config.model
+        return {
+            "model": {
+                "chain": chain,
+                "retries_per_leg": model.retries_per_leg,
+                "budget_s": model.budget,
+                "max_turns": model.max_turns,
+            },
+            "platform": payload.platform,
+            "prompt": payload.prompt,
+            "messages": [
+                {
+                    "id": h.id,
+                    "author_id": h.author_id,
+                    "author_name": h.author_name,
+                    "text": h.text,
+                    "ts": h.ts.isoformat(),
+                    "is_bot": h.is_bot,
+                    "attachments": list(h.attachments),
+                }
+                for h in window
+            ],
+            "caller": {"id": payload.author_id, "name": payload.author_name, "role": payload.role},
+            "attachments": [f"/space/{a}" for a in payload.attachments],
+            "preferences": {k: v for k, v in prefs.items() if not k.startswith("_")},
+            "profile": profile,
+        }
+
+    # ------------------------------------------------------------------ while it runs
+
+    async def _indicate(self, conv: ConversationRef) -> None:
+        """Typing while the run goes; past 30 s a "still working (Ns)" status, kept fresh."""
+        adapter = self.adapters.get(conv.platform)
+        if adapter is None:
+            return
+        begun = time.monotonic()
+        status_id: str | None = None
+        try:
+            while True:
+                with contextlib.suppress(Exception):
+                    await adapter.set_typing(conv)
+                elapsed = time.monotonic() - begun
+                if elapsed >= STATUS_AFTER_S:
+                    text = f"still working ({int(elapsed)}s)"
+                    with contextlib.suppress(Exception):
+                        if status_id is None:
+                            sent = await adapter.send(Reply(conv, text))
+                            status_id = (sent.platform_message_ids or (None,))[0]
+                        else:
+                            await adapter.edit(conv, status_id, text)
+                    await asyncio.sleep(STATUS_EVERY_S)
+                else:
+                    await asyncio.sleep(min(TYPING_EVERY_S, STATUS_AFTER_S - elapsed))
+        finally:
+            if status_id is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(adapter.delete(conv, status_id))
+
+    # ------------------------------------------------------------------ after it ran
+
+    async def _deliver(self, job: JobRecord, payload: JobPayload, result: RunResult) -> None:
+        conv = payload.conversation
+        if result.ok:
+            outbox = space_dir(self.config, job.space_id)
+            files = tuple(
+                OutboundFile(path=outbox / f, name=Path(f).name)
+                for f in result.files
+                if (outbox / f).is_file()
+            )
+            text = result.reply or ("(sent a file)" if files else "(no reply)")
+            await self._send(Reply(conv, text, files, reply_to=payload.reply_to))
+            await repo.add_message(
+                self.db,
+                space_id=job.space_id,
+                platform=payload.platform,
+                role=MessageRole.ASSISTANT,
+                text=text,
+                author_name="mercury",
+                is_bot=True,
+                attachments=list(result.files),
+            )
+            return
+        log.warning(
+            "run failed",
+            job_id=job.id,
+            space_id=job.space_id,
+            reason=result.reason.value,
+            exit_code=result.exit_code,
+            error=result.error,
+            log_tail=result.log_tail,
+        )
+        error_class = (result.result or {}).get("error_class")
+        notice = failure_notice(result.reason.value, self._notice_detail(result, error_class))
+        await self._send(Reply(conv, notice, reply_to=payload.reply_to))
+
+    def _notice_detail(self, result: RunResult, error_class: Any) -> str | None:
+        if result.reason is RunReason.TIMEOUT:
+            return f"{int(self.config.container.timeout)} s"
+        if error_class == "auth":
+            return "the model provider refused the API key; the operator must check it"
+        if error_class == "budget":
+            return "the model took longer than the time budget"
+        return None
+
+    async def _send(self, reply: Reply) -> None:
+        adapter = self.adapters.get(reply.conversation.platform)
+        if adapter is None:
+            log.error("no adapter for platform", platform=reply.conversation.platform)
+            return
+        try:
+            await adapter.send(reply)
+        except Exception:
+            log.exception("sending failed", platform=reply.conversation.platform)
+
+    async def _record(self, job: JobRecord, result: RunResult, usage: Any, started: Any) -> None:
+        model = str((result.usage or {}).get("model") or self.config.model.chain[0].model)
+        try:
+            await repo.record_run(
+                self.db,
+                space_id=job.space_id,
+                reason=repo.RunReason(result.reason.value),
+                job_id=job.id,
+                exit_code=result.exit_code,
+                duration_ms=result.duration_ms,
+                image=result.image,
+                container_name=result.container_name,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cost_usd=usage.cost_usd,
+                model=model,
+                error=result.error,
+                started_at=started,
+                finished_at=utcnow(),
+            )
+            if usage.requests:
+                await repo.add_usage(
+                    self.db,
+                    job.space_id,
+                    model=model,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cost_usd=usage.cost_usd or 0.0,
+                )
+        except Exception:
+            log.exception("recording the run failed", job_id=job.id)

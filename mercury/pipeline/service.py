@@ -1,0 +1,79 @@
+"""The pipeline: inbound handler -> jobs table -> dispatcher -> run executor -> adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from mercury.adapters.base import Adapter
+from mercury.config import Config, Secrets
+from mercury.core.messages import ConversationRef, Reply
+from mercury.logging import get_logger
+from mercury.pipeline.dispatcher import Dispatcher
+from mercury.pipeline.inbound import InboundHandler
+from mercury.pipeline.runs import RunExecutor
+from mercury.sandbox.runner import ContainerRunner
+from mercury.sandbox.service import RunHost
+from mercury.storage import Database
+
+log = get_logger("mercury.pipeline")
+
+RESTART_NOTICE = (
+    "Sorry — Mercury was restarted twice while working on your message, so it gave up on "
+    "it. Please send it again."
+)
+
+
+def model_problem(config: Config, secrets: Secrets) -> str | None:
+    """Why no run can reach a model, in words for the chat user; None when one can."""
+    present = secrets.present()
+    for leg in config.model.chain:
+        if leg.base_url or f"{leg.provider}_api_key" in present:
+            return None
+    return (
+        "Mercury has no model configured yet, so it cannot answer. The operator needs to set "
+        "ANTHROPIC_API_KEY or OPENAI_API_KEY (in .env) or a base_url for a local model "
+        "server in mercury.yaml, then restart Mercury."
+    )
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        secrets: Secrets,
+        db: Database,
+        runner: ContainerRunner,
+        host: RunHost,
+        adapters: Mapping[str, Adapter],
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.runner = runner
+        self.adapters = adapters
+        self.executor = RunExecutor(
+            config, db, runner, host, adapters, model_problem=model_problem(config, secrets)
+        )
+        self.dispatcher = Dispatcher(
+            db, self.executor, max_concurrency=config.container.max_concurrency
+        )
+        self.inbound = InboundHandler(config, db, self.dispatcher, runner, adapters)
+
+    async def start(self) -> None:
+        stale = await self.dispatcher.recover()
+        for job in stale.failed:
+            p = job.payload
+            adapter = self.adapters.get(str(p.get("platform")))
+            if adapter is None:
+                continue
+            conv = ConversationRef(str(p["platform"]), str(p["chat_id"]), p.get("thread_id"))
+            try:
+                await adapter.send(Reply(conv, RESTART_NOTICE, reply_to=p.get("reply_to")))
+            except Exception:
+                log.exception("could not tell the user about a failed job", job_id=job.id)
+        await self.inbound.seed_ledger()
+        self.dispatcher.start()
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; running runs get `grace` seconds, then are killed and requeued."""
+        self.executor.stopping = True
+        await self.dispatcher.stop(grace, on_timeout=self.runner.kill_all)

@@ -1,0 +1,324 @@
+"""The whole pipeline: `mercury run` as a real process, the web chat, the real agent image on
+the real engine, and the fake model server on loopback (reached through the host API)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from mercury.sandbox.hardening import LABEL_INSTANCE
+from tests.fakes.model_server import FakeModelServer, Text, ToolCall, Turn
+
+pytestmark = pytest.mark.docker
+
+PASSWORD = "test-dashboard-password-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    """The newest user text in a model request, in either wire format."""
+    for msg in reversed(body.get("messages", [])):
+        if msg.get("role") != "user":
+            continue
+        content = msg.get("content")
+        if isinstance(content, str):
+            return content
+        texts = [b.get("text", "") for b in content or [] if b.get("type") == "text"]
+        if texts:
+            return texts[-1]
+    return ""
+
+
+def echo_responder(delay: float = 0.0) -> Any:
+    def respond(body: dict[str, Any]) -> Turn:
+        text = last_user_text(body).split(":", 1)[-1].strip()
+        return Turn([Text(f"re: {text}")], delay=delay)
+
+    return respond
+
+
+class Mercury:
+    """A `mercury run` process on a tmp site, driven over its web chat API."""
+
+    def __init__(self, root: Path, image: str, fake: FakeModelServer, **cfg: Any) -> None:
+        self.root = root
+        self.port = free_port()
+        self.instance = f"p{uuid.uuid4().hex[:10]}"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[str] | None = None
+        limits = cfg.get("rate_limits", {"burst": 100, "burst_window": 60})
+        config = {
+            "instance": self.instance,
+            "data_dir": str(root / "data"),
+            "server": {"host": "127.0.0.1", "port": self.port},
+            "log": {"format": "json", "level": "info"},
+            "container": {
+                "image": image,
+                "memory": "512m",
+                "timeout": cfg.get("timeout", 60),
+                "max_concurrency": cfg.get("max_concurrency", 2),
+            },
+            "model": {"chain": [{"provider": "anthropic", "model": "claude-test",
+                                 "base_url": fake.url}]},
+            "rate_limits": limits,
+        }  # fmt: skip
+        (root / "mercury.yaml").write_text(json.dumps(config))
+        (root / ".env").write_text(
+            f"MERCURY_DASHBOARD_PASSWORD={PASSWORD}\nANTHROPIC_API_KEY=sk-ant-pipeline-test-000\n"
+        )
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MERCURY_")}
+        self.log = open(self.root / f"mercury-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mercury.cli", "run"],
+            cwd=self.root, env=env, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.logs()
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("mercury did not come up:\n" + self.logs())
+
+    def logs(self) -> str:
+        return "".join(p.read_text() for p in sorted(self.root.glob("mercury-*.log")))
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=90)
+        self.log.close()
+        return code
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method,
+            headers={"Authorization": f"Bearer {PASSWORD}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def post(self, space: str, text: str, client_id: str | None = None) -> str:
+        body: dict[str, Any] = {"space": space, "text": text}
+        if client_id:
+            body["client_id"] = client_id
+        return str(self.request("POST", "/api/chat/messages", body)["id"])
+
+    def messages(self, space: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/api/chat/messages?space={space}")["messages"])
+
+    def replies(self, space: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages(space) if m["role"] == "assistant"]
+
+    def wait_replies(self, space: str, n: int, timeout: float = 120) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.replies(space)
+            if len(got) >= n:
+                return got
+            time.sleep(0.2)
+        raise AssertionError(
+            f"{space}: wanted {n} replies, got {self.messages(space)}\n{self.logs()[-4000:]}"
+        )
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeModelServer]:
+    with FakeModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def site(tmp_path: Path, agent_image: str, fake: FakeModelServer) -> Iterator[Any]:
+    made: list[Mercury] = []
+
+    def make(**cfg: Any) -> Mercury:
+        m = Mercury(tmp_path, agent_image, fake, **cfg)
+        made.append(m)
+        return m
+
+    yield make
+    client = docker.from_env()
+    for m in made:
+        if m.proc is not None and m.proc.poll() is None:
+            m.stop(signal.SIGKILL)
+        for c in client.containers.list(
+            all=True, filters={"label": f"{LABEL_INSTANCE}={m.instance}"}
+        ):
+            c.remove(force=True)
+    client.close()
+
+
+def test_a_message_gets_its_reply_and_a_file(site: Any, fake: FakeModelServer) -> None:
+    m = site()
+    m.start()
+    fake.responder = echo_responder()
+    m.post("alpha", "hello there")
+    (reply,) = m.wait_replies("alpha", 1)
+    assert reply["text"] == "re: hello there"
+
+    fake.responder = None
+    fake.script(
+        [
+            ToolCall("write_file", {"path": "outbox/report.txt", "content": "the report"}),
+            Text("Here is the report."),
+        ]
+    )
+    m.post("alpha", "make me a report")
+    replies = m.wait_replies("alpha", 2)
+    files = replies[1]["files"]
+    assert replies[1]["text"] == "Here is the report."
+    assert [f["name"] for f in files] == ["report.txt"]
+    req = urllib.request.Request(
+        m.url + files[0]["url"], headers={"Authorization": f"Bearer {PASSWORD}"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.read() == b"the report"
+    # the model saw the history: the first exchange is in the second run's messages
+    texts = json.dumps(fake.requests[-2].body["messages"])
+    assert "hello there" in texts and "re: hello there" in texts
+    assert m.stop() == 0
+
+
+def test_twenty_messages_over_five_spaces_in_order_under_the_cap(
+    site: Any, fake: FakeModelServer
+) -> None:
+    m = site(max_concurrency=2)
+    m.start()
+    fake.responder = echo_responder(delay=0.3)
+    client = docker.from_env()
+    peak = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            running = client.containers.list(filters={"label": f"{LABEL_INSTANCE}={m.instance}"})
+            peak = max(peak, len(running))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    spaces = [f"s{i}" for i in range(5)]
+    for n in range(4):
+        for space in spaces:
+            m.post(space, f"{space}-m{n}")
+    try:
+        for space in spaces:
+            replies = m.wait_replies(space, 4, timeout=240)
+            assert [r["text"] for r in replies] == [f"re: {space}-m{n}" for n in range(4)]
+    finally:
+        done.set()
+        watcher.join()
+        client.close()
+    assert 1 <= peak <= 2
+    assert len(fake.requests) == 20
+    assert m.stop() == 0
+
+
+def test_sigkill_with_queued_and_running_jobs_loses_nothing(
+    site: Any, fake: FakeModelServer
+) -> None:
+    m = site(max_concurrency=1)
+    m.start()
+    fake.responder = echo_responder(delay=2.0)
+    for n in range(3):
+        m.post("crash", f"c{n}")
+    deadline = time.monotonic() + 60
+    while not fake.requests and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first run has reached the model
+    assert fake.requests
+    assert m.stop(signal.SIGKILL) == -signal.SIGKILL
+    fake.responder = echo_responder()
+    m.start()
+    replies = m.wait_replies("crash", 3)
+    time.sleep(2)  # nothing more arrives
+    replies = m.replies("crash")
+    assert sorted(r["text"] for r in replies) == ["re: c0", "re: c1", "re: c2"]
+    assert m.stop() == 0
+
+
+def test_redelivered_message_runs_once(site: Any, fake: FakeModelServer) -> None:
+    m = site()
+    m.start()
+    fake.responder = echo_responder()
+    first = m.post("dup", "only once", client_id="client-msg-1")
+    second = m.post("dup", "only once", client_id="client-msg-1")
+    assert first == second
+    m.wait_replies("dup", 1)
+    time.sleep(2)
+    assert len(m.replies("dup")) == 1
+    assert len(fake.requests) == 1
+    assert m.stop() == 0
+
+
+def test_stop_aborts_the_run_and_clears_the_queue(site: Any, fake: FakeModelServer) -> None:
+    m = site(max_concurrency=2)
+    m.start()
+    fake.responder = echo_responder(delay=30)
+    m.post("halt", "long job")
+    m.post("halt", "queued behind it")
+    deadline = time.monotonic() + 60
+    while not fake.requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    m.post("halt", "stop")
+    texts: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        texts = [r["text"] for r in m.replies("halt")]
+        if any("Stopped" in t for t in texts) and len(texts) >= 2:
+            break
+        time.sleep(0.2)
+    assert any("Stopped the running request" in t and "Cleared 1" in t for t in texts), texts
+    assert not any(t.startswith("re: ") for t in texts)
+    assert len(fake.requests) == 1  # the queued message never ran
+    assert m.stop() == 0
+
+
+def test_burst_limit_and_daily_cap(site: Any, fake: FakeModelServer) -> None:
+    m = site(rate_limits={"burst": 2, "burst_window": 3, "daily": {"admin": None, "member": 3}})
+    m.start()
+    fake.responder = echo_responder()
+    m.post("rl", "a1")
+    m.post("rl", "a2")
+    m.post("rl", "a3")  # over the burst: refused, and it must not use daily quota
+    m.wait_replies("rl", 3)
+    texts = [r["text"] for r in m.replies("rl")]
+    assert any("Too many requests" in t and "try again in" in t for t in texts), texts
+    time.sleep(3.5)
+    m.post("rl", "a4")  # third accepted request today: allowed
+    m.wait_replies("rl", 4)
+    time.sleep(3.5)
+    m.post("rl", "a5")  # fourth: over the daily cap of 3
+    replies = m.wait_replies("rl", 5)
+    texts = [r["text"] for r in replies]
+    assert "re: a4" in texts
+    assert "Daily limit of 3" in texts[-1] and "resets at 00:00 UTC" in texts[-1]
+    assert len(fake.requests) == 3
+    assert m.stop() == 0
