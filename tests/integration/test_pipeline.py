@@ -322,3 +322,42 @@ def test_burst_limit_and_daily_cap(site: Any, fake: FakeModelServer) -> None:
     assert "Daily limit of 3" in texts[-1] and "resets at 00:00 UTC" in texts[-1]
     assert len(fake.requests) == 3
     assert m.stop() == 0
+
+
+def test_sigterm_mid_run_requeues_and_the_next_start_answers(
+    site: Any, fake: FakeModelServer
+) -> None:
+    m = site()
+    m.start()
+    fake.responder = echo_responder(delay=60)  # outlasts the shutdown grace
+    m.post("term", "survive a restart")
+    deadline = time.monotonic() + 60
+    while not fake.requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    assert m.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - t0 < 60  # bounded: grace, then kill
+    assert "Traceback" not in m.logs()
+    fake.responder = echo_responder()
+    m.start()
+    (reply,) = m.wait_replies("term", 1)
+    assert reply["text"] == "re: survive a restart"
+    time.sleep(1)
+    assert len(m.replies("term")) == 1
+    assert m.stop() == 0
+
+
+def test_no_model_configured_says_what_to_configure(
+    tmp_path: Path, agent_image: str, fake: FakeModelServer, site: Any
+) -> None:
+    m = site()
+    cfg = json.loads((tmp_path / "mercury.yaml").read_text())
+    cfg["model"] = {"chain": [{"provider": "anthropic", "model": "claude-test"}]}
+    (tmp_path / "mercury.yaml").write_text(json.dumps(cfg))
+    (tmp_path / ".env").write_text(f"MERCURY_DASHBOARD_PASSWORD={PASSWORD}\n")
+    m.start()
+    m.post("nokey", "hello?")
+    (reply,) = m.wait_replies("nokey", 1)
+    assert "ANTHROPIC_API_KEY" in reply["text"] and "no model configured" in reply["text"]
+    assert fake.requests == []
+    assert m.stop() == 0
