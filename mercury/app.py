@@ -65,8 +65,13 @@ class App:
         self.db = Database(url)
         await self._build_services()
         await self.pipeline.start()
-        for adapter in self.adapters.values():
-            await adapter.start(self.pipeline.inbound)
+        for name, adapter in self.adapters.items():
+            try:
+                await adapter.start(self.pipeline.inbound)
+            except Exception as exc:
+                from mercury.logging import scrub_text
+
+                raise StartupError(f"adapters.{name}: {scrub_text(str(exc))}") from exc
             self._started_adapters.append(adapter)
         # Listen last: once /healthz answers, every adapter accepts messages.
         try:
@@ -127,6 +132,31 @@ class App:
             )
             web.register(self.http.app)
             self.adapters["web"] = web
+        secrets = self.loaded.secrets
+        # Each platform adapter's constructor checks its own tokens and names the missing
+        # variable; HTTP-mode adapters mount their webhook routes on the main server.
+        try:
+            if cfg.adapters.slack.enabled:
+                from mercury.adapters.slack import SlackAdapter
+
+                self.adapters["slack"] = SlackAdapter(
+                    cfg.adapters.slack, secrets, http_app=self.http.app
+                )
+            if cfg.adapters.discord.enabled:
+                from mercury.adapters.discord import DiscordAdapter
+
+                self.adapters["discord"] = DiscordAdapter(cfg.adapters.discord, secrets)
+            if cfg.adapters.telegram.enabled:
+                from mercury.adapters.telegram import TelegramAdapter
+
+                self.adapters["telegram"] = TelegramAdapter(
+                    cfg.adapters.telegram,
+                    secrets,
+                    public_url=cfg.server.public_url,
+                    http_app=self.http.app,
+                )
+        except ValueError as exc:
+            raise StartupError(str(exc)) from exc
 
     async def stop(self) -> None:
         """Stop every service; each step runs even if an earlier one failed."""

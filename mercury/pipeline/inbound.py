@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -110,8 +111,13 @@ class InboundHandler:
         if role not in ("admin", "member"):
             custom[role] = await repo.role_permissions(self.db, space_id, role)
         paused_until = space.paused_until
+        rule = self.rule
+        # Adapters that know the bot's handle ("@name_bot") let the router strip it.
+        handles = tuple(getattr(self.adapters.get(msg.platform), "bot_handles", ()) or ())
+        if handles:
+            rule = replace(rule, bot_handles=handles)
         ctx = RouteContext(
-            rule=self.rule,
+            rule=rule,
             role=role,
             permissions=permissions_of(role, custom),
             rate_rule=self.ledger.rule,
