@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -10,7 +11,7 @@ from mercury.core.text import split_message
 def unsplit(chunks: list[str]) -> str:
     """Undo the fence markers split_message adds at cuts."""
     out = chunks[0]
-    for prev, chunk in zip(chunks, chunks[1:], strict=False):
+    for prev, chunk in itertools.pairwise(chunks):
         if prev.endswith("\n```") and chunk.startswith("```"):
             out = out[: -len("\n```")]
             first_nl = chunk.index("\n")
