@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mercury import __version__
+from mercury.cli_options import config_path_option
 from mercury.config import ConfigError, LoadedConfig, load_config
 
 err = Console(stderr=True, highlight=False)
@@ -29,13 +30,7 @@ def _fail(message: str, code: int = 1) -> None:
 def config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`--config PATH` on every command (also accepted before the command name)."""
 
-    @click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="Config file (default: $MERCURY_CONFIG, else ./mercury.yaml).",
-    )
+    @config_path_option
     @click.pass_context
     @functools.wraps(fn)
     def wrapper(ctx: click.Context, config_path: Path | None, **kwargs: Any) -> Any:
@@ -64,13 +59,7 @@ def _load_or_exit(overrides: dict[str, Any] | None = None) -> LoadedConfig:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="mercury")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Config file (default: $MERCURY_CONFIG, else ./mercury.yaml).",
-)
+@config_path_option
 @click.pass_context
 def main(ctx: click.Context, config_path: Path | None) -> None:
     """Mercury: answers chat messages with an AI agent in a fresh container per message."""

@@ -19,6 +19,7 @@ from urllib.parse import urljoin
 import aiohttp
 import click
 
+from mercury.cli_options import config_path_option
 from mercury.config import ConfigError, load_config
 
 DEFAULT_TIMEOUT = 600.0
@@ -57,13 +58,7 @@ def _default_url(host: str, port: int) -> str:
     show_default=True,
     help="Seconds to wait for the reply.",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Config file (default: $MERCURY_CONFIG, else ./mercury.yaml).",
-)
+@config_path_option
 @click.pass_context
 def chat(
     ctx: click.Context,

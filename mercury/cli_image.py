@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.text import Text
 
+from mercury.cli_options import config_path_option
 from mercury.config import ConfigError, LoadedConfig, load_config
 
 # How many log lines the live view keeps on screen, and how many a failure prints.
@@ -108,13 +109,7 @@ def image() -> None:
 @click.option("--tag", metavar="TAG", default=None, help="Tag to build (default: container.image).")
 @click.option("--if-missing", is_flag=True, help="Do nothing when TAG already exists.")
 @click.option("--no-cache", is_flag=True, help="Rebuild every layer, ignoring Docker's cache.")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Config file (default: $MERCURY_CONFIG, else ./mercury.yaml).",
-)
+@config_path_option
 @click.pass_context
 def build(
     ctx: click.Context,

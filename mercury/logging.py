@@ -119,7 +119,18 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Chatty libraries stay at warning unless we debug.
-    for name in ("docker", "urllib3", "aiosqlite", "asyncio", "slack_bolt", "discord", "httpx"):
+    for name in (
+        "docker",
+        "urllib3",
+        "aiosqlite",
+        "asyncio",
+        "slack_bolt",
+        "discord",
+        "httpx",
+        "httpcore",
+        "telegram",
+        "alembic",
+    ):
         logging.getLogger(name).setLevel("DEBUG" if level == "debug" else "WARNING")
 
 
