@@ -32,6 +32,7 @@ class App:
         self.db: Any = None
         self.host: Any = None
         self.pipeline: Any = None
+        self.scheduler: Any = None
         self.adapters: dict[str, Any] = {}
         self.http = HttpServer(self.config.server.host, self.config.server.port)
         self._started_adapters: list[Any] = []
@@ -65,6 +66,8 @@ class App:
         self.db = Database(url)
         await self._build_services()
         await self.pipeline.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
         for name, adapter in self.adapters.items():
             try:
                 await adapter.start(self.pipeline.inbound)
@@ -109,9 +112,17 @@ class App:
             log.warning("removed orphaned containers", count=removed)
         self._build_adapters()
         self.pipeline = Pipeline(cfg, secrets, self.db, self.runner, self.host, self.adapters)
+        from mercury.pipeline.scheduler import Scheduler, next_cron_run
+
         self.host.server.add_routes(
-            space_routes(self.db, send_interim=self.pipeline.executor.send_interim)
+            space_routes(
+                self.db,
+                send_interim=self.pipeline.executor.send_interim,
+                next_cron_run=next_cron_run,
+            )
         )
+        if cfg.scheduler.enabled:
+            self.scheduler = Scheduler(self.db, self.pipeline.dispatcher, tick=cfg.scheduler.tick)
         await self.host.start()
         problem = model_problem(cfg, secrets)
         if problem:
@@ -160,6 +171,9 @@ class App:
 
     async def stop(self) -> None:
         """Stop every service; each step runs even if an earlier one failed."""
+        if self.scheduler is not None:
+            with contextlib.suppress(Exception):
+                await self.scheduler.stop()
         if self.pipeline is not None:
             with contextlib.suppress(Exception):
                 await self.pipeline.stop(RUN_GRACE_S)

@@ -321,6 +321,24 @@ async def space_for_conversation(store: Store, platform: str, chat_id: str) -> s
     return None if conv is None else conv.space_id
 
 
+async def latest_conversation(store: Store, space_id: str) -> ConversationRecord | None:
+    """The conversation most recently linked to a space (where its scheduled runs answer)."""
+    async with _tx(store) as s:
+        row = await s.scalar(
+            select(Conversation)
+            .where(Conversation.space_id == space_id)
+            .order_by(Conversation.created_at.desc(), Conversation.id.desc())
+            .limit(1)
+        )
+        return None if row is None else _rec(ConversationRecord, row)
+
+
+async def get_conversation_by_id(store: Store, conversation_id: int) -> ConversationRecord | None:
+    async with _tx(store) as s:
+        row = await s.get(Conversation, conversation_id)
+        return None if row is None else _rec(ConversationRecord, row)
+
+
 async def unlink_conversation(store: Store, platform: str, chat_id: str) -> bool:
     """Forget a chat's link; True if there was one."""
     async with _tx(store) as s:
