@@ -1,0 +1,85 @@
+"""The run indicator: typing while a run goes, a "still working (Ns)" status past the
+threshold that is kept fresh and removed at the end. The adapter here is a small recording
+implementation of the Adapter contract (the thing under test is the executor's timing)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mercury.adapters.base import Capabilities
+from mercury.config import Config
+from mercury.core.messages import Attachment, ConversationRef, Reply, SentMessage
+from mercury.pipeline import runs
+
+
+class RecordingAdapter:
+    platform = "web"
+    capabilities = Capabilities(1000, threads=False, file_upload=False, markup="plain")
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    async def start(self, sink: Any) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(self, reply: Reply) -> SentMessage:
+        self.events.append(("send", reply.text))
+        return SentMessage(("status-1",))
+
+    async def set_typing(self, conversation: ConversationRef) -> None:
+        self.events.append(("typing", None))
+
+    async def edit(self, conversation: ConversationRef, message_id: str, text: str) -> None:
+        self.events.append(("edit", (message_id, text)))
+
+    async def delete(self, conversation: ConversationRef, message_id: str) -> None:
+        self.events.append(("delete", message_id))
+
+    async def download(self, attachment: Attachment, max_bytes: int) -> bytes:
+        return b""
+
+
+async def test_typing_then_status_then_removed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(runs, "STATUS_AFTER_S", 0.3)
+    monkeypatch.setattr(runs, "STATUS_EVERY_S", 0.2)
+    monkeypatch.setattr(runs, "TYPING_EVERY_S", 0.1)
+    adapter = RecordingAdapter()
+    executor = runs.RunExecutor(
+        Config(data_dir=tmp_path), db=None, runner=None, host=None, adapters={"web": adapter}
+    )  # type: ignore[arg-type]
+    conv = ConversationRef("web", "main")
+    task = asyncio.create_task(executor._indicate(conv))
+    await asyncio.sleep(0.9)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    kinds = [k for k, _ in adapter.events]
+    assert kinds[0] == "typing"
+    first_send = kinds.index("send")
+    assert kinds[:first_send].count("typing") >= 2  # typing before the threshold
+    assert adapter.events[first_send][1].startswith("still working (")
+    edits = [v for k, v in adapter.events if k == "edit"]
+    assert edits and all(mid == "status-1" for mid, _ in edits)
+    assert edits[-1][1].startswith("still working (")
+    assert adapter.events[-1] == ("delete", "status-1")  # removed at the end
+
+
+async def test_short_runs_show_no_status(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(runs, "TYPING_EVERY_S", 0.1)
+    adapter = RecordingAdapter()
+    executor = runs.RunExecutor(
+        Config(data_dir=tmp_path), db=None, runner=None, host=None, adapters={"web": adapter}
+    )  # type: ignore[arg-type]
+    task = asyncio.create_task(executor._indicate(ConversationRef("web", "main")))
+    await asyncio.sleep(0.35)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert {k for k, _ in adapter.events} == {"typing"}
