@@ -2,7 +2,7 @@
 
 Each PostgreSQL test gets its own freshly created database (dropped afterwards), so tests
 never see each other's rows or schema. Set MERCURY_TEST_POSTGRES_URL (scripts/ensure-postgres
-prints one); without it the PostgreSQL half is skipped, or fails when CI is set.
+prints one); without it the fixture runs scripts/ensure-postgres itself, and fails if it cannot.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -98,22 +99,21 @@ T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 # --------------------------------------------------------------------------- fixtures
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 @pytest.fixture(scope="session")
 def postgres_server_url() -> str:
+    """The PostgreSQL server: MERCURY_TEST_POSTGRES_URL, else scripts/ensure-postgres starts one.
+
+    Never skipped: without a server the PostgreSQL half of the suite fails, naming why.
+    """
     url = os.environ.get("MERCURY_TEST_POSTGRES_URL", "").strip()
-    if not url:
-        reason = (
-            "MERCURY_TEST_POSTGRES_URL is not set; run scripts/ensure-postgres and export "
-            "its output to test against PostgreSQL"
-        )
-        if _truthy(os.environ.get("CI")):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return url
+    if url:
+        return url
+    script = Path(__file__).resolve().parents[2] / "scripts" / "ensure-postgres"
+    done = subprocess.run([str(script)], capture_output=True, text=True, timeout=600, check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        pytest.fail(f"no PostgreSQL server: scripts/ensure-postgres failed:\n{done.stderr[-2000:]}")
+    return lines[-1]
 
 
 @asynccontextmanager
