@@ -58,10 +58,11 @@ class App:
         try:
             await upgrade(url)
         except Exception as exc:
-            from mercury.doctor import _first_line, _safe_url
+            from mercury.logging import first_line
+            from mercury.storage import safe_url
 
             raise StartupError(
-                f"database_url: cannot migrate {_safe_url(url)}: {_first_line(exc)}"
+                f"database_url: cannot migrate {safe_url(url)}: {first_line(exc)}"
             ) from exc
         self.db = Database(url)
         await self._build_services()

@@ -207,7 +207,8 @@ def db() -> None:
 @config_option
 def db_upgrade() -> None:
     """Apply every pending migration."""
-    from mercury.doctor import _first_line, _safe_url
+    from mercury.logging import first_line
+    from mercury.storage import safe_url
     from mercury.storage.migrate import current_revision, upgrade
 
     loaded = _load_or_exit()
@@ -217,16 +218,17 @@ def db_upgrade() -> None:
         asyncio.run(upgrade(url))
         rev = asyncio.run(current_revision(url))
     except Exception as exc:
-        _fail(f"database_url: cannot migrate {_safe_url(url)}: {_first_line(exc)}")
+        _fail(f"database_url: cannot migrate {safe_url(url)}: {first_line(exc)}")
         return
-    out.print(f"{_safe_url(url)} is at revision {rev}")
+    out.print(f"{safe_url(url)} is at revision {rev}")
 
 
 @db.command("current")
 @config_option
 def db_current() -> None:
     """Print the schema revision of the database and the one the code expects."""
-    from mercury.doctor import _first_line, _safe_url
+    from mercury.logging import first_line
+    from mercury.storage import safe_url
     from mercury.storage.migrate import current_revision, head_revision
 
     loaded = _load_or_exit()
@@ -234,7 +236,7 @@ def db_current() -> None:
     try:
         rev = asyncio.run(current_revision(url))
     except Exception as exc:
-        _fail(f"database_url: cannot read {_safe_url(url)}: {_first_line(exc)}")
+        _fail(f"database_url: cannot read {safe_url(url)}: {first_line(exc)}")
         return
     out.print(f"database: {rev or 'empty'}  code: {head_revision()}")
 

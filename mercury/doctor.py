@@ -22,6 +22,7 @@ from mercury.config import (
     TelegramConfig,
     TriggerConfig,
 )
+from mercury.logging import first_line
 
 # How long one platform credential check may take (connect + answer).
 PLATFORM_TIMEOUT = 10.0
@@ -105,18 +106,19 @@ def check_image(config: Config, client: object | None) -> CheckResult:
 
 
 async def check_database(config: Config) -> CheckResult:
+    from mercury.storage import safe_url
     from mercury.storage.migrate import current_revision, head_revision
 
     name = "database reachable and migrated"
     url = config.resolved_database_url()
-    shown = _safe_url(url)
+    shown = safe_url(url)
     try:
         current = await asyncio.wait_for(current_revision(url), timeout=10)
     except Exception as exc:  # any driver error means "not reachable"
         return CheckResult(
             name,
             Status.FAIL,
-            f"{shown}: {_first_line(exc)}",
+            f"{shown}: {first_line(exc)}",
             "check database_url and that the server is running",
         )
     head = head_revision()
@@ -513,19 +515,3 @@ async def run_checks(
     if client is not None:
         client.close()  # type: ignore[attr-defined]
     return results
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("://", 1)[0] + "://…"
-
-
-def _first_line(exc: BaseException) -> str:
-    from mercury.logging import scrub_text
-
-    text = str(exc).strip().splitlines()
-    return scrub_text(text[0][:200]) if text else type(exc).__name__

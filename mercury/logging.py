@@ -55,6 +55,12 @@ def scrub_text(text: str) -> str:
     return text
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one scrubbed line, for messages an operator reads."""
+    lines = str(exc).strip().splitlines()
+    return scrub_text(lines[0][:limit]) if lines else type(exc).__name__
+
+
 def _redact(value: Any, depth: int = 0) -> Any:
     if depth > 6:
         return value
