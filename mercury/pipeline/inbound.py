@@ -23,13 +23,12 @@ from mercury.core.spaces import default_space_id
 from mercury.core.triggers import TriggerMode, TriggerRule
 from mercury.logging import get_logger
 from mercury.pipeline.dispatcher import Dispatcher
-from mercury.pipeline.runs import AGENT_UID, JobPayload, init_space_dir, space_dir
+from mercury.pipeline.runs import AGENT_UID, MODEL_PREF, JobPayload, init_space_dir
 from mercury.sandbox.runner import ContainerRunner
 from mercury.storage import Database, DuplicateMessage, JobStatus, MessageRole, repo, utcnow
 
 log = get_logger("mercury.inbound")
 
-MODEL_PREF = "_model"  # the space's chosen chain leg (/model switch)
 MAX_ATTACHMENT_BYTES = 25 * 1024**2
 
 
@@ -291,4 +290,4 @@ def _safe_name(att: Attachment, index: int) -> str:
     return f"{index:02d}-{cleaned or 'file'}"[:120]
 
 
-__all__ = ["MODEL_PREF", "InboundHandler", "space_dir"]
+__all__ = ["InboundHandler"]

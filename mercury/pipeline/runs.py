@@ -18,7 +18,7 @@ from mercury.core.messages import ConversationRef, OutboundFile, Reply
 from mercury.core.router import failure_notice
 from mercury.logging import get_logger
 from mercury.sandbox.runner import ContainerRunner
-from mercury.sandbox.service import RunHost, build_input, new_run_id
+from mercury.sandbox.service import RunHost, build_input, model_input, new_run_id
 from mercury.sandbox.types import RunReason, RunRequest, RunResult
 from mercury.storage import Database, JobRecord, JobStatus, MessageRole, repo, utcnow
 
@@ -28,6 +28,7 @@ STATUS_AFTER_S = 30.0  # past this, a "still working" status message appears
 STATUS_EVERY_S = 15.0
 TYPING_EVERY_S = 5.0
 AGENT_UID = 1000
+MODEL_PREF = "_model"  # the space's chosen chain leg (/model switch)
 
 
 @dataclass(frozen=True)
@@ -188,17 +189,9 @@ class RunExecutor:
             items, turns=hist_cfg.turns, max_chars=hist_cfg.max_chars, since=reset_at
         )
         prefs = await repo.get_preferences(self.db, job.space_id)
-        chain = [leg.model_dump(mode="json") for leg in self.config.model.chain]
-        chosen = prefs.get("_model")  # /model switch: that leg goes first
-        chain.sort(key=lambda leg: leg["model"] != chosen)
-        model = self.config.model
         return {
-            "model": {
-                "chain": chain,
-                "retries_per_leg": model.retries_per_leg,
-                "budget_s": model.budget,
-                "max_turns": model.max_turns,
-            },
+            # /model switch: the space's chosen leg goes first.
+            "model": model_input(self.config, prefs.get(MODEL_PREF)),
             "platform": payload.platform,
             "prompt": payload.prompt,
             "messages": [

@@ -43,6 +43,19 @@ def api_socket_path(config: Config) -> Path:
     return config.data_dir / "api" / API_SOCKET_NAME
 
 
+def model_input(config: Config, first: str | None = None) -> dict[str, Any]:
+    """input.json's `model` section; the leg whose model is `first` is tried first."""
+    model = config.model
+    chain = [leg.model_dump(mode="json") for leg in model.chain]
+    chain.sort(key=lambda leg: leg["model"] != first)  # stable: the others keep their order
+    return {
+        "chain": chain,
+        "retries_per_leg": model.retries_per_leg,
+        "budget_s": model.budget,
+        "max_turns": model.max_turns,
+    }
+
+
 def build_input(
     config: Config,
     payload: Mapping[str, Any],
@@ -56,7 +69,6 @@ def build_input(
     Keys in `payload` win where they are the run's own (prompt, history, caller...); the
     ids and the API access are always the host's, so a payload cannot borrow another run's.
     """
-    model = config.model
     data: dict[str, Any] = {
         "platform": "cli",
         "messages": [],
@@ -65,12 +77,7 @@ def build_input(
         "preferences": {},
         "profile": config.agent.profile,
         "skills": [],
-        "model": {
-            "chain": [leg.model_dump(mode="json") for leg in model.chain],
-            "retries_per_leg": model.retries_per_leg,
-            "budget_s": model.budget,
-            "max_turns": model.max_turns,
-        },
+        "model": model_input(config),
         "agent": {
             "command": config.agent.command,
             "bash_timeout_s": config.agent.bash_timeout,

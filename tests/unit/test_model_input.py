@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from mercury.config import Config
+from mercury.sandbox.service import build_input, model_input
+
+CHAIN = {
+    "model": {
+        "chain": [
+            {"provider": "anthropic", "model": "a1"},
+            {"provider": "openai", "model": "o1", "base_url": "http://127.0.0.1:11434/v1"},
+            {"provider": "anthropic", "model": "a2"},
+        ],
+        "retries_per_leg": 3,
+        "budget": "2m",
+    }
+}
+
+
+def test_chain_order_and_limits_from_config() -> None:
+    m = model_input(Config.model_validate(CHAIN))
+    assert [leg["model"] for leg in m["chain"]] == ["a1", "o1", "a2"]
+    assert m["chain"][1]["base_url"] == "http://127.0.0.1:11434/v1"
+    assert (m["retries_per_leg"], m["budget_s"], m["max_turns"]) == (3, 120.0, 40)
+
+
+def test_switched_leg_goes_first_and_the_rest_keep_their_order() -> None:
+    m = model_input(Config.model_validate(CHAIN), "a2")
+    assert [leg["model"] for leg in m["chain"]] == ["a2", "a1", "o1"]
+    assert [leg["model"] for leg in model_input(Config(), "unknown")["chain"]] == [
+        "claude-sonnet-4-5"
+    ]
+
+
+def test_ids_and_api_access_are_always_the_hosts() -> None:
+    data = build_input(
+        Config(),
+        {"prompt": "hi", "run_id": "forged", "space_id": "other", "api": {"token": "stolen"}},
+        run_id="r1",
+        space_id="s1",
+        token="t1",
+    )
+    assert (data["run_id"], data["space_id"]) == ("r1", "s1")
+    assert data["api"] == {"socket": "/run/mercury-api/api.sock", "token": "t1"}
+    assert data["prompt"] == "hi"
