@@ -141,6 +141,8 @@ class App:
                 max_upload=cfg.adapters.web.max_upload,
                 upload_dir=cfg.data_dir / "webchat",
                 session_ttl=cfg.dashboard.session_ttl,
+                public_url=cfg.server.public_url,
+                trusted_proxies=cfg.server.trusted_proxies,
             )
             web.register(self.http.app)
             self.adapters["web"] = web

@@ -150,7 +150,7 @@ def init(directory: Path, yes: bool, force: bool) -> None:
 def run(host: str | None, port: int | None, log_level: str | None) -> None:
     """Migrate the database and run Mercury until SIGINT/SIGTERM."""
     from mercury.app import App, StartupError, serve
-    from mercury.logging import configure_logging
+    from mercury.logging import configure_logging_for
 
     overrides: dict[str, Any] = {}
     if host is not None or port is not None:
@@ -158,7 +158,7 @@ def run(host: str | None, port: int | None, log_level: str | None) -> None:
     if log_level:
         overrides["log"] = {"level": log_level}
     loaded = _load_or_exit(overrides)
-    configure_logging(loaded.config.log.level, loaded.config.log.format)
+    configure_logging_for(loaded)  # every configured secret is redacted from the logs
     try:
         asyncio.run(serve(App(loaded)))
     except StartupError as exc:
@@ -298,7 +298,7 @@ def sandbox_run(
     """Run exactly one container through the runner and print its RunResult."""
     import json
 
-    from mercury.logging import configure_logging
+    from mercury.logging import configure_logging_for
     from mercury.sandbox.service import SandboxRunError, run_once
 
     overrides: dict[str, Any] = {}
@@ -312,7 +312,7 @@ def sandbox_run(
     if container:
         overrides["container"] = container
     loaded = _load_or_exit(overrides)
-    configure_logging("warning" if as_json else loaded.config.log.level, loaded.config.log.format)
+    configure_logging_for(loaded, "warning" if as_json else None)
     try:
         payload = json.loads(input_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

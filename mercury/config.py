@@ -9,6 +9,7 @@ so a config file can be shared or committed without leaking anything.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -103,12 +104,33 @@ class ServerConfig(Section):
     port: int = Field(8787, ge=1, le=65535)
     # Public base URL (for Slack/Telegram webhooks, links in messages); none = not exposed.
     public_url: str | None = None
+    # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For/-Proto/-Host are
+    # believed; login throttling counts the client behind them. Empty = trust no header.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise PydanticCustomError(
+                    "trusted_proxy",
+                    'expected an IP address or network like 10.0.0.5 or 10.0.0.0/8, got "{v}"',
+                    {"v": item},
+                ) from None
+        return v
 
 
 class LogConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # auto: coloured console in a terminal, JSON lines otherwise.
     format: Literal["auto", "console", "json"] = "auto"
+    # Identical warnings/errors (same logger, message and level): at most repeat_limit per
+    # repeat_window, then one "suppressed N similar lines" line. 0 = never suppress.
+    repeat_limit: int = Field(10, ge=0)
+    repeat_window: Duration = 60.0
 
     @field_validator("level", mode="before")
     @classmethod
@@ -517,6 +539,7 @@ def _describe(err: Mapping[str, Any], sources: Mapping[str, str]) -> str:
         "admin_id",
         "user",
         "container_env",
+        "trusted_proxy",
     ):
         msg = err["msg"]
     elif kind == "missing":

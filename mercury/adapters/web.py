@@ -4,7 +4,9 @@ A web "space" is a named conversation (`main`, `ops`, ...). Users post messages 
 over a small JSON API, read history with an integer cursor and follow new messages over
 server-sent events. Everything is behind the dashboard credentials: a bearer token (the
 dashboard password, for scripts and `mercury chat`) or a session cookie from
-`POST /api/login` (for the browser page at /chat).
+`POST /api/login` (for the browser page at /chat). mercury.adapters.web_auth checks
+them: password guesses are throttled per address, and a cookie request that changes
+something must come from our own origin and be JSON (or carry X-Mercury-Request).
 
 The adapter keeps a bounded in-memory log per space so it works standalone; the pipeline
 can hand it a DB-backed `history` callable instead.
@@ -14,17 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
-import hmac
 import itertools
 import json
 import re
-import secrets
 import shutil
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,13 +33,17 @@ from urllib.parse import quote, unquote
 from aiohttp import BodyPartReader, web
 
 from mercury.adapters.base import Capabilities, InboundSink
+from mercury.adapters.web_auth import SESSION_COOKIE, SessionStore, WebAuth, Write
+from mercury.adapters.web_auth import json_error as _json_error
+from mercury.core.login_throttle import ThrottlePolicy
 from mercury.core.messages import Attachment, ConversationRef, InboundMessage, Reply, SentMessage
 from mercury.logging import get_logger
 
 log = get_logger(__name__)
 
+__all__ = ["SESSION_COOKIE", "SessionStore", "WebChatAdapter", "safe_name", "valid_space"]
+
 PLATFORM = "web"
-SESSION_COOKIE = "mercury_session"
 SPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 FILE_ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -50,10 +53,6 @@ _CLIENT_NS = uuid.UUID("6f1c2a7e-3b0d-4c55-9a41-0e8f5d2b7c19")
 # download so an uploaded file can never run script on the dashboard's origin.
 _INLINE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                  ".gif": "image/gif", ".webp": "image/webp"}  # fmt: skip
-NO_PASSWORD_ERROR = (
-    "web chat is locked: no dashboard password is configured; "
-    "set MERCURY_DASHBOARD_PASSWORD (in the environment or .env) and restart"
-)
 MAX_TEXT = 100_000
 _QUEUE_LIMIT = 1000  # events buffered per SSE client before it is dropped as too slow
 
@@ -75,47 +74,6 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-class SessionStore:
-    """Login sessions in memory. Random ids; only their SHA-256 is kept as the key."""
-
-    def __init__(self, ttl: float, max_sessions: int = 1000) -> None:
-        self.ttl = ttl
-        self.max_sessions = max_sessions
-        self._sessions: dict[str, tuple[str, float]] = {}  # digest -> (username, expiry)
-
-    @staticmethod
-    def _key(session_id: str) -> str:
-        return hashlib.sha256(session_id.encode()).hexdigest()
-
-    def create(self, username: str) -> str:
-        self._prune()
-        while len(self._sessions) >= self.max_sessions:  # oldest first (dict order)
-            self._sessions.pop(next(iter(self._sessions)))
-        session_id = secrets.token_urlsafe(32)
-        self._sessions[self._key(session_id)] = (username, time.monotonic() + self.ttl)
-        return session_id
-
-    def get(self, session_id: str | None) -> str | None:
-        if not session_id:
-            return None
-        found = self._sessions.get(self._key(session_id))
-        if found is None:
-            return None
-        if found[1] < time.monotonic():
-            self._sessions.pop(self._key(session_id), None)
-            return None
-        return found[0]
-
-    def drop(self, session_id: str | None) -> None:
-        if session_id:
-            self._sessions.pop(self._key(session_id), None)
-
-    def _prune(self) -> None:
-        now = time.monotonic()
-        for key in [k for k, (_, exp) in self._sessions.items() if exp < now]:
-            del self._sessions[key]
-
-
 @dataclass
 class _Event:
     kind: str  # message | edit | delete | typing
@@ -132,10 +90,6 @@ class _Event:
 class _SpaceLog:
     entries: deque[dict[str, Any]]
     subscribers: set[asyncio.Queue[_Event | None]] = field(default_factory=set)
-
-
-def _json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 class WebChatAdapter:
@@ -158,13 +112,27 @@ class WebChatAdapter:
         max_log: int = 500,
         heartbeat: float = 15.0,
         bot_name: str = "Mercury",
+        public_url: str | None = None,
+        trusted_proxies: Iterable[str] = (),
+        throttle: ThrottlePolicy | None = None,
+        throttle_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.username = username
         self._password = password or None
+        # Login, sessions, throttling and the cross-site checks (see web_auth).
+        self.auth = WebAuth(
+            username=username,
+            password=password,
+            session_ttl=session_ttl,
+            public_url=public_url,
+            trusted_proxies=trusted_proxies,
+            throttle=throttle,
+            clock=throttle_clock,
+        )
+        self.sessions = self.auth.sessions
         self.max_upload = int(max_upload)
         self.upload_dir = Path(upload_dir)
         self.history = history
-        self.sessions = SessionStore(session_ttl)
         self.max_log = max_log
         self.heartbeat = heartbeat
         self.bot_name = bot_name
@@ -258,8 +226,8 @@ class WebChatAdapter:
         return [
             web.get("/chat", self._page),
             web.get("/chat/chat.js", self._script),
-            web.post("/api/login", self._login),
-            web.post("/api/logout", self._logout),
+            web.post("/api/login", self.auth.login),
+            web.post("/api/logout", self.auth.logout),
             web.get("/api/chat/session", self._session_info),
             web.post("/api/chat/messages", self._post_message),
             web.get("/api/chat/messages", self._get_messages),
@@ -283,57 +251,9 @@ class WebChatAdapter:
 
     # ----------------------------------------------------------------------- auth
 
-    def _user(self, request: web.Request) -> str | None:
-        """The authenticated user name, or None."""
-        assert self._password is not None
-        header = request.headers.get("Authorization", "")
-        if header[:7].lower() == "bearer ":
-            given = header[7:].strip().encode()
-            return self.username if hmac.compare_digest(given, self._password.encode()) else None
-        return self.sessions.get(request.cookies.get(SESSION_COOKIE))
-
-    def _guard(self, request: web.Request) -> str | web.Response:
-        """The user, or the error response to return (503 locked / 401)."""
-        if self._password is None:
-            return _json_error(503, NO_PASSWORD_ERROR)
-        user = self._user(request)
-        if user is None:
-            return _json_error(401, "not logged in: log in at /chat or send a bearer token")
-        return user
-
-    async def _login(self, request: web.Request) -> web.Response:
-        if self._password is None:
-            return _json_error(503, NO_PASSWORD_ERROR)
-        body = await _json_body(request)
-        if not isinstance(body, dict):
-            return _json_error(400, "expected a JSON object {username, password}")
-        user, password = str(body.get("username", "")), str(body.get("password", ""))
-        # Both comparisons always run, so timing tells nothing about which one failed.
-        ok_user = hmac.compare_digest(user.encode(), self.username.encode())
-        ok_pass = hmac.compare_digest(password.encode(), self._password.encode())
-        if not (ok_user & ok_pass):
-            # The attempted name is not logged: people type passwords into it by mistake.
-            log.warning("web chat login refused", remote=request.remote)
-            return _json_error(401, "wrong username or password")
-        session_id = self.sessions.create(self.username)
-        log.info("web chat login", username=self.username, remote=request.remote)
-        resp = web.json_response({"username": self.username})
-        resp.set_cookie(
-            SESSION_COOKIE,
-            session_id,
-            max_age=int(self.sessions.ttl),
-            path="/",
-            httponly=True,
-            samesite="Strict",
-            secure=request.secure,
-        )
-        return resp
-
-    async def _logout(self, request: web.Request) -> web.Response:
-        self.sessions.drop(request.cookies.get(SESSION_COOKIE))
-        resp = web.json_response({"ok": True})
-        resp.del_cookie(SESSION_COOKIE, path="/")
-        return resp
+    def _guard(self, request: web.Request, write: Write = None) -> str | web.Response:
+        """The user, or the error response to return (see WebAuth.guard)."""
+        return self.auth.guard(request, write)
 
     async def _session_info(self, request: web.Request) -> web.Response:
         user = self._guard(request)
@@ -344,7 +264,7 @@ class WebChatAdapter:
     # ------------------------------------------------------------------ messages
 
     async def _post_message(self, request: web.Request) -> web.Response:
-        user = self._guard(request)
+        user = self._guard(request, "json")
         if isinstance(user, web.Response):
             return user
         body = await _json_body(request)
@@ -356,7 +276,7 @@ class WebChatAdapter:
         return await self._accept(user, body.get("space"), text, body.get("client_id"), ())
 
     async def _post_files(self, request: web.Request) -> web.Response:
-        user = self._guard(request)
+        user = self._guard(request, "upload")
         if isinstance(user, web.Response):
             return user
         if request.content_length is not None and request.content_length > self.max_upload + 65536:

@@ -159,11 +159,14 @@ async def test_login_sets_a_strict_http_only_cookie_that_authenticates(chat: Har
             assert morsel["samesite"] == "Strict"
             assert int(morsel["max-age"]) == 12 * 3600
             assert PASSWORD not in morsel.value
+        # What the chat page sends: its own Origin and JSON (tests/integration/
+        # test_web_security.py shows the same cookie refused from anywhere else).
+        page = {"Origin": chat.url}
         async with http.post(
-            "/api/chat/messages", json={"space": "main", "text": "via cookie"}
+            "/api/chat/messages", json={"space": "main", "text": "via cookie"}, headers=page
         ) as resp:
             assert resp.status == 202
-        async with http.post("/api/logout") as resp:
+        async with http.post("/api/logout", json={}, headers=page) as resp:
             assert resp.status == 200
         async with http.get("/api/chat/session") as resp:
             assert resp.status == 401

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from mercury.adapters.web import SessionStore, safe_name, valid_space
+from mercury.adapters.web_auth import client_address, origin_of, parse_networks
 from mercury.cli_chat import _default_url, _is_reply
 
 
@@ -78,3 +79,61 @@ def test_what_counts_as_the_reply() -> None:
     assert not _is_reply({"role": "assistant", "reply_to": "m0"}, "m1")
     assert not _is_reply({"role": "status", "reply_to": "m1"}, "m1")
     assert not _is_reply({"role": "user", "reply_to": None}, "m1")
+
+
+PROXIES = parse_networks(["127.0.0.1", "10.0.0.0/8", "::1"])
+
+
+@pytest.mark.parametrize(
+    ("remote", "forwarded", "expected"),
+    [
+        # Not from a trusted proxy: the header is the client's own claim and is ignored.
+        ("203.0.113.5", ["198.51.100.1"], "203.0.113.5"),
+        # From a proxy with no header: the proxy itself.
+        ("127.0.0.1", [], "127.0.0.1"),
+        ("127.0.0.1", ["198.51.100.1"], "198.51.100.1"),
+        # The client prepends a fake address: the right-most untrusted entry still wins.
+        ("127.0.0.1", ["1.2.3.4, 198.51.100.1"], "198.51.100.1"),
+        # A chain of trusted proxies is walked from the right.
+        ("127.0.0.1", ["198.51.100.1, 10.1.2.3, 10.9.9.9"], "198.51.100.1"),
+        # Several header lines are one list.
+        ("127.0.0.1", ["1.2.3.4", "198.51.100.1"], "198.51.100.1"),
+        # Ports and brackets some proxies add.
+        ("127.0.0.1", ["198.51.100.1:5555"], "198.51.100.1"),
+        ("::1", ["[2001:db8::7]:443"], "2001:db8::7"),
+        # Garbage stops the walk at the hop that forwarded it (no fresh identity per request).
+        ("127.0.0.1", ["garbage"], "127.0.0.1"),
+        ("127.0.0.1", ["198.51.100.1, x, 10.0.0.2"], "10.0.0.2"),
+        # Every entry trusted: the furthest one.
+        ("127.0.0.1", ["10.0.0.9, 10.0.0.2"], "10.0.0.9"),
+        (None, [], "unknown"),
+    ],
+)
+def test_client_address_trusts_only_configured_proxies(
+    remote: str | None, forwarded: list[str], expected: str
+) -> None:
+    assert client_address(remote, forwarded, PROXIES) == expected
+
+
+def test_without_trusted_proxies_forwarded_for_is_ignored() -> None:
+    assert client_address("127.0.0.1", ["198.51.100.1"], ()) == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("http://127.0.0.1:8787", "http://127.0.0.1:8787"),
+        ("https://Chat.Example.org/mercury/", "https://chat.example.org"),
+        ("https://chat.example.org:443", "https://chat.example.org"),
+        ("http://chat.example.org:80/x", "http://chat.example.org"),
+        ("https://chat.example.org:8443", "https://chat.example.org:8443"),
+        ("http://[::1]:8787", "http://[::1]:8787"),
+        ("null", None),
+        ("file:///etc/passwd", None),
+        ("http://host:notaport", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_origin_of_normalises(url: str | None, origin: str | None) -> None:
+    assert origin_of(url) == origin

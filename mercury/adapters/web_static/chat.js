@@ -6,6 +6,11 @@ const $ = (id) => document.getElementById(id);
 const state = { space: "main", cursor: null, source: null, pollTimer: null, byId: new Map() };
 let typingTimer = null;
 
+// Writes made with the session cookie must look like our own page's: JSON bodies say
+// so in Content-Type, and uploads (multipart) carry X-Mercury-Request. Another site's
+// form can do neither without a CORS preflight, which the server never grants.
+const JSON_HEADERS = { "Content-Type": "application/json" };
+
 async function api(path, options = {}) {
   const resp = await fetch(path, { credentials: "same-origin", ...options });
   let body = null;
@@ -150,11 +155,15 @@ async function send(event) {
       form.append("text", text);
       form.append("client_id", clientId);
       for (const f of files) form.append("file", f, f.name);
-      await api("/api/chat/files", { method: "POST", body: form });
+      await api("/api/chat/files", {
+        method: "POST",
+        headers: { "X-Mercury-Request": "1" },  // the browser sets the multipart type
+        body: form,
+      });
     } else {
       await api("/api/chat/messages", {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: JSON_HEADERS,
         body: JSON.stringify({ space: state.space, text, client_id: clientId }),
       });
     }
@@ -174,7 +183,7 @@ async function login(event) {
   try {
     await api("/api/login", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: JSON_HEADERS,
       body: JSON.stringify({ username: $("username").value, password: $("password").value }),
     });
     $("password").value = "";
@@ -196,7 +205,7 @@ async function init() {
   $("space").addEventListener("change", openSpace);
   $("logout").addEventListener("click", async () => {
     stopFeeds();
-    await api("/api/logout", { method: "POST" }).catch(() => {});
+    await api("/api/logout", { method: "POST", headers: JSON_HEADERS, body: "{}" }).catch(() => {});
     show(false);
   });
   try {
