@@ -228,6 +228,9 @@ class ModelConfig(Section):
     max_turns: int = Field(40, ge=1)
     # Model name -> price; runs of models listed here get cost_usd in their usage.
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    # Models runs may call besides the chain's (e.g. an agent CLI's small model); the model
+    # proxy refuses every other name. They go to their provider's first leg.
+    allowed: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
 
 class AgentConfig(Section):

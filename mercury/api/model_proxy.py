@@ -19,131 +19,74 @@ version and the SDK appends /chat/completions). So:
   URL contributes is dropped and the rest appended: `v1/chat/completions` ->
   `<base>/chat/completions`. A tail without `v1/` is appended unchanged.
 
-Only model endpoints are forwarded (`allowed_tail`): Messages, count_tokens and models for
-Anthropic; chat/completions, completions, responses, embeddings and models for OpenAI.
-Anything else (files, batches, admin APIs reachable with the host's key) is refused with
-403, as is a path with `.`/`..` segments or encoded dots or slashes.
+The agent is hostile (a prompt injection runs whatever it likes), and what it sends is
+forwarded with the operator's key, so each request passes the allow-lists of
+`mercury.api.proxy_rules` first:
 
-The query string is forwarded (`?beta=true`). The leg is the chain leg of that provider
-whose `model` equals the request body's "model", else the provider's first leg; the body
-is forwarded byte for byte (a model outside the chain, such as the small model an agent
-CLI uses for housekeeping, goes to that provider's first leg unchanged).
+- method and path: only inference calls and model listing (403 for anything else, and for
+  paths with `%`, `\\`, control characters, empty or dot segments);
+- the body's "model" (POSTs): one of the chain's models for that provider or of
+  `model.allowed` (403 otherwise; 400 for a body that is not JSON). The leg is the chain
+  leg with that model, else the provider's first leg; the body is forwarded byte for byte;
+- request headers: only an allow-list (no credentials, no organisation/project headers),
+  then the host's key.
+
+Redirects are never followed (a cross-origin redirect would re-send the key to another
+host): an upstream 3xx becomes a 502 for the agent, without its Location. The query string
+is forwarded (`?beta=true`). Answers stream back unbuffered.
+
+Every forwarded call produces exactly one `UsageRecord` - streamed or not, failed (4xx/5xx,
+no usage in the body), upstream unreachable, cut off by the upstream or by the agent going
+away, or cancelled by `close_run` when its run ends - recorded synchronously in a `finally`,
+so cancellation cannot skip it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import re
 import time
-from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from mercury.api.auth import error_body, grant_of
-from mercury.api.usage import Provider, TokenUsage, UsageMeter, stream_usage_parser, usage_from_json
-from mercury.config import Config, ModelLeg, Secrets
+from mercury.api.auth import grant_of, json_error
+from mercury.api.proxy_rules import (
+    call_refusal,
+    duplicate_key_guard,
+    forward_request_headers,
+    forward_response_headers,
+    key_headers,
+    model_of,
+    model_refusal,
+    names_model,
+    select_leg,
+    upstream_url,
+)
+from mercury.api.tokens import RunGrant
+from mercury.api.usage import Provider, TokenUsage, UsageMeter
+from mercury.api.usage_stream import JsonUsageBuffer, StreamUsageParser, stream_usage_parser
+from mercury.config import Config, Secrets
 from mercury.logging import get_logger, scrub_text
 
 log = get_logger(__name__)
 
-DEFAULT_BASE: dict[str, str] = {
-    "anthropic": "https://api.anthropic.com",
-    "openai": "https://api.openai.com/v1",
-}
-
-# Never forwarded upstream: hop-by-hop headers (RFC 9110 7.6.1), headers aiohttp sets
-# itself, and every credential the agent might send (its run token arrives in these).
-_DROP_REQUEST = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "accept-encoding",
-        "authorization",
-        "x-api-key",
-        "api-key",
-        "cookie",
-        "forwarded",
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-forwarded-proto",
-    }
-)
-# Never passed back: hop-by-hop, and framing that no longer holds once aiohttp has
-# decompressed and re-chunked the body.
-_DROP_RESPONSE = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "content-encoding",
-        "set-cookie",
-    }
-)
-# Largest non-streaming body buffered for usage extraction (responses pass through anyway).
-_MAX_JSON_FOR_USAGE = 16 * 1024**2
+# Request bodies larger than this are parsed in a worker thread, not on the event loop.
+_PARSE_INLINE_MAX = 1024**2
 
 
-# Tails (the raw path after /model/<provider>/) the proxy forwards.
-_ALLOWED_TAILS: dict[str, re.Pattern[str]] = {
-    "anthropic": re.compile(r"v1/(messages|messages/count_tokens|models|models/[^/]+)"),
-    "openai": re.compile(
-        r"(v1/)?(chat/completions|completions|responses|responses/[^/]+|embeddings"
-        r"|models|models/[^/]+)"
-    ),
-}
-_SNEAKY = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+class _Call:
+    """One request of a run inside the proxy, from routing until its usage is recorded."""
 
-
-def allowed_tail(provider: Provider, tail: str) -> bool:
-    """Whether the proxy forwards `tail` (raw, still percent-encoded) for `provider`."""
-    if any(seg in ("", ".", "..") for seg in tail.split("/")) or _SNEAKY.search(tail):
-        return False
-    return _ALLOWED_TAILS[provider].fullmatch(tail) is not None
-
-
-def upstream_url(provider: Provider, leg: ModelLeg, tail: str, query: str = "") -> str:
-    """The upstream URL for `tail` (the path after /model/<provider>/); see module doc."""
-    base = (leg.base_url or DEFAULT_BASE[provider]).rstrip("/")
-    tail = tail.lstrip("/")
-    if provider == "openai":
-        tail = tail.removeprefix("v1/") if tail != "v1" else ""
-    elif base.endswith("/v1") and (tail.startswith("v1/") or tail == "v1"):
-        tail = tail[3:]
-    url = f"{base}/{tail}" if tail else base
-    return f"{url}?{query}" if query else url
-
-
-def select_leg(config: Config, provider: str, model: str | None) -> ModelLeg | None:
-    """The chain leg for a request: same provider and model, else the provider's first."""
-    legs = [leg for leg in config.model.chain if leg.provider == provider]
-    for leg in legs:
-        if model is not None and leg.model == model:
-            return leg
-    return legs[0] if legs else None
-
-
-def _host_of(url: str) -> str:
-    u = URL(url)
-    # Only host and port: a base_url may carry user:password, which must not leak.
-    return f"{u.host}:{u.port}" if u.port else str(u.host)
+    def __init__(self, run_id: str, task: asyncio.Task[Any] | None) -> None:
+        self.run_id = run_id
+        self.task = task
+        self.recorded = False  # its UsageRecord is counted (set in the exchange's finally)
+        self.hooks: asyncio.Future[None] | None = None  # the record's hooks, once started
+        self.finished = asyncio.Event()  # out of the proxy, usage recorded and hooks done
 
 
 class ModelProxy:
@@ -170,6 +113,8 @@ class ModelProxy:
             sock_read=read_timeout,
         )
         self._session: aiohttp.ClientSession | None = None
+        self._inflight: dict[str, set[_Call]] = {}
+        self._closing: set[str] = set()
 
     async def start(self) -> None:
         if self._session is None:
@@ -177,6 +122,9 @@ class ModelProxy:
             self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=True)
 
     async def close(self) -> None:
+        """Close every run's calls still in flight (metering them), then the session."""
+        for run_id in list(self._inflight):
+            await self.close_run(run_id)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -191,140 +139,292 @@ class ModelProxy:
     async def handle_openai(self, request: web.Request) -> web.StreamResponse:
         return await self._forward(request, "openai")
 
-    def _key_headers(self, provider: Provider) -> dict[str, str]:
-        if provider == "anthropic":
-            key = self._secrets.anthropic_api_key
-            return {"x-api-key": key.get_secret_value()} if key else {}
-        key = self._secrets.openai_api_key
-        # No key (Ollama, a local vLLM): send no Authorization at all.
-        return {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    def in_flight(self, run_id: str) -> int:
+        """How many calls of `run_id` are inside the proxy now (for tests and status)."""
+        return len(self._inflight.get(run_id, ()))
+
+    async def close_run(self, run_id: str) -> None:
+        """End the model calls of a run that is over, and wait until each is metered.
+
+        Call it when the run ends, after revoking its token and before
+        `UsageMeter.pop_run(run_id)`: otherwise a call still streaming would be recorded
+        after the run's totals were taken, and the provider would keep generating (and
+        billing) for an answer nobody reads. Every call of `run_id` still in the proxy is
+        cancelled: a forwarded one closes its upstream connection (the provider stops) and
+        records its usage so far as `incomplete`; one not yet forwarded never is. Returns
+        when every such call has recorded its usage and the meter's hooks for it (e.g. the
+        database write) have finished. Calls of the run arriving meanwhile are refused with
+        401. Idempotent; a run with no call in flight returns at once.
+        """
+        self._closing.add(run_id)
+        try:
+            calls = list(self._inflight.get(run_id, ()))
+            for call in calls:
+                if not call.recorded and call.task is not None and not call.task.done():
+                    call.task.cancel()
+            for call in calls:
+                await call.finished.wait()
+        finally:
+            self._closing.discard(run_id)
 
     async def _forward(self, request: web.Request, provider: Provider) -> web.StreamResponse:
         grant = grant_of(request)
-        # The raw (still encoded) path and query, so they go upstream exactly as sent.
+        if grant.run_id in self._closing:
+            return json_error(401, "authentication_error", "the run has ended")
+        # Registered before the first await: close_run sees every call that passed auth.
+        call = _Call(grant.run_id, asyncio.current_task())
+        self._inflight.setdefault(grant.run_id, set()).add(call)
+        try:
+            return await self._handle(request, provider, grant, call)
+        finally:
+            self._settle(call)
+
+    def _settle(self, call: _Call) -> None:
+        """Take `call` off the in-flight list once its usage hooks are done (sync)."""
+
+        def finish(_: object = None) -> None:
+            calls = self._inflight.get(call.run_id)
+            if calls is not None:
+                calls.discard(call)
+                if not calls:
+                    del self._inflight[call.run_id]
+            call.finished.set()
+
+        if call.hooks is not None and not call.hooks.done():
+            call.hooks.add_done_callback(finish)
+        else:
+            finish()
+
+    async def _handle(
+        self, request: web.Request, provider: Provider, grant: RunGrant, call: _Call
+    ) -> web.StreamResponse:
+        # The raw (still encoded) path and query, so they go upstream exactly as checked.
         tail = request.rel_url.raw_path.removeprefix(f"/model/{provider}/")
-        if not allowed_tail(provider, tail):
-            return web.json_response(
-                error_body(
-                    "permission_error",
-                    f"the host's model proxy does not forward /{tail} (only model endpoints)",
-                ),
-                status=403,
+        refusal = call_refusal(provider, request.method, tail)
+        if refusal is not None:
+            return json_error(403, "permission_error", refusal)
+        if select_leg(self._config, provider, None) is None:
+            return json_error(
+                404,
+                "not_found_error",
+                f"no {provider} model is configured in model.chain; "
+                f"add a leg with provider: {provider}",
             )
-        body = await request.read()
-        requested_model = _model_of(body)
-        leg = select_leg(self._config, provider, requested_model)
-        if leg is None:
-            return web.json_response(
-                error_body(
-                    "not_found_error",
-                    f"no {provider} model is configured in model.chain; "
-                    f"add a leg with provider: {provider}",
-                ),
-                status=404,
-            )
+        body = b""
+        model: str | None = None
+        if names_model(request.method):
+            body = await request.read()
+            try:
+                data = await _parse_json(body)
+            except (ValueError, RecursionError) as exc:
+                return json_error(
+                    400,
+                    "invalid_request_error",
+                    f"the request body is not a JSON object the host can check: {exc}"[:300],
+                )
+            requested = model_of(data)
+            refusal = model_refusal(self._config, provider, requested)
+            if refusal is not None:
+                return json_error(403, "permission_error", refusal)
+            model = requested
+        leg = select_leg(self._config, provider, model)
+        assert leg is not None  # the provider has a leg (checked above)
         url = upstream_url(provider, leg, tail, request.rel_url.raw_query_string)
-        upstream_host = _host_of(url)
-        headers: CIMultiDict[str] = CIMultiDict(
-            (k, v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST
+        headers: CIMultiDict[str] = CIMultiDict(forward_request_headers(request.headers.items()))
+        secret = (
+            self._secrets.anthropic_api_key
+            if provider == "anthropic"
+            else self._secrets.openai_api_key
         )
-        headers.update(self._key_headers(provider))
+        headers.update(key_headers(provider, secret.get_secret_value() if secret else None))
+        return await self._exchange(request, provider, grant, call, url, headers, body, model)
+
+    async def _exchange(
+        self,
+        request: web.Request,
+        provider: Provider,
+        grant: RunGrant,
+        call: _Call,
+        url: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+        model: str | None,
+    ) -> web.StreamResponse:
+        """Send the call upstream, relay the answer, and meter it: exactly once, always."""
         session = self._session
         if session is None:
             raise RuntimeError("ModelProxy.start() was not called")
-
-        started = time.monotonic()
+        upstream_host = _host_of(url)
         ctx = {
             "run_id": grant.run_id,
             "space_id": grant.space_id,
             "provider": provider,
-            "model": requested_model,
+            "model": model,
             "upstream": upstream_host,
         }
+        started = time.monotonic()
+        upstream: aiohttp.ClientResponse | None = None
+        status: int | None = None
+        complete = False
+        usage_body: StreamUsageParser | JsonUsageBuffer | None = None
         try:
-            upstream = await session.request(
-                request.method, URL(url, encoded=True), headers=headers, data=body or None
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            reason = _describe_error(exc)
-            log.warning("model upstream unreachable", error=reason, **ctx)
-            status = 504 if isinstance(exc, TimeoutError) else 502
-            return web.json_response(
-                error_body(
+            try:
+                upstream = await session.request(
+                    request.method,
+                    URL(url, encoded=True),
+                    headers=headers,
+                    data=body or None,
+                    allow_redirects=False,
+                )
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                reason = _describe_error(exc)
+                log.warning("model upstream unreachable", error=reason, **ctx)
+                return json_error(
+                    504 if isinstance(exc, TimeoutError) else 502,
                     "upstream_unreachable",
                     f"the host could not reach the model upstream {upstream_host}: {reason}",
-                ),
-                status=status,
-            )
-
-        parser = None
-        json_buf: bytearray | None = None
-        ok = 200 <= upstream.status < 300
-        content_type = upstream.headers.get("Content-Type", "")
-        if ok and "text/event-stream" in content_type:
-            parser = stream_usage_parser(provider)
-        elif ok and "json" in content_type:
-            json_buf = bytearray()
-
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for k, v in upstream.headers.items():
-            if k.lower() not in _DROP_RESPONSE:
-                resp.headers.add(k, v)
-        completed = False
-        try:
-            await resp.prepare(request)
-            # iter_any: hand on whatever arrived, at once. This is what makes SSE unbuffered.
-            async for chunk in upstream.content.iter_any():
-                await resp.write(chunk)
-                if parser is not None:
-                    parser.feed(chunk)
-                elif json_buf is not None and len(json_buf) < _MAX_JSON_FOR_USAGE:
-                    json_buf += chunk
-            await resp.write_eof()
-            completed = True
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            # Headers are out, so the status can no longer change. Cut the client's
-            # connection too (no terminating chunk): a cleanly ended but truncated stream
-            # would pass for a complete, shorter answer.
-            log.warning("model stream interrupted", error=_describe_error(exc), **ctx)
-            if request.transport is not None:
-                request.transport.close()
-        finally:
-            if completed:
-                upstream.release()
-            else:
-                upstream.close()  # unread data left: the connection cannot be reused
-            usage: TokenUsage | None = None
-            if parser is not None:
-                usage = parser.result()
-            elif json_buf is not None:
-                usage = usage_from_json(provider, bytes(json_buf))
-            if usage is not None:
-                # Also for a cut stream: the tokens were spent.
-                await self._meter.record(
-                    grant.run_id, grant.space_id, provider, usage, requested_model
                 )
+            status = upstream.status
+            if 300 <= status < 400:
+                complete = True  # an answer, not a model's; its body is not wanted
+                upstream.close()
+                log.warning("model upstream redirected; not followed", status=status, **ctx)
+                return json_error(
+                    502,
+                    "upstream_redirect",
+                    f"the model upstream {upstream_host} answered {status} (a redirect); the "
+                    f"host does not follow redirects - check the leg's base_url in model.chain",
+                )
+            content_type = upstream.headers.get("Content-Type", "")
+            streamed = "text/event-stream" in content_type
+            if streamed:
+                usage_body = stream_usage_parser(provider)
+            elif "json" in content_type:
+                usage_body = JsonUsageBuffer()
+            resp = web.StreamResponse(status=status, reason=upstream.reason)
+            for k, v in forward_response_headers(upstream.headers.items()):
+                resp.headers.add(k, v)
+            complete = await _relay(request, resp, upstream, usage_body, streamed, ctx)
+            return resp
+        finally:
+            # Synchronous from here on: a cancelled call (close_run, shutdown) is metered too.
+            if upstream is not None:
+                if complete:
+                    upstream.release()
+                else:
+                    upstream.close()  # also tells the provider to stop generating
+            self._record(call, grant, provider, model, usage_body, status, complete)
             log.info(
                 "model request",
-                status=upstream.status,
-                completed=completed,
+                status=status,
+                completed=complete,
                 seconds=round(time.monotonic() - started, 3),
-                input_tokens=usage.input_tokens if usage else None,
-                output_tokens=usage.output_tokens if usage else None,
                 **ctx,
             )
-        return resp
+
+    def _record(
+        self,
+        call: _Call,
+        grant: RunGrant,
+        provider: Provider,
+        model: str | None,
+        usage_body: StreamUsageParser | JsonUsageBuffer | None,
+        status: int | None,
+        complete: bool,
+    ) -> None:
+        """Count one call (zero tokens when none were reported); never raises."""
+        try:
+            usage: TokenUsage | None = None
+            if isinstance(usage_body, JsonUsageBuffer):
+                usage = usage_body.result(provider)
+            elif usage_body is not None:
+                usage = usage_body.result()
+            rec = self._meter.make_record(
+                grant.run_id,
+                grant.space_id,
+                provider,
+                usage or TokenUsage(),
+                model,
+                status=status,
+                incomplete=not complete,
+            )
+            call.hooks = self._meter.add(rec)
+        except Exception:
+            log.exception("usage record failed", run_id=grant.run_id, space_id=grant.space_id)
+        finally:
+            call.recorded = True
 
 
-def _model_of(body: bytes) -> str | None:
-    if not body:
-        return None
+async def _relay(
+    request: web.Request,
+    resp: web.StreamResponse,
+    upstream: aiohttp.ClientResponse,
+    usage_body: StreamUsageParser | JsonUsageBuffer | None,
+    streamed: bool,
+    ctx: dict[str, Any],
+) -> bool:
+    """Pass the upstream's answer on as it arrives; True when it reached the agent whole.
+
+    Every chunk is metered before it is written: it was generated whether or not the agent
+    is still there. When the agent goes away, a stream (or an answer of unknown type) is
+    abandoned at once - closing the upstream stops the provider generating - while a JSON
+    answer, already generated, is read to its end for its usage.
+    """
+    agent_gone = False
+
+    async def write(data: bytes | None) -> None:
+        nonlocal agent_gone
+        if agent_gone:
+            return
+        try:
+            if data is None:
+                await resp.prepare(request)
+            else:
+                await resp.write(data)
+        except (aiohttp.ClientConnectionError, ConnectionError) as exc:
+            agent_gone = True
+            log.info("agent went away during a model call", error=_describe_error(exc), **ctx)
+
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    model = data.get("model") if isinstance(data, Mapping) else None
-    return model if isinstance(model, str) else None
+        await write(None)
+        # iter_any: hand on whatever arrived, at once. This is what makes SSE unbuffered.
+        async for chunk in upstream.content.iter_any():
+            if usage_body is not None:
+                usage_body.feed(chunk)
+            await write(chunk)
+            if agent_gone and (streamed or not isinstance(usage_body, JsonUsageBuffer)):
+                return False
+        if agent_gone:
+            return False
+        await resp.write_eof()
+        return True
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        # Headers are out, so the status can no longer change. Cut the agent's connection
+        # too (no terminating chunk): a cleanly ended but truncated stream would pass for a
+        # complete, shorter answer.
+        log.warning("model stream interrupted", error=_describe_error(exc), **ctx)
+        if request.transport is not None:
+            request.transport.close()
+        return False
+
+
+def _parse_strict(body: bytes) -> Any:
+    return json.loads(body, object_pairs_hook=duplicate_key_guard)
+
+
+async def _parse_json(body: bytes) -> Any:
+    """The request body as JSON (duplicate keys refused); large ones off the event loop."""
+    if not body:
+        raise ValueError("empty body")
+    if len(body) > _PARSE_INLINE_MAX:
+        return await asyncio.to_thread(_parse_strict, body)
+    return _parse_strict(body)
+
+
+def _host_of(url: str) -> str:
+    u = URL(url)
+    # Only host and port: a base_url may carry user:password, which must not leak.
+    return f"{u.host}:{u.port}" if u.port else str(u.host)
 
 
 def _describe_error(exc: BaseException) -> str:

@@ -7,27 +7,28 @@ Extraction is pure (bytes or dicts in, `TokenUsage` out) and covers:
 
 - Anthropic Messages JSON: `usage.input_tokens` (+ cache creation/read tokens, which are
   input too) and `usage.output_tokens`.
-- Anthropic Messages SSE: `message_start.message.usage` (input) then `message_delta.usage`
-  (cumulative output; newer API versions repeat input there too, which then wins).
 - OpenAI Chat Completions JSON `usage.prompt_tokens/completion_tokens`; the Responses API
   shape `usage.input_tokens/output_tokens` is understood as well (Codex-style CLIs).
-- OpenAI SSE: the chunk carrying `usage` (sent last when `stream_options.include_usage`),
-  or `response.usage` of a Responses API `response.completed` event.
 
-Stream parsers are incremental: `feed()` takes raw byte chunks exactly as they pass through
-the proxy, split anywhere (inside a line, a UTF-8 character or a CRLF).
+Bodies read as they pass (SSE streams, JSON of any size) are handled incrementally in
+`mercury.api.usage_stream`.
+
+The meter records every proxied call, also failed, cut-off and usage-less ones (zero
+tokens, with the HTTP status and an `incomplete` flag). `UsageMeter.add` counts a record
+synchronously, so a call cancelled at the end of its run is still counted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
-import re
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from mercury.config import ModelPrice
 from mercury.logging import get_logger
@@ -109,168 +110,6 @@ def openai_usage_from_json(body: bytes | str | Mapping[str, Any]) -> TokenUsage 
     return None
 
 
-_EOL = re.compile(rb"[\r\n]")
-
-
-class SSEDataReader:
-    """Incremental Server-Sent Events reader yielding each event's `data` payload.
-
-    Lines end in LF, CRLF or CR (the SSE spec allows all three). Only byte offsets of CR/LF
-    are used to split, so a multi-byte UTF-8 character cut between chunks stays intact.
-    A line longer than `max_line` is dropped rather than buffered without limit: usage lives
-    in small events, and a huge content delta must not cost unbounded memory.
-    """
-
-    def __init__(self, max_line: int = 1 << 20) -> None:
-        self._buf = bytearray()
-        self._data: list[str] = []
-        self._skipping = False  # inside an over-long line, discarding until its end
-        self._max_line = max_line
-
-    def feed(self, chunk: bytes) -> list[str]:
-        """Add raw bytes; return the data payloads of events completed by them."""
-        self._buf += chunk
-        events: list[str] = []
-        pos = 0
-        while True:
-            m = _EOL.search(self._buf, pos)
-            if m is None:
-                break
-            cut = m.start()
-            if self._buf[cut] == 0x0D:
-                if cut + 1 == len(self._buf):
-                    break  # a CR at the very end may be half of a CRLF: wait for more
-                end = cut + 2 if self._buf[cut + 1] == 0x0A else cut + 1
-            else:
-                end = cut + 1
-            start, pos = pos, end
-            if self._skipping or cut - start > self._max_line:
-                self._skipping = False
-                continue
-            line = bytes(self._buf[start:cut])
-            event = self._line(line.decode("utf-8", errors="replace"))
-            if event is not None:
-                events.append(event)
-        del self._buf[:pos]
-        if len(self._buf) > self._max_line:
-            self._buf.clear()
-            self._skipping = True
-        return events
-
-    def flush(self) -> list[str]:
-        """At end of stream: a trailing CR ends its line (nothing more can follow it)."""
-        if self._buf.endswith(b"\r"):
-            return self.feed(b"\n")
-        return []
-
-    def _line(self, line: str) -> str | None:
-        if line == "":
-            if not self._data:
-                return None
-            payload = "\n".join(self._data)
-            self._data = []
-            return payload
-        if line.startswith(":"):
-            return None  # comment / keep-alive
-        name, _, value = line.partition(":")
-        if name == "data":
-            self._data.append(value[1:] if value.startswith(" ") else value)
-        return None
-
-
-class StreamUsageParser(Protocol):
-    """`feed` raw bytes as they pass; `result` at the end (or whenever: it is a snapshot)."""
-
-    def feed(self, chunk: bytes) -> None: ...
-
-    def result(self) -> TokenUsage | None: ...
-
-
-class AnthropicStreamUsage:
-    """Usage of an Anthropic Messages SSE stream, fed raw bytes as they pass."""
-
-    def __init__(self) -> None:
-        self._reader = SSEDataReader()
-        self._input: int | None = None
-        self._output: int | None = None
-        self._model: str | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        for payload in self._reader.feed(chunk):
-            self._event(payload)
-
-    def _event(self, payload: str) -> None:
-        data = _as_dict(payload)
-        if data is None:
-            return
-        kind = data.get("type")
-        if kind == "message_start" and isinstance(data.get("message"), Mapping):
-            message = data["message"]
-            if isinstance(message.get("model"), str):
-                self._model = message["model"]
-            usage = message.get("usage")
-            if isinstance(usage, Mapping):
-                self._input = _anthropic_input(usage)
-                self._output = _int(usage.get("output_tokens"))
-        elif kind == "message_delta" and isinstance(data.get("usage"), Mapping):
-            usage = data["usage"]
-            # Cumulative counts: the last message_delta is the final word.
-            if "output_tokens" in usage:
-                self._output = _int(usage.get("output_tokens"))
-            if "input_tokens" in usage and usage.get("input_tokens") is not None:
-                self._input = _anthropic_input(usage)
-
-    def result(self) -> TokenUsage | None:
-        for payload in self._reader.flush():
-            self._event(payload)
-        if self._input is None and self._output is None:
-            return None
-        return TokenUsage(self._input or 0, self._output or 0, self._model)
-
-
-class OpenAIStreamUsage:
-    """Usage of an OpenAI(-compatible) SSE stream, fed raw bytes as they pass."""
-
-    def __init__(self) -> None:
-        self._reader = SSEDataReader()
-        self._usage: TokenUsage | None = None
-        self._model: str | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        for payload in self._reader.feed(chunk):
-            if payload.strip() == "[DONE]":
-                continue
-            self._event(payload)
-
-    def _event(self, payload: str) -> None:
-        data = _as_dict(payload)
-        if data is None:
-            return
-        if isinstance(data.get("model"), str):
-            self._model = data["model"]
-        usage = data.get("usage")
-        model = data.get("model")
-        response = data.get("response")
-        if not isinstance(usage, Mapping) and isinstance(response, Mapping):
-            usage, model = response.get("usage"), response.get("model")  # Responses API
-        if isinstance(usage, Mapping):
-            self._usage = _openai_usage(usage, model)
-
-    def result(self) -> TokenUsage | None:
-        for payload in self._reader.flush():
-            if payload.strip() != "[DONE]":
-                self._event(payload)
-        if self._usage is None:
-            return None
-        if self._usage.model is None and self._model is not None:
-            return TokenUsage(self._usage.input_tokens, self._usage.output_tokens, self._model)
-        return self._usage
-
-
-def stream_usage_parser(provider: Provider) -> StreamUsageParser:
-    return AnthropicStreamUsage() if provider == "anthropic" else OpenAIStreamUsage()
-
-
 def usage_from_json(provider: Provider, body: bytes | str | Mapping[str, Any]) -> TokenUsage | None:
     if provider == "anthropic":
         return anthropic_usage_from_json(body)
@@ -296,7 +135,13 @@ def cost_usd(
 
 @dataclass(frozen=True)
 class UsageRecord:
-    """One metered model response of one run."""
+    """One metered model call of one run.
+
+    `status` is the upstream's HTTP status, None when it never answered (unreachable, timed
+    out or cancelled before its headers). `incomplete` is True when the answer was not read
+    to its end (cut by the upstream or the agent, cancelled when the run ended, never
+    came): the provider may then bill more than the tokens counted here.
+    """
 
     run_id: str
     space_id: str
@@ -305,18 +150,31 @@ class UsageRecord:
     input_tokens: int
     output_tokens: int
     cost_usd: float | None
+    status: int | None = None
+    incomplete: bool = False
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def failed(self) -> bool:
+        """No 2xx answer: refused, redirected, an error, or none at all."""
+        return self.status is None or not 200 <= self.status < 300
 
 
 @dataclass
 class UsageTotals:
-    """Sums over many records. `cost_usd` is None until a priced record arrives."""
+    """Sums over many records. `cost_usd` is None until a priced record arrives.
+
+    `requests` counts every call, failed and incomplete ones included (also in their own
+    counters), so a run's number of model calls is never understated.
+    """
 
     requests: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = None
     unpriced_requests: int = 0
+    failed_requests: int = 0
+    incomplete_requests: int = 0
 
     def add(self, record: UsageRecord) -> None:
         self.requests += 1
@@ -326,6 +184,8 @@ class UsageTotals:
             self.unpriced_requests += 1
         else:
             self.cost_usd = (self.cost_usd or 0.0) + record.cost_usd
+        self.failed_requests += record.failed
+        self.incomplete_requests += record.incomplete
 
     def copy(self) -> UsageTotals:
         return UsageTotals(**vars(self))
@@ -333,12 +193,18 @@ class UsageTotals:
 
 UsageHook = Callable[[UsageRecord], Awaitable[None] | None]
 
+# How many popped run ids the meter remembers, to tell a late record from a new run.
+_POPPED_MEMORY = 4096
+
 
 class UsageMeter:
     """Totals per run and per space, plus hooks that persist each record (e.g. to the DB).
 
-    Runs are kept until `pop_run` (call it when a run ends); spaces accumulate for the
-    process lifetime (the database is the durable record, via a hook).
+    Runs are kept until `pop_run` (call it when a run ends, after the model proxy's
+    `close_run`, which waits for the run's calls still in flight); spaces accumulate for
+    the process lifetime (the database is the durable record, via a hook). A record that
+    still arrives for a popped run is counted for its space and passed to the hooks, and
+    logged as late: it can no longer change the totals `pop_run` returned.
     """
 
     def __init__(
@@ -350,7 +216,10 @@ class UsageMeter:
         self._hooks: list[UsageHook] = [on_record] if on_record else []
         self._runs: dict[str, UsageTotals] = {}
         self._spaces: dict[str, UsageTotals] = {}
+        self._popped: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
+        # Async hooks run in tasks of their own, so a cancelled caller cannot cut them off.
+        self._hook_tasks: set[asyncio.Task[None]] = set()
 
     def add_hook(self, hook: UsageHook) -> None:
         """Call `hook(record)` (sync or async) for every record from now on."""
@@ -363,6 +232,9 @@ class UsageMeter:
         provider: str,
         usage: TokenUsage,
         requested_model: str | None = None,
+        *,
+        status: int | None = None,
+        incomplete: bool = False,
     ) -> UsageRecord:
         """Price `usage`: by the model asked for (the price table's names), else as reported."""
         return UsageRecord(
@@ -373,7 +245,53 @@ class UsageMeter:
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             cost_usd=cost_usd(self._prices, usage, requested_model, usage.model),
+            status=status,
+            incomplete=incomplete,
         )
+
+    def add(self, rec: UsageRecord) -> asyncio.Future[None]:
+        """Count `rec` now and start the hooks; the future is done when its hooks are.
+
+        Synchronous up to the returned future, so it is safe in the `finally` of a task
+        being cancelled: the totals are updated before anything can interrupt it. Sync hooks
+        run here; async ones in tasks the meter keeps until they finish.
+        """
+        with self._lock:
+            if rec.run_id in self._popped:
+                log.warning(
+                    "usage arrived after the run's totals were taken",
+                    run_id=rec.run_id,
+                    space_id=rec.space_id,
+                )
+            else:
+                self._runs.setdefault(rec.run_id, UsageTotals()).add(rec)
+            self._spaces.setdefault(rec.space_id, UsageTotals()).add(rec)
+        loop = asyncio.get_running_loop()
+        pending: list[asyncio.Task[None]] = []
+        for hook in list(self._hooks):
+            try:
+                result = hook(rec)
+            except Exception:
+                # The response already reached the agent; a failing store must not undo it.
+                log.exception("usage hook failed", run_id=rec.run_id, space_id=rec.space_id)
+                continue
+            if inspect.isawaitable(result):
+                task = loop.create_task(self._run_hook(result, rec))
+                self._hook_tasks.add(task)
+                task.add_done_callback(self._hook_tasks.discard)
+                pending.append(task)
+        if not pending:
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
+        return asyncio.gather(*pending)
+
+    @staticmethod
+    async def _run_hook(result: Awaitable[None], rec: UsageRecord) -> None:
+        try:
+            await result
+        except Exception:
+            log.exception("usage hook failed", run_id=rec.run_id, space_id=rec.space_id)
 
     async def record(
         self,
@@ -382,21 +300,21 @@ class UsageMeter:
         provider: str,
         usage: TokenUsage,
         requested_model: str | None = None,
+        *,
+        status: int | None = None,
+        incomplete: bool = False,
     ) -> UsageRecord:
-        """Add one response's usage to its run and space, then run the hooks."""
-        rec = self.make_record(run_id, space_id, provider, usage, requested_model)
-        with self._lock:
-            self._runs.setdefault(run_id, UsageTotals()).add(rec)
-            self._spaces.setdefault(space_id, UsageTotals()).add(rec)
-        for hook in list(self._hooks):
-            try:
-                result = hook(rec)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                # The response already reached the agent; a failing store must not undo it.
-                log.exception("usage hook failed", run_id=run_id, space_id=space_id)
+        """Add one call's usage to its run and space, then wait for the hooks."""
+        rec = self.make_record(
+            run_id, space_id, provider, usage, requested_model, status=status, incomplete=incomplete
+        )
+        await asyncio.shield(self.add(rec))
         return rec
+
+    async def drain(self) -> None:
+        """Wait until every async hook started so far has finished (e.g. before shutdown)."""
+        while self._hook_tasks:
+            await asyncio.gather(*list(self._hook_tasks), return_exceptions=True)
 
     def for_run(self, run_id: str) -> UsageTotals:
         with self._lock:
@@ -407,6 +325,13 @@ class UsageMeter:
             return (self._spaces.get(space_id) or UsageTotals()).copy()
 
     def pop_run(self, run_id: str) -> UsageTotals:
-        """The run's totals, forgotten afterwards (call when the run ends)."""
+        """The run's totals, forgotten afterwards (call when the run ends).
+
+        Calls of the run still in flight would be missed: await the model proxy's
+        `close_run(run_id)` first.
+        """
         with self._lock:
+            self._popped[run_id] = None
+            while len(self._popped) > _POPPED_MEMORY:
+                self._popped.popitem(last=False)
             return self._runs.pop(run_id, None) or UsageTotals()

@@ -1,22 +1,26 @@
-"""Usage extraction (pure, incremental streams) and the usage meter."""
+"""Usage extraction (pure, incremental streams and JSON of any size) and the usage meter."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import pytest
 
 from mercury.api.usage import (
-    AnthropicStreamUsage,
-    OpenAIStreamUsage,
-    SSEDataReader,
     TokenUsage,
     UsageMeter,
     UsageRecord,
     anthropic_usage_from_json,
     cost_usd,
     openai_usage_from_json,
+)
+from mercury.api.usage_stream import (
+    AnthropicStreamUsage,
+    JsonUsageBuffer,
+    OpenAIStreamUsage,
+    SSEDataReader,
 )
 from mercury.config import ModelPrice
 
@@ -279,6 +283,73 @@ def test_openai_responses_api_stream_usage() -> None:
     assert parser.result() == TokenUsage(8, 3, "o4")
 
 
+# --------------------------------------------------------------------------- JSON buffer
+
+
+def _feed_chunks(buf: JsonUsageBuffer, data: bytes, size: int) -> JsonUsageBuffer:
+    for i in range(0, len(data), size):
+        buf.feed(data[i : i + size])
+    return buf
+
+
+def test_json_buffer_small_body_is_parsed_whole() -> None:
+    body = json.dumps(
+        {"model": "claude-x", "content": [], "usage": {"input_tokens": 7, "output_tokens": 3}}
+    ).encode()
+    assert _feed_chunks(JsonUsageBuffer(), body, 5).result("anthropic") == TokenUsage(
+        7, 3, "claude-x"
+    )
+
+
+def test_json_buffer_meters_bodies_over_any_cap() -> None:
+    """The old proxy stopped buffering at its cap and then metered nothing: an answer over
+    16 MiB was free. Head and tail are enough: usage and model are at the ends."""
+    vectors = [
+        {"object": "embedding", "index": i, "embedding": [0.0123] * 1500} for i in range(400)
+    ]
+    body = json.dumps(
+        {
+            "object": "list",
+            "data": vectors,
+            "model": "text-embedding-3-small",
+            "usage": {"prompt_tokens": 4321, "total_tokens": 4321},
+        }
+    ).encode()
+    assert len(body) > 3 * 1024**2
+    buf = _feed_chunks(JsonUsageBuffer(), body, 65_521)
+    assert buf.result("openai") == TokenUsage(4321, 0, "text-embedding-3-small")
+    assert len(buf._buf) <= 2 * 256 * 1024  # memory stays bounded
+
+
+def test_json_buffer_takes_the_top_level_usage_not_one_in_the_content() -> None:
+    tool_input = {"usage": {"input_tokens": 1, "output_tokens": 1}, "pad": "x" * 2_000_000}
+    body = json.dumps(
+        {
+            "model": "claude-x",
+            "content": [{"type": "tool_use", "name": "t", "input": tool_input}],
+            "usage": {"input_tokens": 900, "output_tokens": 80},
+        }
+    ).encode()
+    assert _feed_chunks(JsonUsageBuffer(), body, 100_000).result("anthropic") == TokenUsage(
+        900, 80, "claude-x"
+    )
+
+
+def test_json_buffer_complete_body_without_usage_is_none_whatever_its_content() -> None:
+    body = json.dumps({"content": [{"input": {"usage": {"input_tokens": 10**9}}}]}).encode()
+    assert _feed_chunks(JsonUsageBuffer(), body, 7).result("anthropic") is None
+    assert JsonUsageBuffer().result("openai") is None
+
+
+def test_json_buffer_cut_short_after_usage_still_counts() -> None:
+    body = b'{"model": "gpt-x", "usage": {"prompt_tokens": 12, "completion_tokens": 4}, "choi'
+    assert _feed_chunks(JsonUsageBuffer(), body, 3).result("openai") == TokenUsage(12, 4, "gpt-x")
+    assert JsonUsageBuffer().result("openai") is None
+    cut = JsonUsageBuffer()
+    cut.feed(b'{"model": "gpt-x", "choices": [{"message": {"content": "half')
+    assert cut.result("openai") is None
+
+
 # --------------------------------------------------------------------------- cost, meter
 
 PRICES = {
@@ -359,3 +430,60 @@ async def test_meter_hooks_get_each_record_and_a_failing_hook_is_contained() -> 
     )
     assert rec.cost_usd == pytest.approx((10 * 3 + 20 * 15) / 1e6)
     assert meter.for_run("r1").requests == 1
+
+
+async def test_failed_and_incomplete_calls_are_counted_with_zero_tokens() -> None:
+    meter = UsageMeter(PRICES)
+    await meter.record("r1", "s1", "openai", TokenUsage(), "gpt-4o-mini", status=500)
+    await meter.record("r1", "s1", "openai", TokenUsage(), "gpt-4o-mini", status=None)
+    await meter.record(
+        "r1", "s1", "anthropic", TokenUsage(10, 1), "claude-sonnet-4-5", status=200, incomplete=True
+    )
+    await meter.record("r1", "s1", "anthropic", TokenUsage(10, 5), "claude-sonnet-4-5", status=200)
+    run = meter.pop_run("r1")
+    assert (run.requests, run.failed_requests, run.incomplete_requests) == (4, 2, 1)
+    assert (run.input_tokens, run.output_tokens) == (20, 6)
+
+
+async def test_add_counts_at_once_and_its_hooks_survive_the_callers_cancellation() -> None:
+    """Recording in a cancelled task's finally: totals before any await, hooks in tasks of
+    the meter's own, so cancelling the proxy's handler cannot lose the record."""
+    stored: list[UsageRecord] = []
+    release = asyncio.Event()
+
+    async def slow_store(rec: UsageRecord) -> None:
+        await release.wait()
+        stored.append(rec)
+
+    meter = UsageMeter(PRICES, on_record=slow_store)
+    started = asyncio.Event()
+
+    async def handler() -> None:
+        try:
+            started.set()
+            await asyncio.sleep(3600)
+        finally:
+            rec = meter.make_record("r1", "s1", "anthropic", TokenUsage(5, 2), status=200)
+            meter.add(rec)
+
+    task = asyncio.create_task(handler())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert meter.for_run("r1").requests == 1  # counted synchronously
+    release.set()
+    await meter.drain()
+    assert [r.input_tokens for r in stored] == [5]
+
+
+async def test_a_record_after_pop_run_is_not_lost_silently_nor_leaked() -> None:
+    seen: list[UsageRecord] = []
+    meter = UsageMeter(on_record=seen.append)
+    await meter.record("r1", "s1", "openai", TokenUsage(1, 1), status=200)
+    assert meter.pop_run("r1").requests == 1
+    await meter.record("r1", "s1", "openai", TokenUsage(2, 2), status=200)
+    # Not a new run entry nobody will ever pop; still the space's and the hooks'.
+    assert meter.for_run("r1").requests == 0
+    assert meter.for_space("s1").requests == 2
+    assert len(seen) == 2

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from mercury.config import Config
 from mercury.sandbox.service import build_input, model_input
 
@@ -19,7 +21,7 @@ CHAIN = {
 def test_chain_order_and_limits_from_config() -> None:
     m = model_input(Config.model_validate(CHAIN))
     assert [leg["model"] for leg in m["chain"]] == ["a1", "o1", "a2"]
-    assert m["chain"][1]["base_url"] == "http://127.0.0.1:11434/v1"
+    assert m["chain"][1] == {"provider": "openai", "model": "o1"}
     assert (m["retries_per_leg"], m["budget_s"], m["max_turns"]) == (3, 120.0, 40)
 
 
@@ -42,3 +44,31 @@ def test_ids_and_api_access_are_always_the_hosts() -> None:
     assert (data["run_id"], data["space_id"]) == ("r1", "s1")
     assert data["api"] == {"socket": "/run/mercury-api/api.sock", "token": "t1"}
     assert data["prompt"] == "hi"
+
+
+def test_legs_carry_only_provider_and_model_never_a_base_url_or_its_credentials() -> None:
+    """A base_url with user:password in its user-info is the host's; the container sees
+    nothing of it, in the model section or anywhere else in input.json."""
+    config = Config.model_validate(
+        {
+            "model": {
+                "chain": [
+                    {
+                        "provider": "openai",
+                        "model": "gpt-x",
+                        "base_url": "https://proxyuser:hunter2-pass@gw.example.com:8443/v1",
+                    },
+                    {"provider": "anthropic", "model": "claude-a", "base_url": "http://10.0.0.5"},
+                ],
+                "allowed": ["claude-haiku-4-5"],
+            }
+        }
+    )
+    section = model_input(config, "claude-a")
+    assert section["chain"] == [
+        {"provider": "anthropic", "model": "claude-a"},
+        {"provider": "openai", "model": "gpt-x"},
+    ]
+    built = json.dumps(build_input(config, {"prompt": "hi"}, run_id="r", space_id="s", token="t"))
+    for leaked in ("hunter2-pass", "proxyuser", "gw.example.com", "10.0.0.5", "base_url"):
+        assert leaked not in built

@@ -66,11 +66,15 @@ class Caller:
 
 @dataclass(frozen=True)
 class LegSpec:
-    """One leg of the model chain. `base_url` is for the host's proxy, never the agent's."""
+    """One leg of the model chain: provider and model only.
+
+    Where a leg's calls go (its base_url) is the host's business: the agent always talks
+    to the relay, and the host no longer puts a base_url in input.json (an older host's one
+    is ignored like any unknown key).
+    """
 
     provider: str  # "anthropic" | "openai"
     model: str
-    base_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,6 @@ def _leg(raw: Any, path: str) -> LegSpec:
     return LegSpec(
         provider=provider,
         model=_required_str(obj, "model", path),
-        base_url=_optional(obj, "base_url", str, path),
     )
 
 
