@@ -116,7 +116,9 @@ class SlackAdapter:
             client=self.client,
             signing_secret=signing_secret,
             request_verification_enabled=self.mode == "http",
-            name="mercury",
+            # Bolt names its logger after the app and sets that logger's level from the
+            # root's: under slack_bolt's name it cannot change Mercury's own loggers.
+            name="slack_bolt.mercury",
         )
         self.app.event("app_mention")(self._on_app_mention)
         self.app.event("message")(self._on_message)
