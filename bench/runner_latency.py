@@ -3,8 +3,11 @@
     .venv/bin/python bench/runner_latency.py [-n 20] [--base IMAGE]
 
 The floor is the least any runner could do with the Docker SDK on the same image:
-low-level create + start, then poll for result.json every 10 ms. The runner adds the
-hardening, io dir, input.json, liveness probes and result parsing. Both are timed from
+low-level create + start, then poll for result.json every 10 ms. A second floor also
+stops the container (kill + wait) before reading the result, as the threat model demands
+(nothing in the container may change a file between the host's check and its read). The
+runner adds the hardening, io dir, input.json, the space folder, liveness probes, the
+stop, and result parsing and output copying off the event loop. Both are timed from
 "asked" to "reply in hand"; container removal happens afterwards, outside the timing,
 for both. Runs alternate (runner, floor, runner, ...) so drift in the machine's load
 affects both equally. Prints medians and the ratio; the figures go in
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -30,12 +34,13 @@ import docker
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mercury.config import Config  # noqa: E402
+from mercury.config import AUTO_CONTAINER_ID, Config  # noqa: E402
 from mercury.logging import configure_logging  # noqa: E402
 from mercury.sandbox.runner import ContainerRunner  # noqa: E402
 from mercury.sandbox.types import ImageBuildState, RunRequest  # noqa: E402
 
 TAG = "mercury-bench-echo:latest"
+UID = AUTO_CONTAINER_ID  # what the runner uses as root
 
 
 def base_image(explicit: str | None) -> str:
@@ -54,17 +59,18 @@ def build_echo(client: docker.DockerClient, base: str) -> None:
     )
 
 
-def floor_once(client: docker.DockerClient, io_root: Path) -> float:
-    """Bare SDK: create + start + 10 ms poll. Returns seconds; removal is not timed."""
+def floor_once(client: docker.DockerClient, io_root: Path, *, stop: bool = False) -> float:
+    """Bare SDK: create + start + 10 ms poll (+ kill and wait when `stop`). Returns seconds;
+    removal is not timed."""
     io = io_root / uuid.uuid4().hex
     io.mkdir()
-    os.chown(io, 1000, 1000) if os.geteuid() == 0 else io.chmod(0o777)
+    os.chown(io, UID, UID) if os.geteuid() == 0 else io.chmod(0o777)
     (io / "input.json").write_text(json.dumps({"prompt": "hi"}))
     api = client.api
     t0 = time.perf_counter()
     cid = api.create_container(
         TAG,
-        user="1000:1000",
+        user=f"{UID}:{UID}",
         environment={"MERCURY_IO_DIR": "/run/mercury-io"},
         host_config=api.create_host_config(
             binds={str(io): {"bind": "/run/mercury-io", "mode": "rw"}}, network_mode="none"
@@ -74,6 +80,10 @@ def floor_once(client: docker.DockerClient, io_root: Path) -> float:
     result = io / "result.json"
     while not result.exists():
         time.sleep(0.010)
+    if stop:
+        with contextlib.suppress(docker.errors.APIError):
+            api.kill(cid)
+        api.wait(cid, timeout=10)
     json.loads(result.read_text())
     elapsed = time.perf_counter() - t0
     api.remove_container(cid, force=True)
@@ -120,22 +130,26 @@ async def main() -> None:
         await asyncio.to_thread(floor_once, client, io_root)
         runner_s: list[float] = []
         floor_s: list[float] = []
+        stop_s: list[float] = []
         for i in range(args.n):
             runner_s.append(await runner_once(runner, i))
             floor_s.append(await asyncio.to_thread(floor_once, client, io_root))
+            stop_s.append(await asyncio.to_thread(floor_once, client, io_root, stop=True))
         await runner.aclose()
 
-    r50, f50 = statistics.median(runner_s), statistics.median(floor_s)
+    r50, f50, s50 = (statistics.median(x) for x in (runner_s, floor_s, stop_s))
     print(f"runs each: {args.n}  (interleaved, after one warm-up of each)")
-    print(
-        f"floor  (SDK create+start+10ms poll): p50 {f50 * 1000:7.1f} ms"
-        f"  p90 {pct(floor_s, 0.9) * 1000:7.1f} ms"
-    )
-    print(
-        f"runner (ContainerRunner.run)       : p50 {r50 * 1000:7.1f} ms"
-        f"  p90 {pct(runner_s, 0.9) * 1000:7.1f} ms"
-    )
+    for label, values in (
+        ("floor  (SDK create+start+10ms poll)", floor_s),
+        ("floor + stop before read (kill+wait)", stop_s),
+        ("runner (ContainerRunner.run)", runner_s),
+    ):
+        print(
+            f"{label:37}: p50 {statistics.median(values) * 1000:7.1f} ms"
+            f"  p90 {pct(values, 0.9) * 1000:7.1f} ms"
+        )
     print(f"ratio runner/floor p50: {r50 / f50:.3f}x   (target <= 1.1x)")
+    print(f"ratio runner/floor-with-stop p50: {r50 / s50:.3f}x")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class App:
         self._started = False
 
     async def start(self) -> None:
+        from mercury.datadir import prepare_data_dir
         from mercury.httpserver import ServerStartError
         from mercury.sandbox.engine import EngineUnavailable, connect_engine
         from mercury.storage import Database
@@ -46,9 +47,11 @@ class App:
 
         cfg = self.config
         try:
-            cfg.data_dir.mkdir(parents=True, exist_ok=True)
+            # Private to Mercury's user (0700): it holds tokens and every space.
+            prepare_data_dir(cfg)
         except OSError as exc:
-            raise StartupError(f"data_dir: cannot create {cfg.data_dir}: {exc.strerror}") from exc
+            raise StartupError(str(exc)) from exc
+        _raise_file_limit()
         try:
             self.docker, info = await asyncio.to_thread(connect_engine, 10.0)
         except EngineUnavailable as exc:
@@ -93,24 +96,40 @@ class App:
     async def _build_services(self) -> None:
         from mercury.api.space_routes import space_routes
         from mercury.pipeline.service import Pipeline, model_problem
+        from mercury.sandbox.identity import host_owner_of
         from mercury.sandbox.runner import ContainerRunner
         from mercury.sandbox.service import RunHost, resources_dir
         from mercury.sandbox.types import ImageBuildState
 
         cfg = self.config
         secrets = self.loaded.secrets
-        self.host = RunHost(cfg, secrets)
-        self.runner = ContainerRunner(
-            cfg,
-            ImageBuildState(cfg.container.image),
-            client=self.docker,
-            resources_dir=resources_dir(),
-            api_socket_dir=self.host.socket_dir,
+        try:
+            self.host = RunHost(cfg, secrets)
+            self.runner = ContainerRunner(
+                cfg,
+                ImageBuildState(cfg.container.image),
+                client=self.docker,
+                resources_dir=resources_dir(),
+            )
+        except (OSError, ValueError) as exc:  # container.user, disk.space_limit
+            raise StartupError(str(exc)) from exc
+        owner = host_owner_of(self.runner.identity)
+        if owner:
+            log.warning(
+                "agents run as an id a host account has: it can read and change every space",
+                problem=owner,
+                fix="set container.user to an unused uid:gid (docs/security.md)",
+            )
+        log.info(
+            "spaces",
+            container_user=self.runner.identity.user,
+            size_limit=self.runner.spaces.mode,
         )
         # Containers labelled with this instance belong to a dead process: remove them.
         removed = await self.runner.cleanup_orphans()
         if removed:
             log.warning("removed orphaned containers", count=removed)
+        self.host.server.remove_stale()
         self._build_adapters()
         self.pipeline = Pipeline(cfg, secrets, self.db, self.runner, self.host, self.adapters)
         from mercury.pipeline.scheduler import Scheduler, next_cron_run
@@ -207,6 +226,18 @@ class App:
         if self._started:
             log.info("mercury stopped")
         self._started = False
+
+
+def _raise_file_limit() -> None:
+    """Use the hard limit of open files: each run holds sockets, pipes and connections."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def serve(app: App, stop: asyncio.Event | None = None) -> None:

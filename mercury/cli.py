@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -159,6 +160,7 @@ def run(host: str | None, port: int | None, log_level: str | None) -> None:
         overrides["log"] = {"level": log_level}
     loaded = _load_or_exit(overrides)
     configure_logging_for(loaded)  # every configured secret is redacted from the logs
+    os.umask(0o077)  # whatever Mercury creates from now on is its own (docs/security.md)
     try:
         asyncio.run(serve(App(loaded)))
     except StartupError as exc:
@@ -321,6 +323,7 @@ def sandbox_run(
     if not isinstance(payload, dict):
         _fail(f"{input_file}: expected a JSON object")
         return
+    os.umask(0o077)
     try:
         result = asyncio.run(run_once(loaded, space_id=space_id, payload=payload, image=image))
     except SandboxRunError as exc:

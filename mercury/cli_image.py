@@ -136,6 +136,12 @@ def build(
     cfg = _load_or_exit(err, path).config
     tag = tag or cfg.container.image
     base = base or cfg.container.base_image
+    from mercury.sandbox.identity import IdentityError, container_identity
+
+    try:
+        ident = container_identity(cfg.container)  # the image's account is the runs' uid
+    except IdentityError as exc:
+        _fail(err, str(exc))
 
     try:
         context = agent_context_dir()
@@ -161,7 +167,13 @@ def build(
         with view:
             resolve_base(client, base, on_event=view)
             image_ref = build_agent_image(
-                client, base=base, tag=tag, context=context, on_event=view, nocache=no_cache
+                client,
+                base=base,
+                tag=tag,
+                context=context,
+                on_event=view,
+                nocache=no_cache,
+                user=(ident.uid, ident.gid),
             )
     except BaseImageUnavailable as exc:
         _fail(err, str(exc))

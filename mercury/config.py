@@ -162,20 +162,32 @@ class ContainerConfig(Section):
     # Optional OCI runtime, e.g. runsc (gVisor).
     runtime: str | None = None
     # Hardening: each on by default; docs/security.md explains what turning one off costs.
-    user: str = "1000:1000"
+    # The uid:gid agents run as. auto: AUTO_CONTAINER_ID:AUTO_CONTAINER_ID when Mercury runs
+    # as root (an id no host account has), else Mercury's own uid:gid.
+    user: str = "auto"
     read_only_rootfs: bool = True
     cap_drop: list[str] = Field(default_factory=lambda: ["ALL"])
     no_new_privileges: bool = True
     init: bool = True
     # Extra environment variables granted to every run (never secrets).
     env: dict[str, str] = Field(default_factory=dict)
+    # Open files per container process: a run cannot exhaust the host's file handles.
+    nofile: int = Field(1024, ge=64)
+    # What a run may send back from /space/outbox: at most this many files, this many bytes
+    # in all; the rest is left out and the user told so.
+    max_output_files: int = Field(10, ge=0, le=100)
+    max_output_size: ByteSize = 50 * 1024**2
 
     @field_validator("user")
     @classmethod
     def _user(cls, v: str) -> str:
+        if v == "auto":
+            return v
         if not re.fullmatch(r"\d+(:\d+)?", v) or v.split(":")[0] == "0":
             raise PydanticCustomError(
-                "user", 'expected a non-root numeric "uid:gid" like 1000:1000, got "{v}"', {"v": v}
+                "user",
+                'expected auto or a non-root numeric "uid:gid" like 2000:2000, got "{v}"',
+                {"v": v},
             )
         return v
 
@@ -202,6 +214,25 @@ class ContainerConfig(Section):
                 {"v": v},
             )
         return v
+
+
+# The uid and gid agents run as when Mercury runs as root and `container.user` is auto:
+# above the login (1000-60000), systemd dynamic (61184-65519) and nobody (65534) ids, the
+# usual subordinate-id ranges of rootless containers (100000 + 65536 n) and systemd-nspawn's
+# container range (up to 0x6FFFFFFF), so on a typical host no account owns it.
+AUTO_CONTAINER_ID = 2_000_000_000
+
+
+class DiskConfig(Section):
+    # Largest size of one space's folder (/space); null = no limit.
+    space_size: ByteSize | None = 1024**3
+    # How the limit is enforced: image = a filesystem image per space, mounted at the space
+    # folder (needs root and loop devices); watch = the folder is measured while a run
+    # writes and the run is stopped when it is over; auto = image where it works, else watch.
+    space_limit: Literal["auto", "image", "watch"] = "auto"
+    # Free disk Mercury keeps in data_dir for its own database: below this, new runs wait
+    # (their messages stay queued) and a run that is writing is stopped.
+    min_free: ByteSize = 1024**3
 
 
 class ModelLeg(Section):
@@ -341,6 +372,7 @@ class Config(Section):
     log: LogConfig = Field(default_factory=LogConfig)
     trigger: TriggerConfig = Field(default_factory=TriggerConfig)
     container: ContainerConfig = Field(default_factory=ContainerConfig)
+    disk: DiskConfig = Field(default_factory=DiskConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     adapters: AdaptersConfig = Field(default_factory=AdaptersConfig)

@@ -146,6 +146,86 @@ def check_data_dir(config: Config) -> CheckResult:
     return CheckResult(name, Status.OK, str(path))
 
 
+def check_host_side(config: Config) -> list[CheckResult]:
+    """Who agents run as, whether the data dir is private, and the disk they may fill."""
+    import stat
+
+    from mercury.sandbox.identity import IdentityError, container_identity, host_owner_of
+    from mercury.sandbox.spaces import free_bytes, image_support
+
+    results: list[CheckResult] = []
+    name = "container user"
+    try:
+        ident = container_identity(config.container)
+    except IdentityError as exc:
+        results.append(CheckResult(name, Status.FAIL, str(exc), "set container.user to auto"))
+    else:
+        owner = host_owner_of(ident)
+        if owner:
+            results.append(
+                CheckResult(
+                    name,
+                    Status.WARN,
+                    f"{ident.user}: {owner}, who could read and change every space",
+                    "set container.user to an unused uid:gid (docs/security.md)",
+                    required=False,
+                )
+            )
+        else:
+            results.append(CheckResult(name, Status.OK, f"{ident.user} (no host account)"))
+    path = config.data_dir
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = 0o700  # made private by mercury run
+    if mode & 0o077:
+        results.append(
+            CheckResult(
+                "data dir private",
+                Status.WARN,
+                f"{path} is {mode:04o}: other host users can look inside",
+                "mercury run makes it 0700 at start; or chmod 700 it now",
+                required=False,
+            )
+        )
+    else:
+        results.append(CheckResult("data dir private", Status.OK, f"{path} is {mode:04o}"))
+    disk = config.disk
+    try:
+        free = free_bytes(path if path.exists() else path.parent)
+    except OSError as exc:
+        results.append(CheckResult("free disk", Status.FAIL, f"{path}: {exc.strerror}"))
+        return results
+    no_images = image_support()
+    size = f"{(disk.space_size or 0) / 1024**3:g} GiB"
+    if disk.space_size is None:
+        limit = "spaces have no size limit (disk.space_size: null)"
+    elif disk.space_limit == "image" and no_images:
+        results.append(
+            CheckResult("free disk", Status.FAIL, f"disk.space_limit is image, but {no_images}")
+        )
+        return results
+    elif disk.space_limit == "watch" or no_images:
+        limit = f"spaces are watched at {size}" + (
+            f" (no images: {no_images})" if no_images else ""
+        )
+    else:
+        limit = f"spaces are filesystem images of {size}"
+    gib = free / 1024**3
+    if free < disk.min_free:
+        results.append(
+            CheckResult(
+                "free disk",
+                Status.FAIL,
+                f"{gib:.1f} GiB free, under disk.min_free: no run starts until there is more",
+                "free disk space in data_dir's filesystem or lower disk.min_free",
+            )
+        )
+    else:
+        results.append(CheckResult("free disk", Status.OK, f"{gib:.1f} GiB free; {limit}"))
+    return results
+
+
 def check_adapters(config: Config, secrets: Secrets) -> list[CheckResult]:
     present = secrets.present()
     results: list[CheckResult] = []
@@ -499,6 +579,9 @@ async def run_checks(
             "agent image present",
             "database reachable and migrated",
             "data dir writable",
+            "container user",
+            "data dir private",
+            "free disk",
             "adapter tokens",
             "platform credentials",
             "model provider key or base URL",
@@ -508,6 +591,7 @@ async def run_checks(
     config = loaded.config
     results.append(await asyncio.to_thread(check_image, config, client))
     results.append(check_data_dir(config))
+    results += check_host_side(config)
     results.append(await check_database(config))
     results += check_adapters(config, loaded.secrets)
     results += await check_platform_credentials(config, loaded.secrets)

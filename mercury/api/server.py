@@ -1,8 +1,16 @@
-"""The host API server: aiohttp on a unix socket that is mounted into each run's container.
+"""The host API server: aiohttp on one unix socket per run, mounted into that run's container.
 
-A unix socket works with container network `none` and never listens on a TCP port. The
-socket is world-connectable (0666; the agent runs as uid 1000): access is controlled by the
-per-run token on every request, not by file permissions.
+A unix socket works with container network `none` and never listens on a TCP port. Each
+run gets its own socket (`open_run`), in its own folder under the API root, and that folder
+is what the run's container mounts (read-only) at /run/mercury-api. A socket per run is
+what lets the host bound what one run can take: at most `max_connections` connections at
+once per run (more are closed as they arrive), so a run that opens thousands of idle
+connections exhausts only its own allowance, never Mercury's file handles or another run's
+access. `close_run` closes the socket and every connection of the run.
+
+The socket is reachable by the container's uid only (group-owned by its gid, 0660, in a
+0750 folder; 0600 when Mercury is not root and agents run as Mercury's own uid); access to
+each call is still controlled by the per-run token.
 
 Routes now:
     *    /model/anthropic/{tail}, /model/openai/{tail}   model proxy (see model_proxy.py)
@@ -14,11 +22,16 @@ Later features register theirs with `add_routes` before `start()`; any route wit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import shutil
+import socket
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -31,33 +44,89 @@ from mercury.logging import get_logger
 
 log = get_logger(__name__)
 
+SOCKET_NAME = "api.sock"
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 # Model requests carry whole conversations, images included; aiohttp's default is 1 MiB.
 MAX_REQUEST_BYTES = 64 * 1024**2
+# Connections one run may hold open at once. An agent and its SDKs use a handful; the cap
+# is what stops one run from exhausting the host's file handles.
+MAX_CONNECTIONS_PER_RUN = 32
+
+
+@dataclass(eq=False)
+class _RunSocket:
+    run_id: str
+    folder: Path
+    server: asyncio.AbstractServer | None = None
+    connections: set[asyncio.BaseTransport] = field(default_factory=set)
+    # Taken when a connection is accepted (asyncio accepts a batch before any of them runs
+    # connection_made), given back when it is lost.
+    slots: int = 0
+    refused: int = 0
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the run's cap: closed as soon as it is accepted."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted against its run's cap."""
+
+    def __init__(self, inner: Any, entry: _RunSocket) -> None:
+        self._inner = inner
+        self._entry = entry
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._entry.connections.add(transport)
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._entry.connections.discard(self._transport)
+            self._transport = None
+            self._entry.slots -= 1
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()  # type: ignore[no-any-return]
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
 
 
 class HostApiServer:
-    """Serves the host API on `socket_path` until `stop()`."""
+    """Serves the host API on one socket per run under `root` until `stop()`."""
 
     def __init__(
         self,
-        socket_path: Path,
+        root: Path,
         tokens: TokenStore,
         *,
         config: Config,
         secrets: Secrets,
         meter: UsageMeter,
+        socket_owner: tuple[int, int] | None = None,
         read_timeout: float = 600.0,
+        max_connections: int = MAX_CONNECTIONS_PER_RUN,
     ) -> None:
-        self.socket_path = Path(socket_path)
-        if len(os.fsencode(self.socket_path.absolute())) > _MAX_SOCKET_PATH:
-            raise ValueError(
-                f"host API socket path is too long for a unix socket "
-                f"(max {_MAX_SOCKET_PATH} bytes): {self.socket_path}"
-            )
+        self.root = Path(root)
         self.tokens = tokens
         self.meter = meter
+        # (uid, gid) of the containers: the socket is group-owned by their gid.
+        self.socket_owner = socket_owner
+        self.max_connections = max_connections
         self.proxy = ModelProxy(config, secrets, meter, read_timeout=read_timeout)
         # Exposed so later features can also use app keys and on_cleanup hooks.
         self.app = web.Application(
@@ -67,6 +136,7 @@ class HostApiServer:
         self.app.router.add_get("/v1/whoami", _whoami)
         self.app.router.add_get("/spaces/{space_id}/info", _space_info)
         self._runner: web.AppRunner | None = None
+        self._runs: dict[str, _RunSocket] = {}
 
     def add_routes(self, routes: Iterable[web.AbstractRouteDef]) -> None:
         """Register more endpoints (e.g. a `web.RouteTableDef`); only before `start()`.
@@ -82,46 +152,98 @@ class HostApiServer:
     def started(self) -> bool:
         return self._runner is not None
 
-    async def start(self) -> None:
-        directory = self.socket_path.parent
-        if not directory.exists():
-            directory.mkdir(parents=True)
-            # Explicit chmod: mkdir's mode is filtered by the umask. The container's uid
-            # 1000 must be able to traverse into the (bind-mounted) directory.
-            os.chmod(directory, 0o755)
-        elif directory.stat().st_mode & 0o005 != 0o005:
-            log.warning(
-                "host API socket directory is not accessible to other users; agents running "
-                "as another uid cannot connect",
-                directory=str(directory),
-            )
-        if self.socket_path.exists() or self.socket_path.is_symlink():
-            # A stale socket of a previous process; never delete anything else.
-            if not stat.S_ISSOCK(self.socket_path.lstat().st_mode):
-                raise RuntimeError(f"{self.socket_path} exists and is not a socket")
-            self.socket_path.unlink()
+    def socket_dir(self, run_id: str) -> Path:
+        """The folder of a run's socket (what its container mounts)."""
+        return self.root / run_id
 
+    async def start(self) -> None:
+        """Ready the app and the API root; sockets come with `open_run`."""
+        if self.root.is_symlink() or (self.root.exists() and not self.root.is_dir()):
+            raise RuntimeError(f"{self.root} exists and is not a folder")
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)
         await self.proxy.start()
-        runner = web.AppRunner(self.app, access_log=None)
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
-        try:
-            await web.UnixSite(runner, str(self.socket_path)).start()
-            os.chmod(self.socket_path, 0o666)
-        except BaseException:
-            await runner.cleanup()
-            await self.proxy.close()
-            raise
         self._runner = runner
-        log.info("host API listening", socket=str(self.socket_path))
+        log.info("host API ready", root=str(self.root))
+
+    async def open_run(self, run_id: str) -> Path:
+        """Listen on `<root>/<run_id>/api.sock` for one run; returns its folder."""
+        if self._runner is None or self._runner.server is None:
+            raise RuntimeError("HostApiServer.start() was not called")
+        if run_id in self._runs:
+            raise ValueError(f"run {run_id!r} already has a socket")
+        if not run_id or "/" in run_id or run_id in (".", ".."):
+            raise ValueError(f"run id {run_id!r} is not a plain name")
+        folder = self.socket_dir(run_id)
+        _remove(folder)
+        folder.mkdir(mode=0o700)
+        entry = _RunSocket(run_id, folder)
+        self._runs[run_id] = entry
+        try:
+            sock = self._bind(folder)
+            loop = asyncio.get_running_loop()
+            entry.server = await loop.create_unix_server(
+                lambda: self._protocol(entry), sock=sock, backlog=self.max_connections
+            )
+        except BaseException:
+            del self._runs[run_id]
+            _remove(folder)
+            raise
+        return folder
+
+    async def close_run(self, run_id: str) -> None:
+        """Stop listening for a run and close each of its connections (in-flight calls end)."""
+        entry = self._runs.pop(run_id, None)
+        if entry is None:
+            return
+        if entry.server is not None:
+            entry.server.close()
+        for transport in list(entry.connections):
+            transport.abort()
+        if entry.refused:
+            log.warning(
+                "host API connections refused for a run over its cap",
+                run_id=run_id,
+                refused=entry.refused,
+                cap=self.max_connections,
+            )
+        await asyncio.sleep(0)  # let aborted connections run their connection_lost
+        _remove(entry.folder)
+
+    def remove_stale(self) -> int:
+        """Remove socket folders of a previous process's runs; how many there were.
+
+        Only for the process that owns the data dir (`mercury run` at start): a
+        `mercury sandbox run` beside it must not take the live runs' sockets away.
+        """
+        found = 0
+        if self.root.is_dir():
+            for stale in self.root.iterdir():
+                if stale.name not in self._runs:
+                    _remove(stale)
+                    found += 1
+        return found
+
+    def open_runs(self) -> set[str]:
+        """Runs with a socket right now."""
+        return set(self._runs)
+
+    def connections(self, run_id: str) -> int:
+        """Open connections of a run right now."""
+        entry = self._runs.get(run_id)
+        return len(entry.connections) if entry else 0
 
     async def stop(self) -> None:
+        # Model calls first (cut and metered), so the server's shutdown waits for nothing.
+        for run_id in list(self._runs):
+            await self.proxy.close_run(run_id)
+            await self.close_run(run_id)
+        await self.proxy.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        await self.proxy.close()
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(self.socket_path.lstat().st_mode):
-                self.socket_path.unlink()
 
     async def __aenter__(self) -> HostApiServer:
         await self.start()
@@ -129,6 +251,57 @@ class HostApiServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _protocol(self, entry: _RunSocket) -> asyncio.Protocol:
+        assert self._runner is not None and self._runner.server is not None
+        if entry.slots >= self.max_connections:
+            entry.refused += 1
+            return _Refused()
+        entry.slots += 1
+        return _Counted(self._runner.server(), entry)
+
+    def _bind(self, folder: Path) -> socket.socket:
+        """A listening unix socket in `folder`, reachable by the container's uid only.
+
+        Bound through /proc/self/fd/<folder>, so a long data_dir never hits the 107-byte
+        limit of a socket path, and every change is made relative to the folder's handle.
+        """
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            path = f"/proc/self/fd/{dfd}/{SOCKET_NAME}"
+            if not os.path.isdir(f"/proc/self/fd/{dfd}"):
+                path = str(folder / SOCKET_NAME)  # no /proc: the real path must be short
+                if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+                    raise ValueError(f"host API socket path is too long: {path}")
+            sock.bind(path)
+            owner = self.socket_owner
+            if owner is not None and os.geteuid() == 0 and owner[0] != 0:
+                os.chown(SOCKET_NAME, 0, owner[1], dir_fd=dfd, follow_symlinks=False)
+                os.chmod(SOCKET_NAME, 0o660, dir_fd=dfd)
+                os.fchown(dfd, 0, owner[1])
+                os.fchmod(dfd, 0o750)
+            else:
+                os.chmod(SOCKET_NAME, 0o600, dir_fd=dfd)
+            sock.listen(self.max_connections)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            os.close(dfd)
+        return sock
+
+
+def _remove(path: Path) -> None:
+    """Remove a run folder (or a stray file) without following links."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(path.lstat().st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
 
 
 async def _whoami(request: web.Request) -> web.Response:

@@ -169,7 +169,15 @@ def route(msg: InboundMessage, ctx: RouteContext, now: datetime) -> Decision:
     return Decision(Action.RUN, "user", trig.prompt, reason=f"triggered ({trig.why})", rate=verdict)
 
 
-FailureReason = Literal["timeout", "oom", "crashed", "error", "aborted", "rate_limited", "paused"]
+FailureReason = Literal[
+    "timeout", "oom", "crashed", "error", "aborted", "rate_limited", "paused", "disk"
+]
+
+# Said when a message is accepted but no run may start: the host is short of disk.
+DISK_WAIT_NOTICE = (
+    "The server is low on disk space, so I can't start on this yet. Your message is saved "
+    "and will be answered once the operator frees some space."
+)
 
 
 def _duration_words(seconds: float) -> str:
@@ -201,6 +209,13 @@ def failure_notice(
         return "Sorry — I couldn't finish that. Please try again in a moment."
     if reason == "aborted":
         return "Stopped."
+    if reason == "disk":
+        if detail == "space":
+            return (
+                "Sorry — I had to stop: the files in this conversation grew past their size "
+                "limit. Ask me to delete some, then try again."
+            )
+        return "Sorry — I had to stop: the server ran low on disk space. Please try again later."
     if reason == "rate_limited":
         if isinstance(detail, int | float):
             wait = format_wait(detail)

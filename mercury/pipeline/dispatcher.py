@@ -19,6 +19,12 @@ from mercury.storage import Database, JobRecord, JobStatus, StaleJobs, repo
 log = get_logger("mercury.dispatcher")
 
 JobHandler = Callable[[JobRecord], Awaitable[JobStatus]]
+# Why no job may start now (e.g. the host is low on disk), or None.
+StartGate = Callable[[], str | None]
+
+
+class JobDeferred(Exception):
+    """Raised by a handler that did not start the job: it goes back to the queue, unrun."""
 
 
 class Dispatcher:
@@ -32,6 +38,7 @@ class Dispatcher:
         max_concurrency: int,
         poll_interval: float = 1.0,
         owner: str | None = None,
+        gate: StartGate | None = None,
     ) -> None:
         self.db = db
         self.handler = handler
@@ -39,6 +46,9 @@ class Dispatcher:
         self.poll_interval = poll_interval
         # Unique per process: recovery tells a dead process's jobs from ours by it.
         self.owner = owner or f"mercury-{uuid.uuid4().hex[:12]}"
+        # While the gate says why not, nothing is claimed: queued jobs keep waiting.
+        self.gate = gate
+        self.held: str | None = None
         self._wake = asyncio.Event()
         self._running: dict[int, tuple[str, asyncio.Task[None]]] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -111,6 +121,15 @@ class Dispatcher:
         free = self.max_concurrency - len(self._running)
         if free <= 0:
             return
+        held = self.gate() if self.gate is not None else None
+        if held != self.held:
+            if held:
+                log.error("queued jobs are held back", why=held)
+            else:
+                log.info("queued jobs run again")
+            self.held = held
+        if held:
+            return
         jobs = await repo.claim_next_jobs(
             self.db, owner=self.owner, max_total=free, busy_spaces=self.running_spaces()
         )
@@ -122,18 +141,25 @@ class Dispatcher:
     async def _execute(self, job: JobRecord) -> None:
         status = JobStatus.FAILED
         error: str | None = None
+        deferred = False
         try:
             status = await self.handler(job)
         except asyncio.CancelledError:
             # Shutdown: leave the job for the next start (stop() requeues it).
             raise
+        except JobDeferred as exc:
+            deferred = True
+            log.warning("job put back in the queue, not started", job_id=job.id, why=str(exc))
         except Exception as exc:
             log.exception("job failed", job_id=job.id, space_id=job.space_id)
             error = f"{type(exc).__name__}: {exc}"
         finally:
             # A run killed because we are shutting down is not finished: stop() requeues it.
             interrupted = not self._accepting and status is JobStatus.ABORTED
-            if not interrupted:
+            if deferred:
+                with contextlib.suppress(Exception):
+                    await repo.requeue_job(self.db, job.id, not_started=True)
+            elif not interrupted:
                 with contextlib.suppress(Exception):
                     await repo.finish_job(self.db, job.id, status, error)
             self._running.pop(job.id, None)

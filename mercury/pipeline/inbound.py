@@ -6,7 +6,7 @@ it: storage lookups, storing the message, running commands, enqueueing the job.
 
 from __future__ import annotations
 
-import os
+import asyncio
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -18,12 +18,12 @@ from mercury.core.commands import HELP_TEXT, Command, CommandKind
 from mercury.core.messages import Attachment, InboundMessage, Reply
 from mercury.core.permissions import permissions_of, role_of, user_key
 from mercury.core.ratelimit import RateLedger, RateRule
-from mercury.core.router import Action, RouteContext, route, status_text
+from mercury.core.router import DISK_WAIT_NOTICE, Action, RouteContext, route, status_text
 from mercury.core.spaces import default_space_id
 from mercury.core.triggers import TriggerMode, TriggerRule
 from mercury.logging import get_logger
 from mercury.pipeline.dispatcher import Dispatcher
-from mercury.pipeline.runs import AGENT_UID, MODEL_PREF, JobPayload, init_space_dir
+from mercury.pipeline.runs import MODEL_PREF, JobPayload
 from mercury.sandbox.runner import ContainerRunner
 from mercury.storage import Database, DuplicateMessage, JobStatus, MessageRole, repo, utcnow
 
@@ -179,6 +179,9 @@ class InboundHandler:
             return
         if decision.action is Action.RUN:
             self.dispatcher.wake()
+            if self.runner.disk_low():
+                # Accepted and queued, but nothing starts until there is room again.
+                await self._notify(msg, DISK_WAIT_NOTICE)
         elif decision.action is Action.REFUSE and decision.notice:
             await self._notify(msg, decision.notice)
         elif decision.action is Action.COMMAND and decision.command is not None:
@@ -197,24 +200,27 @@ class InboundHandler:
     async def _save_attachments(
         self, msg: InboundMessage, space_id: str, profile: str
     ) -> list[str]:
-        """Save the user's files into the space's inbox (size-capped); paths relative to /space."""
+        """Save the user's files into the space's inbox (size-capped); paths relative to /space.
+
+        Written by the space store: no symlink the agent planted is followed, files are
+        created exclusively and handed to the container's uid on the open file.
+        """
         adapter = self.adapters.get(msg.platform)
-        root = init_space_dir(self.config, space_id, profile)
-        inbox = root / "inbox"
+        spaces = self.runner.spaces
+        await asyncio.to_thread(spaces.ensure, space_id, profile)
         saved: list[str] = []
         for i, att in enumerate(msg.attachments):
             if adapter is None:
                 break
             try:
                 data = await adapter.download(att, MAX_ATTACHMENT_BYTES)
+                saved.append(
+                    await asyncio.to_thread(
+                        spaces.save_inbox_file, space_id, _safe_name(att, i), data
+                    )
+                )
             except Exception as exc:
                 log.warning("attachment not saved", name=att.name, error=str(exc))
-                continue
-            target = inbox / _safe_name(att, i)
-            target.write_bytes(data)
-            if os.geteuid() == 0:
-                os.chown(target, AGENT_UID, AGENT_UID)
-            saved.append(f"inbox/{target.name}")
         return saved
 
     async def _command(self, cmd: Command, space_id: str, msg: InboundMessage) -> str:

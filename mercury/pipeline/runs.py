@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mercury.adapters.base import Adapter
 from mercury.config import Config
 from mercury.core.history import HistoryItem, select_history
 from mercury.core.messages import ConversationRef, OutboundFile, Reply
-from mercury.core.router import failure_notice
-from mercury.logging import get_logger
+from mercury.core.router import DISK_WAIT_NOTICE, failure_notice
+from mercury.logging import first_line, get_logger
+from mercury.pipeline.dispatcher import JobDeferred
+from mercury.sandbox.outputs import remove_outputs
 from mercury.sandbox.runner import ContainerRunner
 from mercury.sandbox.service import RunHost, build_input, model_input, new_run_id
 from mercury.sandbox.types import RunReason, RunRequest, RunResult
@@ -27,7 +27,6 @@ log = get_logger("mercury.runs")
 STATUS_AFTER_S = 30.0  # past this, a "still working" status message appears
 STATUS_EVERY_S = 15.0
 TYPING_EVERY_S = 5.0
-AGENT_UID = 1000
 MODEL_PREF = "_model"  # the space's chosen chain leg (/model switch)
 
 
@@ -80,28 +79,6 @@ class JobPayload:
         return ConversationRef(self.platform, self.chat_id, self.thread_id)
 
 
-def space_dir(config: Config, space_id: str) -> Path:
-    return config.data_dir / "spaces" / space_id
-
-
-def init_space_dir(config: Config, space_id: str, profile: str) -> Path:
-    """Create a space's folder once (MEMORY.md, inbox/, outbox/); afterwards it is the agent's."""
-    path = space_dir(config, space_id)
-    if path.exists():
-        return path
-    for sub in ("", "inbox", "outbox"):
-        (path / sub).mkdir(parents=True, exist_ok=True)
-    memory = path / "MEMORY.md"
-    memory.write_text(
-        f"# Memory of space {space_id}\n\nProfile: {profile}. The agent keeps notes here.\n"
-    )
-    if os.geteuid() == 0:
-        # The agent runs as uid 1000 and owns its space from now on.
-        for p in (path, path / "inbox", path / "outbox", memory):
-            os.chown(p, AGENT_UID, AGENT_UID)
-    return path
-
-
 class RunExecutor:
     """The dispatcher's job handler."""
 
@@ -125,6 +102,10 @@ class RunExecutor:
         self.stopping = False
         # run_id -> conversation, for interim messages sent through the host API.
         self._conversations: dict[str, ConversationRef] = {}
+        # run_id -> metered usage, from the run's end until it is recorded.
+        self._last_usage: dict[str, Any] = {}
+        # Jobs already told that the disk is too full to start them.
+        self._disk_noticed: set[int] = set()
 
     async def send_interim(self, run_id: str, space_id: str, text: str) -> None:
         conv = self._conversations.get(run_id)
@@ -138,32 +119,83 @@ class RunExecutor:
         if self.model_problem:
             await self._send(Reply(conv, self.model_problem, reply_to=payload.reply_to))
             return JobStatus.FAILED
+        low = self.runner.disk_low()
+        if low:
+            # Claimed just as the disk ran low: back in the queue, unrun, and said so once.
+            if job.id not in self._disk_noticed:
+                self._disk_noticed.add(job.id)
+                await self._send(Reply(conv, DISK_WAIT_NOTICE, reply_to=payload.reply_to))
+            raise JobDeferred(low)
+        self._disk_noticed.discard(job.id)
         space = await repo.get_or_create_space(self.db, job.space_id)
-        init_space_dir(self.config, job.space_id, space.profile)
         data = await self._input(job, payload, space.profile, space.context_reset_at)
         run_id = new_run_id()
-        token = self.host.grant(run_id, job.space_id, payload.role)
-        full = build_input(self.config, data, run_id=run_id, space_id=job.space_id, token=token)
-        self._conversations[run_id] = conv
         started = utcnow()
+        result: RunResult | None = None
+        usage: Any = None
+        try:
+            result = await self._run(job, payload, data, run_id)
+            if self.stopping and result.reason is RunReason.ABORTED:
+                return JobStatus.ABORTED  # killed by shutdown: requeued, no notice
+            await self._deliver(job, payload, result)
+        finally:
+            # Whatever happened above (even an exception or a cancellation), the run and the
+            # model usage it caused are recorded, and its file copies go.
+            usage = self._last_usage.pop(run_id, None)
+            record = result or RunResult(
+                run_id=run_id,
+                space_id=job.space_id,
+                reason=RunReason.CRASHED,
+                error="the host failed before the run ended",
+            )
+            await self._record(job, record, usage, started)
+            if result is not None and result.files:
+                await asyncio.to_thread(remove_outputs, self.config.data_dir, run_id)
+        if result.ok:
+            return JobStatus.DONE
+        return JobStatus.ABORTED if result.reason is RunReason.ABORTED else JobStatus.FAILED
+
+    async def _run(
+        self, job: JobRecord, payload: JobPayload, data: dict[str, Any], run_id: str
+    ) -> RunResult:
+        """One run with its own host API access; never raises for a failure of the run."""
+        conv = payload.conversation
+        self._conversations[run_id] = conv
         indicator = asyncio.get_running_loop().create_task(self._indicate(conv))
         try:
-            result = await self.runner.run(
-                RunRequest(run_id=run_id, space_id=job.space_id, input=full)
+            # Made (or mounted) before the runner needs it, with the space's profile.
+            await asyncio.to_thread(self.runner.spaces.ensure, job.space_id, data["profile"])
+            access = await self.host.open_run(run_id, job.space_id, payload.role)
+            full = build_input(
+                self.config, data, run_id=run_id, space_id=job.space_id, token=access.token
+            )
+            return await self.runner.run(
+                RunRequest(
+                    run_id=run_id,
+                    space_id=job.space_id,
+                    input=full,
+                    api_socket_dir=access.socket_dir,
+                )
+            )
+        except Exception as exc:
+            # A bug or a broken host resource, not the agent's doing: the user still gets a
+            # short notice, the operator the details.
+            log.exception("run could not be carried out", job_id=job.id, space_id=job.space_id)
+            return RunResult(
+                run_id=run_id,
+                space_id=job.space_id,
+                reason=RunReason.CRASHED,
+                error=f"host error: {type(exc).__name__}: {first_line(exc)}",
             )
         finally:
             indicator.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await indicator
             self._conversations.pop(run_id, None)
-            usage = self.host.finish(run_id)
-        if self.stopping and result.reason is RunReason.ABORTED:
-            return JobStatus.ABORTED  # killed by shutdown: requeued, no notice
-        await self._deliver(job, payload, result)
-        await self._record(job, result, usage, started)
-        if result.ok:
-            return JobStatus.DONE
-        return JobStatus.ABORTED if result.reason is RunReason.ABORTED else JobStatus.FAILED
+            try:
+                self._last_usage[run_id] = await self.host.close_run(run_id)
+            except Exception:
+                log.exception("closing the run's host access failed", run_id=run_id)
 
     # ------------------------------------------------------------------ input
 
@@ -247,13 +279,12 @@ class RunExecutor:
     async def _deliver(self, job: JobRecord, payload: JobPayload, result: RunResult) -> None:
         conv = payload.conversation
         if result.ok:
-            outbox = space_dir(self.config, job.space_id)
-            files = tuple(
-                OutboundFile(path=outbox / f, name=Path(f).name)
-                for f in result.files
-                if (outbox / f).is_file()
-            )
+            # Host-owned copies made by the runner after the container stopped: never a
+            # path inside the space.
+            files = tuple(OutboundFile(path=f.path, name=f.name) for f in result.files)
             text = result.reply or ("(sent a file)" if files else "(no reply)")
+            if result.dropped_files:
+                text += "\n\n" + dropped_note(result.dropped_files)
             await self._send(Reply(conv, text, files, reply_to=payload.reply_to))
             await repo.add_message(
                 self.db,
@@ -263,7 +294,7 @@ class RunExecutor:
                 text=text,
                 author_name="mercury",
                 is_bot=True,
-                attachments=list(result.files),
+                attachments=[f.name for f in result.files],
             )
             return
         log.warning(
@@ -279,9 +310,11 @@ class RunExecutor:
         notice = failure_notice(result.reason.value, self._notice_detail(result, error_class))
         await self._send(Reply(conv, notice, reply_to=payload.reply_to))
 
-    def _notice_detail(self, result: RunResult, error_class: Any) -> str | None:
+    def _notice_detail(self, result: RunResult, error_class: Any) -> Any:
         if result.reason is RunReason.TIMEOUT:
-            return f"{int(self.config.container.timeout)} s"
+            return self.config.container.timeout
+        if result.reason is RunReason.DISK:
+            return "space" if "disk.space_size" in (result.error or "") else "host"
         if error_class == "auth":
             return "the model provider refused the API key; the operator must check it"
         if error_class == "budget":
@@ -300,6 +333,10 @@ class RunExecutor:
 
     async def _record(self, job: JobRecord, result: RunResult, usage: Any, started: Any) -> None:
         model = str((result.usage or {}).get("model") or self.config.model.chain[0].model)
+        if usage is None:
+            from mercury.api.usage import UsageTotals
+
+            usage = UsageTotals()
         try:
             await repo.record_run(
                 self.db,
@@ -329,3 +366,11 @@ class RunExecutor:
                 )
         except Exception:
             log.exception("recording the run failed", job_id=job.id)
+
+
+def dropped_note(dropped: list[Any]) -> str:
+    """One plain line for the user about files the agent listed that were not sent."""
+    reasons = sorted({d.why for d in dropped})
+    count = sum(int(d.listed.split()[0]) if d.listed.endswith(" more") else 1 for d in dropped)
+    files = "file was" if count == 1 else "files were"
+    return f"({count} {files} not sent: {'; '.join(reasons)}.)"

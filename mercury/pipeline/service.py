@@ -54,7 +54,11 @@ class Pipeline:
             config, db, runner, host, adapters, model_problem=model_problem(config, secrets)
         )
         self.dispatcher = Dispatcher(
-            db, self.executor, max_concurrency=config.container.max_concurrency
+            db,
+            self.executor,
+            max_concurrency=config.container.max_concurrency,
+            # Below disk.min_free nothing starts; queued messages wait for room.
+            gate=runner.disk_low,
         )
         self.inbound = InboundHandler(config, db, self.dispatcher, runner, adapters)
 

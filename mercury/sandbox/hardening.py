@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mercury.config import SECRET_ENV, ContainerConfig
+from mercury.config import AUTO_CONTAINER_ID, SECRET_ENV, ContainerConfig
 from mercury.logging import is_secret_key, scrub_text
 
 # Where things appear inside the container.
@@ -201,20 +201,26 @@ def container_spec(
     env: Mapping[str, str] | None = None,
     memory: int | None = None,
     network: str | None = None,
+    user: str | None = None,
 ) -> ContainerSpec:
     """The hardened container for one run (no Docker calls; ValueError on anything unsafe).
 
     `space_dir` must be exactly data_dir/spaces/<space_id> and `io_dir` a child of
     data_dir/io: only that space and that run are mounted, never their roots. `env` is what
     the request grants on top of `config.env`; `memory` and `network` override the config.
+    `user` is the resolved `uid:gid` (identity.container_identity); by default the config's.
     """
     check_id("instance", instance)
     check_id("run id", run_id)
     check_id("space id", space_id)
     if not image or any(c.isspace() for c in image):
         raise ValueError(f"image {image!r} is not a valid image reference")
-    if config.user.split(":")[0] in ("0", "root", ""):
-        raise ValueError(f"user {config.user!r}: containers never run as root")
+    if user is None:
+        # Pure data: "auto" resolves to the root-install id here; the runner passes the
+        # id resolved for its process.
+        user = config.user if config.user != "auto" else f"{AUTO_CONTAINER_ID}:{AUTO_CONTAINER_ID}"
+    if not re.fullmatch(r"\d+(:\d+)?", user) or user.split(":")[0] == "0":
+        raise ValueError(f"user {user!r}: containers run as a non-root numeric uid:gid")
 
     data = _resolved(data_dir)
     space = _resolved(space_dir)
@@ -276,6 +282,9 @@ def container_spec(
         # Kept after exit so the exit code and OOMKilled stay readable; the runner removes it.
         "auto_remove": False,
         "log_config": LOG_CONFIG,
+        # Open files per process: together with the pids limit this bounds what one run
+        # can hold open, the host API connections included.
+        "ulimits": [{"name": "nofile", "soft": config.nofile, "hard": config.nofile}],
     }
     if config.no_new_privileges:
         host_config["security_opt"] = ["no-new-privileges:true"]
@@ -285,7 +294,7 @@ def container_spec(
     return ContainerSpec(
         name=f"mercury-{instance}-{run_id}",
         image=image,
-        user=config.user,
+        user=user,
         labels={
             LABEL_MANAGED: "true",
             LABEL_INSTANCE: instance,

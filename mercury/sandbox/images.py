@@ -128,8 +128,13 @@ def build_agent_image(
     on_event: OnEvent = _ignore,
     nocache: bool = False,
     labels: Mapping[str, str] | None = None,
+    user: tuple[int, int] | None = None,
 ) -> str:
     """Build container/Dockerfile FROM `base` as `tag`, streaming log lines to `on_event`.
+
+    `user` (uid, gid) is the account the image gets for its agent: the id runs will use
+    (identity.container_identity), so tools that look the user up find it; the default is
+    the Dockerfile's (the root-install id).
 
     Call resolve_base first: its error says how to get a base, the builder's does not.
     Returns the image id; raises ImageBuildError naming the failing step.
@@ -151,7 +156,10 @@ def build_agent_image(
         stream = client.api.build(
             path=str(ctx),
             tag=tag,
-            buildargs={"BASE_IMAGE": base},
+            buildargs={
+                "BASE_IMAGE": base,
+                **({"AGENT_UID": str(user[0]), "AGENT_GID": str(user[1])} if user else {}),
+            },
             labels=all_labels,
             decode=True,
             rm=True,

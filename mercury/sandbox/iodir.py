@@ -1,14 +1,16 @@
-"""The host side of a run's files: the space dir, the io dir, input.json and result.json.
+"""The run's io dir on the host: input.json in, result.json out.
 
 Layout under the data dir:
 
-    spaces/<space_id>/   mounted at /space (rw), persists across runs
     io/<run_id>/         mounted at /run/mercury-io (rw), removed after the run
-        input.json       written by the host before the container starts
+        input.json       written by the host before the container starts; it holds the
+                         run token, so it is 0600 and owned by the container's uid
         result.json      written by the agent (tmp file + rename); presence = complete
 
-Both dirs belong to the container's uid (chown when the host runs as root, else world
-writable) so the non-root agent can write into them.
+The io dir belongs to the container's uid (0700) so the agent can write its result; its
+parent is Mercury's own. result.json is untrusted input: read without following links,
+capped in size, nesting depth and listed files, and parsed off the event loop (the runner
+calls `read_result` on its thread pool).
 """
 
 from __future__ import annotations
@@ -18,76 +20,61 @@ import os
 import shutil
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from mercury.sandbox.hardening import SPACE_MOUNT, check_id
+from mercury.sandbox.hardening import check_id
+from mercury.sandbox.identity import ContainerIdentity
+from mercury.sandbox.spaces import private_dir
 
 INPUT_NAME = "input.json"
 RESULT_NAME = "result.json"
 # A result is a reply and some metadata; anything bigger is a misbehaving agent.
 MAX_RESULT_BYTES = 8 * 1024**2
-OUTBOX = "outbox"
-
-
-def parse_user(user: str) -> tuple[int, int]:
-    """`"1000:1000"` or `"1000"` -> (uid, gid)."""
-    uid, _, gid = user.partition(":")
-    return int(uid), int(gid or uid)
-
-
-def spaces_root(data_dir: Path) -> Path:
-    return data_dir / "spaces"
+# Deeper JSON than this is not a result anyone writes on purpose (and deep enough nesting
+# makes the parser recurse until Python gives up).
+MAX_RESULT_DEPTH = 32
+# Entries of "files" looked at; the runner sends at most container.max_output_files.
+MAX_LISTED_FILES = 1000
 
 
 def io_root(data_dir: Path) -> Path:
     return data_dir / "io"
 
 
-def _give_to(path: Path, uid: int, gid: int, mode: int) -> None:
-    """Make `path` writable by the container's uid: chown as root, else open it up."""
-    if os.geteuid() == 0:
-        st = path.lstat()
-        if (st.st_uid, st.st_gid) != (uid, gid):
-            os.chown(path, uid, gid, follow_symlinks=False)
-        if stat.S_IMODE(st.st_mode) != mode:
-            path.chmod(mode)
-    else:
-        # Without root we cannot chown; the container's uid needs write access anyway.
-        path.chmod(0o777)
-
-
-def ensure_space_dir(data_dir: Path, space_id: str, uid: int, gid: int) -> Path:
-    """data_dir/spaces/<space_id>, created on first use, owned by the container's uid."""
-    check_id("space id", space_id)
-    root = spaces_root(data_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / space_id
-    try:
-        path.mkdir(mode=0o750)
-    except FileExistsError:
-        if path.is_symlink() or not path.is_dir():
-            raise ValueError(f"space dir {path} exists but is not a directory") from None
-    _give_to(path, uid, gid, 0o750)
-    return path
-
-
 def create_io_dir(
-    data_dir: Path, run_id: str, payload: Any, uid: int, gid: int, *, replace: bool = False
+    data_dir: Path,
+    run_id: str,
+    payload: Any,
+    ident: ContainerIdentity,
+    *,
+    replace: bool = False,
 ) -> Path:
     """data_dir/io/<run_id> with input.json in it; `replace` clears a stale dir first."""
     check_id("run id", run_id)
-    root = io_root(data_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    root = private_dir(io_root(data_dir))
     path = root / run_id
     if replace:
         remove_io_dir(path)
     path.mkdir(mode=0o700)
     data = json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
-    # Written before the container exists, so nobody else can race this file.
-    (path / INPUT_NAME).write_bytes(data)
-    (path / INPUT_NAME).chmod(0o644)
-    _give_to(path, uid, gid, 0o700)
+    # Written before the container exists, so nobody else can race this file; still,
+    # created exclusively, and owned by the container's uid alone (it holds the run token).
+    fd = os.open(
+        path / INPUT_NAME,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+    )
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if os.geteuid() == 0:
+            os.fchown(fd, ident.uid, ident.gid)
+    finally:
+        os.close(fd)
+    if os.geteuid() == 0:
+        os.chown(path, ident.uid, ident.gid, follow_symlinks=False)
     return path
 
 
@@ -104,8 +91,7 @@ class ResultFile:
     reply: str | None = None
     error: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
-    files: list[str] = field(default_factory=list)
-    dropped_files: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # as listed; checked when copied
     data: dict[str, Any] | None = None
     problem: str | None = None
     signature: tuple[int, int] = (0, 0)  # (size, mtime_ns): tells a settled file apart
@@ -120,8 +106,8 @@ def result_present(io_dir: Path) -> bool:
     return True
 
 
-def read_result(io_dir: Path, space_dir: Path) -> ResultFile | None:
-    """Read and validate result.json; None when it is not there.
+def read_result(io_dir: Path) -> ResultFile | None:
+    """Read and validate result.json; None when it is not there. Blocking: off the loop.
 
     The io dir is writable by the agent, so the file is opened without following
     symlinks and must be a regular file (a FIFO would block, a symlink could point at a
@@ -149,17 +135,56 @@ def read_result(io_dir: Path, space_dir: Path) -> ResultFile | None:
             raw = fh.read(MAX_RESULT_BYTES + 1)
     finally:
         os.close(fd)
-    return parse_result(raw, space_dir, signature)
+    if len(raw) > MAX_RESULT_BYTES:
+        return ResultFile(problem="result.json is too large", signature=signature)
+    return parse_result(raw, signature)
 
 
-def parse_result(raw: bytes, space_dir: Path, signature: tuple[int, int] = (0, 0)) -> ResultFile:
+def json_depth_over(raw: bytes, limit: int) -> bool:
+    """Whether JSON text nests arrays/objects deeper than `limit` (strings skipped).
+
+    Checked before parsing: the parser recurses once per level, and a result.json of a
+    million `[` would otherwise end the run in a RecursionError.
+    """
+    depth = 0
+    in_string = False
+    escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
+def parse_result(raw: bytes, signature: tuple[int, int] = (0, 0)) -> ResultFile:
     """Validate the result.json schema: {ok, reply, usage, files} or {ok: false, error}."""
+    if len(raw) > MAX_RESULT_BYTES:
+        return ResultFile(problem="result.json is too large", signature=signature)
+    if json_depth_over(raw, MAX_RESULT_DEPTH):
+        return ResultFile(
+            problem=f"result.json nests deeper than {MAX_RESULT_DEPTH} levels",
+            signature=signature,
+        )
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         return ResultFile(problem=f"result.json is not UTF-8 ({exc.reason})", signature=signature)
     except json.JSONDecodeError as exc:
         return ResultFile(problem=f"result.json is not valid JSON: {exc}", signature=signature)
+    except RecursionError:  # belt and braces: the depth check above should catch it
+        return ResultFile(problem="result.json nests too deeply", signature=signature)
     if not isinstance(data, dict):
         return ResultFile(
             problem=f"result.json must hold a JSON object, not {type(data).__name__}",
@@ -170,12 +195,14 @@ def parse_result(raw: bytes, space_dir: Path, signature: tuple[int, int] = (0, 0
         return ResultFile(
             problem='result.json has no boolean "ok" field', data=data, signature=signature
         )
+    usage = data["usage"] if isinstance(data.get("usage"), dict) else {}
     if not ok:
         error = data.get("error")
+        text = str(error)[:10_000] if error else "the agent reported a failure without a message"
         return ResultFile(
             ok=False,
-            error=str(error) if error else "the agent reported a failure without a message",
-            usage=data["usage"] if isinstance(data.get("usage"), dict) else {},
+            error=text,
+            usage=usage,
             data=data,
             signature=signature,
         )
@@ -189,43 +216,14 @@ def parse_result(raw: bytes, space_dir: Path, signature: tuple[int, int] = (0, 0
         return ResultFile(
             problem='result.json "files" must be a list of paths', data=data, signature=signature
         )
-    files, dropped = safe_outbox_files(raw_files, space_dir)
+    if len(raw_files) > MAX_LISTED_FILES:
+        # The reply still goes out; the listing past the cap is not even looked at.
+        data["files"] = raw_files = raw_files[:MAX_LISTED_FILES]
     return ResultFile(
         ok=True,
         reply=reply or "",
-        usage=data["usage"] if isinstance(data.get("usage"), dict) else {},
-        files=files,
-        dropped_files=dropped,
+        usage=usage,
+        files=list(raw_files),
         data=data,
         signature=signature,
     )
-
-
-def safe_outbox_files(raw: list[Any], space_dir: Path) -> tuple[list[str], list[str]]:
-    """Keep the files that are regular files inside the space's outbox.
-
-    The agent names them, and the host will read them to send them back: a path like
-    `../../etc/shadow` or an outbox symlink pointing out of the space must not leak a host
-    file. Returns (kept paths relative to /space, dropped entries).
-    """
-    kept: list[str] = []
-    dropped: list[str] = []
-    space = space_dir.resolve()
-    outbox = space / OUTBOX
-    for item in raw:
-        if not isinstance(item, str) or not item:
-            dropped.append(repr(item))
-            continue
-        rel = item
-        if rel.startswith(SPACE_MOUNT + "/"):
-            rel = rel[len(SPACE_MOUNT) + 1 :]
-        pure = PurePosixPath(rel)
-        if pure.is_absolute() or ".." in pure.parts or not pure.parts or pure.parts[0] != OUTBOX:
-            dropped.append(item)
-            continue
-        real = (space / pure).resolve()
-        if not real.is_relative_to(outbox) or not real.is_file():
-            dropped.append(item)
-            continue
-        kept.append(str(pure))
-    return kept, dropped

@@ -6,6 +6,12 @@ about once a second an `inspect` tells whether the container is still alive, so 
 an OOM kill ends the run at once instead of waiting out the timeout. Timeout and abort kill
 it. A result that lands while the container is being killed or is exiting still wins.
 
+Once result.json is there the container is stopped (killed and waited for) before the
+result is parsed and the outbox files are copied: nothing the agent does can race the
+host's reads. Parsing and copying run on the thread pool, never on the event loop. While
+it runs, the host's free disk is checked against `disk.min_free`, and a watched space
+(no filesystem image) is measured against `disk.space_size`; either stops the run.
+
 Every Docker call runs on a small thread pool (the SDK blocks) through the SDK's low-level
 API, which skips the high-level client's extra inspect after create. The container and
 the io dir are removed on every path, in a tracked background task so the reply is not
@@ -38,17 +44,17 @@ from mercury.sandbox.hardening import (
     check_id,
     container_spec,
 )
+from mercury.sandbox.identity import container_identity
 from mercury.sandbox.iodir import (
     ResultFile,
     create_io_dir,
-    ensure_space_dir,
     io_root,
-    parse_user,
     read_result,
     remove_io_dir,
     result_present,
-    spaces_root,
 )
+from mercury.sandbox.outputs import DroppedFile, collect_outputs, outputs_root
+from mercury.sandbox.spaces import SpaceStore, free_bytes
 from mercury.sandbox.types import ImageBuildState, RunReason, RunRequest, RunResult
 
 log = get_logger("mercury.sandbox.runner")
@@ -66,6 +72,10 @@ KILL_WAIT_S = 10.0
 # writer is caught mid-write rather than reported as malformed.
 _SETTLE_S = 0.05
 _SETTLE_TRIES = 4
+# How often free disk (statvfs, on the loop) and a watched space's size (a walk, on the
+# pool) are checked while a run goes.
+FREE_CHECK_S = 0.25
+SPACE_CHECK_S = 1.0
 
 
 @dataclass(eq=False)
@@ -121,7 +131,10 @@ class ContainerRunner:
         self._client = client
         self._owns_client = client is None
         self._client_lock = asyncio.Lock()
-        self._uid, self._gid = parse_user(config.container.user)
+        # Raises IdentityError (a ValueError) when container.user cannot work here.
+        self.identity = container_identity(config.container)
+        # The one owner of space folders: the pipeline saves uploads through it too.
+        self.spaces = SpaceStore(config, self.identity)
         self._runs: dict[str, _Run] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         # Each run needs at most a few calls at once (create/start, a probe, a kill);
@@ -197,8 +210,10 @@ class ContainerRunner:
                 pass
             except docker.errors.APIError as exc:
                 log.warning("orphan.remove_failed", container=info["Id"][:12], error=_short(exc))
-        root = io_root(self.config.data_dir)
-        stale = [p for p in root.iterdir() if p.name not in active] if root.is_dir() else []
+        stale: list[Path] = []
+        for root in (io_root(self.config.data_dir), outputs_root(self.config.data_dir)):
+            if root.is_dir():
+                stale += [p for p in root.iterdir() if p.name not in active]
         for path in stale:
             if path.is_dir() and not path.is_symlink():
                 await self._call(remove_io_dir, path)
@@ -214,10 +229,25 @@ class ContainerRunner:
             await self.kill_all()
         await self.wait_cleanups()
         self._closed = True
+        await self._call(self.spaces.close)
         self._pool.shutdown(wait=False)
         if self._owns_client and self._client is not None:
             self._client.close()
             self._client = None
+
+    def disk_low(self) -> str | None:
+        """Why no run may start now (free disk under disk.min_free), or None."""
+        floor = self.config.disk.min_free
+        try:
+            free = free_bytes(self.config.data_dir)
+        except OSError:
+            return None
+        if free < floor:
+            return (
+                f"only {_mib(free)} free in {self.config.data_dir}, under disk.min_free "
+                f"({_mib(floor)})"
+            )
+        return None
 
     async def run(self, request: RunRequest) -> RunResult:
         """Run one request in a fresh container and return its typed outcome."""
@@ -257,19 +287,27 @@ class ContainerRunner:
         req = run.request
         cfg = self.config
         image = req.image or self.images.current_image()
-        run.space_dir = spaces_root(cfg.data_dir) / req.space_id
+        run.space_dir = self.spaces.path(req.space_id)
         run.io_dir = io_root(cfg.data_dir) / req.run_id
         # Validated before anything is created: ValueError means an unsafe request.
         spec = self._spec(run, image)
+        low = self.disk_low()
+        if low:
+            return self._result(run, RunReason.DISK, error=f"not started: {low}")
         try:
             client = await self._engine()
         except EngineUnavailable as exc:
             return self._result(run, RunReason.CRASHED, error=str(exc))
         try:
-            ensure_space_dir(cfg.data_dir, req.space_id, self._uid, self._gid)
+            await self._call(self.spaces.ensure, req.space_id)
             # A leftover dir of the same run id is stale (ids are unique per run).
-            create_io_dir(
-                cfg.data_dir, req.run_id, dict(req.input), self._uid, self._gid, replace=True
+            await self._call(
+                create_io_dir,
+                cfg.data_dir,
+                req.run_id,
+                dict(req.input),
+                self.identity,
+                replace=True,
             )
         except (OSError, ValueError, TypeError) as exc:
             return self._result(
@@ -330,8 +368,9 @@ class ContainerRunner:
             space_dir=run.space_dir,
             io_dir=run.io_dir,
             resources_dir=self.resources_dir,
-            api_socket_dir=self.api_socket_dir,
+            api_socket_dir=req.api_socket_dir or self.api_socket_dir,
             readonly_mounts=req.readonly_mounts,
+            user=self.identity.user,
             env=req.env,
             memory=req.memory,
             network=req.network,
@@ -359,20 +398,24 @@ class ContainerRunner:
     async def _watch(
         self, run: _Run, client: docker.DockerClient, deadline: float, timeout: float
     ) -> RunResult:
-        """Wait for result.json, exit, abort or the deadline; whichever comes first."""
+        """Wait for result.json, exit, abort, a disk limit or the deadline; the first wins."""
         assert run.io_dir is not None
         io_dir = run.io_dir
         now = time.monotonic()
         next_poll = now
         # The first probe comes early so a container that dies at once fails fast.
         next_probe = now + min(0.5, self.probe_interval)
+        next_free = now + FREE_CHECK_S
+        watched = self.spaces.limit_of(run.request.space_id) == "watch"
+        next_measure = now + SPACE_CHECK_S if watched else float("inf")
         probe: asyncio.Future[dict[str, Any]] | None = None
+        measure: asyncio.Future[int] | None = None
         try:
             while True:
                 now = time.monotonic()
                 if now >= next_poll:
                     if result_present(io_dir):
-                        return await self._from_result(run)
+                        return await self._stop(run, client, RunReason.OK, "")
                     next_poll = now + self.poll_interval
                 if run.aborted:
                     return await self._stop(run, client, RunReason.ABORTED, "aborted")
@@ -380,6 +423,32 @@ class ContainerRunner:
                     return await self._stop(
                         run, client, RunReason.TIMEOUT, f"no result within {timeout:g}s; killed"
                     )
+                if now >= next_free:
+                    next_free = now + FREE_CHECK_S
+                    low = self.disk_low()
+                    if low:
+                        return await self._stop(run, client, RunReason.DISK, f"stopped: {low}")
+                if measure is not None and measure.done():
+                    used = measure.result() if not measure.exception() else 0
+                    measure = None
+                    size = self.config.disk.space_size or 0
+                    if used > size:
+                        return await self._stop(
+                            run,
+                            client,
+                            RunReason.DISK,
+                            f"stopped: the space's files passed disk.space_size ({_mib(size)})",
+                        )
+                if measure is None and now >= next_measure:
+                    next_measure = now + SPACE_CHECK_S
+                    measure = asyncio.ensure_future(
+                        self._call(
+                            self.spaces.measure,
+                            run.request.space_id,
+                            self.config.disk.space_size,
+                        )
+                    )
+                    measure.add_done_callback(lambda _f: run.wake())
                 if probe is not None and probe.done():
                     state = _probe_state(run, probe)
                     probe = None
@@ -391,14 +460,21 @@ class ContainerRunner:
                     )
                     probe.add_done_callback(lambda _f: run.wake())
                     next_probe = now + self.probe_interval
-                wake_at = min(next_poll, deadline, next_probe if probe is None else deadline)
+                wake_at = min(
+                    next_poll,
+                    deadline,
+                    next_free,
+                    next_probe if probe is None else deadline,
+                    next_measure if measure is None else deadline,
+                )
                 await self._sleep(run, max(0.0, wake_at - time.monotonic()))
         finally:
-            if probe is not None:
-                # Its thread finishes on its own (cleanup waits for it); its answer is moot.
-                probe.cancel()
-                if probe.done() and not probe.cancelled():
-                    probe.exception()
+            for fut in (probe, measure):
+                if fut is not None:
+                    # Its thread finishes on its own (cleanup waits for probes); moot now.
+                    fut.cancel()
+                    if fut.done() and not fut.cancelled():
+                        fut.exception()
 
     async def _sleep(self, run: _Run, delay: float) -> None:
         """Sleep, but wake early on abort or a finished probe."""
@@ -415,20 +491,31 @@ class ContainerRunner:
     async def _stop(
         self, run: _Run, client: docker.DockerClient, reason: RunReason, error: str
     ) -> RunResult:
-        """Kill, wait for the exit, and let a result that landed meanwhile win."""
+        """Kill, wait for the exit, then read: a result that landed meanwhile wins.
+
+        Also the way every result is read: the container must have stopped first, so
+        nothing in it can swap a file between the host's check and its copy.
+        """
         try:
             await self._call_run(run, client.api.kill, run.name)
         except _ENGINE_ERRORS as exc:
             # 409: already exited; 404: already gone. Either way it no longer runs.
             if not (isinstance(exc, docker.errors.APIError) and _status_in(exc, 404, 409)):
                 log.warning("run.kill_failed", run_id=run.request.run_id, error=_short(exc))
+        stopped = False
         try:
             status = await self._call_run(run, client.api.wait, run.name, timeout=KILL_WAIT_S)
-            run.exit_code = status.get("StatusCode")
-        except Exception as exc:  # the engine is slow or the container is gone: decide anyway
+            code = status.get("StatusCode")
+            run.exit_code = code if isinstance(code, int) else None
+            stopped = True
+        except docker.errors.NotFound:
+            stopped = True  # removed already: nothing of it runs
+        except Exception as exc:  # the engine is slow or broken: decide anyway
             log.warning("run.wait_failed", run_id=run.request.run_id, error=_short(exc))
         if result_present(run.io_dir):  # type: ignore[arg-type]
-            return await self._from_result(run)
+            return await self._from_result(run, stopped=stopped)
+        if reason is RunReason.OK:
+            return self._result(run, RunReason.CRASHED, error="result.json vanished")
         return self._result(run, reason, error=error)
 
     async def _after_exit(
@@ -438,7 +525,7 @@ class ContainerRunner:
         code = state.get("ExitCode")
         run.exit_code = code if isinstance(code, int) else None
         if result_present(run.io_dir):  # type: ignore[arg-type]
-            return await self._from_result(run)
+            return await self._from_result(run, stopped=True)
         if state.get("OOMKilled"):
             limit = run.request.memory or self.config.container.memory
             return self._result(
@@ -456,42 +543,63 @@ class ContainerRunner:
             log_tail=tail,
         )
 
-    async def _from_result(self, run: _Run) -> RunResult:
-        assert run.io_dir is not None and run.space_dir is not None
-        res = read_result(run.io_dir, run.space_dir)
-        # A parse failure on a file that is still changing is a writer caught mid-write.
+    async def _from_result(self, run: _Run, *, stopped: bool) -> RunResult:
+        """Parse result.json and copy the outbox files, off the loop, after the stop."""
+        assert run.io_dir is not None
+        res = await self._call(read_result, run.io_dir)
+        # A parse failure on a file that is still changing is a writer caught mid-write
+        # (only possible when the stop could not be confirmed).
         for _ in range(_SETTLE_TRIES):
-            if res is None or res.problem is None:
+            if res is None or res.problem is None or stopped:
                 break
             await asyncio.sleep(_SETTLE_S)
-            again = read_result(run.io_dir, run.space_dir)
+            again = await self._call(read_result, run.io_dir)
             if again is None or again.signature == res.signature:
                 break
             res = again
         if res is None:  # vanished between the lstat and the open
             return self._result(run, RunReason.CRASHED, error="result.json vanished")
-        return self._result_from_file(run, res)
+        return await self._result_from_file(run, res, stopped=stopped)
 
-    def _result_from_file(self, run: _Run, res: ResultFile) -> RunResult:
+    async def _result_from_file(self, run: _Run, res: ResultFile, *, stopped: bool) -> RunResult:
         if res.problem is not None:
             return self._result(run, RunReason.ERROR, error=res.problem, result=res.data)
-        if res.dropped_files:
-            log.warning(
-                "result.files_dropped",
-                run_id=run.request.run_id,
-                files=res.dropped_files[:10],
-                why="outside /space/outbox or not a regular file",
-            )
         if not res.ok:
             return self._result(
                 run, RunReason.ERROR, error=res.error, usage=res.usage, result=res.data
+            )
+        cfg = self.config.container
+        if not stopped:
+            # Never read a space while its container might still be writing: the reply
+            # goes out, the files do not.
+            outputs_files: list[Any] = []
+            dropped = [DroppedFile(str(f)[:200], "not sent this time") for f in res.files]
+        else:
+            assert run.space_dir is not None
+            outs = await self._call(
+                collect_outputs,
+                run.space_dir,
+                res.files,
+                self.config.data_dir,
+                run.request.run_id,
+                max_files=cfg.max_output_files,
+                max_bytes=cfg.max_output_size,
+            )
+            outputs_files, dropped = outs.files, outs.dropped
+        if dropped:
+            log.warning(
+                "result.files_dropped",
+                run_id=run.request.run_id,
+                files=[f"{d.listed}: {d.why}" for d in dropped[:10]],
+                count=len(dropped),
             )
         return self._result(
             run,
             RunReason.OK,
             reply=res.reply,
             usage=res.usage,
-            files=res.files,
+            files=outputs_files,
+            dropped_files=dropped,
             result=res.data,
         )
 

@@ -9,6 +9,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from mercury.sandbox.outputs import DroppedFile, OutputFile
+
 
 class RunReason(StrEnum):
     OK = "ok"
@@ -17,6 +19,9 @@ class RunReason(StrEnum):
     OOM = "oom"
     TIMEOUT = "timeout"
     ABORTED = "aborted"
+    # Stopped because the space outgrew disk.space_size (watched spaces) or the host's
+    # free disk fell below disk.min_free while it ran.
+    DISK = "disk"
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class RunRequest:
     env: Mapping[str, str] = field(default_factory=dict)  # granted by config or extensions
     # Extra read-only mounts: host path -> container path (extension skill dirs).
     readonly_mounts: Mapping[Path, str] = field(default_factory=dict)
+    # The run's own host API socket folder (RunHost.open_run), mounted at /run/mercury-api.
+    api_socket_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,10 @@ class RunResult:
     error: str | None = None  # for the operator; never shown raw to a chat user
     duration_ms: int = 0
     usage: dict[str, Any] = field(default_factory=dict)
-    files: list[str] = field(default_factory=list)  # paths relative to /space (outbox/...)
+    # Host-owned copies of the outbox files it sent (data_dir/outputs/<run_id>/...): the
+    # caller delivers them, then removes them (outputs.remove_outputs).
+    files: list[OutputFile] = field(default_factory=list)
+    dropped_files: list[DroppedFile] = field(default_factory=list)  # listed but not sent
     image: str | None = None
     container_name: str | None = None
     log_tail: str | None = None  # last lines of the container log when it crashed

@@ -109,6 +109,7 @@ class RunReason(enum.StrEnum):
     OOM = "oom"
     TIMEOUT = "timeout"
     ABORTED = "aborted"
+    DISK = "disk"
 
 
 def _str_enum(enum_cls: type[enum.StrEnum], name: str) -> Enum:

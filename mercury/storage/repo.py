@@ -555,13 +555,25 @@ async def finish_job(
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def requeue_job(store: Store, job_id: int) -> bool:
-    """Put a running job back in the queue at its place (shutdown cut its run short)."""
+async def requeue_job(store: Store, job_id: int, *, not_started: bool = False) -> bool:
+    """Put a running job back in the queue at its place (shutdown cut its run short).
+
+    `not_started`: the job was claimed but never run (held back, e.g. low disk), so its
+    claim does not count as an attempt.
+    """
+    values: dict[str, Any] = {
+        "status": JobStatus.QUEUED,
+        "owner": None,
+        "started_at": None,
+        "finished_at": None,
+    }
+    if not_started:
+        values["attempts"] = Job.attempts - 1
     async with _tx(store) as s:
         result = await s.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.in_([JobStatus.RUNNING, JobStatus.ABORTED]))
-            .values(status=JobStatus.QUEUED, owner=None, started_at=None, finished_at=None)
+            .values(**values)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 

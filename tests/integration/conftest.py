@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,10 +20,12 @@ from typing import Any
 import docker
 import pytest
 
-from mercury.config import Config, ContainerConfig
+from mercury.config import Config, ContainerConfig, DiskConfig
 from mercury.sandbox.hardening import LABEL_INSTANCE
 from mercury.sandbox.runner import ContainerRunner
 from mercury.sandbox.types import ImageBuildState
+from tests.fakes.model_server import FakeModelServer
+from tests.integration.mercury_site import Mercury
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "tests" / "images"
@@ -104,6 +107,8 @@ async def make_runner(
         images: ImageBuildState | None = None,
         poll_interval: float = 0.01,
         probe_interval: float = 1.0,
+        disk: dict[str, Any] | None = None,
+        data_dir: Path | None = None,
         **container: Any,
     ) -> ContainerRunner:
         instance = f"t{uuid.uuid4().hex[:12]}"
@@ -124,8 +129,9 @@ async def make_runner(
         settings.update(container)
         config = Config(
             instance=instance,
-            data_dir=root / "data",
+            data_dir=data_dir or root / "data",
             container=ContainerConfig(**settings),
+            disk=DiskConfig(**(disk or {})),
         )
         runner = ContainerRunner(
             config,
@@ -180,3 +186,46 @@ def agent_image(docker_client: docker.DockerClient, base_image: str) -> Iterator
     except Exception as exc:
         pytest.fail(f"agent image build failed: {exc}\n" + "\n".join(lines[-40:]), pytrace=False)
     yield tag
+
+
+# --------------------------------------------------------------------------- mercury run
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeModelServer]:
+    with FakeModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def site(tmp_path: Path, agent_image: str, fake: FakeModelServer) -> Iterator[Any]:
+    made: list[Mercury] = []
+
+    def make(**cfg: Any) -> Mercury:
+        m = Mercury(tmp_path, agent_image, fake, **cfg)
+        made.append(m)
+        return m
+
+    yield make
+    client = docker.from_env()
+    for m in made:
+        if m.proc is not None and m.proc.poll() is None:
+            m.stop(signal.SIGKILL)
+        for c in client.containers.list(
+            all=True, filters={"label": f"{LABEL_INSTANCE}={m.instance}"}
+        ):
+            c.remove(force=True)
+    client.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 96 MiB filesystem of its own, to fill without touching the host's disk (root only:
+    it mounts a tmpfs)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

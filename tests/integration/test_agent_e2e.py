@@ -63,20 +63,27 @@ class Rig:
             ImageBuildState(self.image),
             client=self.client,
             resources_dir=resources_dir(),
-            api_socket_dir=self.host.socket_dir,
         )
 
     async def run(self, prompt: str, space: str = "s1", **extra: Any) -> RunResult:
         assert self.host and self.runner
         run_id = uuid.uuid4().hex[:12]
-        token = self.host.grant(run_id, space, "member")
+        access = await self.host.open_run(run_id, space, "member")
         data = build_input(
-            self.config, {"prompt": prompt, **extra}, run_id=run_id, space_id=space, token=token
+            self.config,
+            {"prompt": prompt, **extra},
+            run_id=run_id,
+            space_id=space,
+            token=access.token,
         )
         try:
-            return await self.runner.run(RunRequest(run_id=run_id, space_id=space, input=data))
+            return await self.runner.run(
+                RunRequest(
+                    run_id=run_id, space_id=space, input=data, api_socket_dir=access.socket_dir
+                )
+            )
         finally:
-            self.metered = self.host.finish(run_id)
+            self.metered = await self.host.close_run(run_id)
 
     async def close(self) -> None:
         if self.runner:
@@ -130,7 +137,8 @@ async def test_scripted_conversation_with_tools(rig: Rig, provider: str) -> None
     result = await rig.run("write a file and send it to me")
     assert result.ok, (result.error, result.log_tail)
     assert result.reply == "Here is your file: hello-from-bash"
-    assert result.files == ["outbox/a.txt"]
+    assert [f.name for f in result.files] == ["a.txt"]
+    assert result.files[0].path.read_text().strip() == "hello-from-bash"  # the host's copy
     space = rig.config.data_dir / "spaces" / "s1"
     assert (space / "outbox" / "a.txt").read_text().strip() == "hello-from-bash"
     assert result.usage["input_tokens"] == 520
@@ -217,3 +225,52 @@ async def test_a_token_cannot_reach_another_space(rig: Rig) -> None:
     assert result.ok, result.error
     seen = " ".join(_tool_results(rig.fake.requests[1].body))
     assert "own 200 other 403 forged 401" in seen
+
+
+async def test_a_hostile_agent_cannot_misuse_the_model_proxy(rig: Rig) -> None:
+    """From inside the container: input.json holds no base_url (nor the credentials in its
+    user-info), and the run's token does not open other methods, paths or models."""
+    creds = rig.fake.url.replace("http://", "http://proxyuser:hunter2-pass@")
+    await rig.start(
+        chain=[
+            {"provider": "anthropic", "model": "claude-test", "base_url": creds},
+            {"provider": "openai", "model": "gpt-test", "base_url": rig.fake.url + "/v1"},
+        ]
+    )
+    probe = (
+        "python3 - <<'EOF'\n"
+        "import json, socket\n"
+        "raw = open('/run/mercury-io/input.json').read()\n"
+        "inp = json.loads(raw)\n"
+        "t = inp['api']['token']\n"
+        "def call(method, path, body=None, extra=''):\n"
+        "    s = socket.socket(socket.AF_UNIX); s.connect(inp['api']['socket'])\n"
+        "    data = json.dumps(body).encode() if body is not None else b''\n"
+        "    head = (f'{method} {path} HTTP/1.0\\r\\nx-api-key: {t}\\r\\n'\n"
+        "            f'Content-Type: application/json\\r\\nContent-Length: {len(data)}\\r\\n'\n"
+        "            f'{extra}\\r\\n')\n"
+        "    s.sendall(head.encode() + data)\n"
+        "    return s.recv(200).split(b' ')[1].decode()\n"
+        "leaked = any(w in raw for w in ('hunter2', 'proxyuser', 'base_url'))\n"
+        "print('input', 'LEAKED' if leaked else 'clean',\n"
+        "      'delete-model', call('DELETE', '/model/openai/v1/models/ft:gpt-4o:acme::x1'),\n"
+        "      'stored-list', call('GET', '/model/openai/v1/chat/completions'),\n"
+        "      'stored-response', call('DELETE', '/model/openai/v1/responses/resp_1'),\n"
+        "      'other-model', call('POST', '/model/anthropic/v1/messages',\n"
+        "          {'model': 'claude-opus-4-1', 'max_tokens': 5, 'messages': []}),\n"
+        "      'encoded', call('GET', '/model/anthropic/v1/models/%2e%2e/files'),\n"
+        "      'backslash', call('GET', '/model/anthropic/v1/models/x\\\\..\\\\files'))\n"
+        "EOF"
+    )
+    rig.fake.script([ToolCall("bash", {"command": probe})], model="claude-test")
+    rig.fake.script([Text("probed")], model="claude-test")
+    result = await rig.run("probe the proxy")
+    assert result.ok, result.error
+    seen = " ".join(_tool_results(rig.fake.requests[1].body))
+    assert (
+        "input clean delete-model 403 stored-list 403 stored-response 403 other-model 403 "
+        "encoded 403 backslash 403"
+    ) in seen, seen
+    # Only the agent's two turns reached the model; both were metered.
+    assert [r.path for r in rig.fake.requests] == ["/v1/messages"] * 2
+    assert rig.metered.requests == 2

@@ -175,6 +175,10 @@ def test_doctor_against_the_real_engine(tmp_path: Path) -> None:
     assert " ok " in docker_row and "Docker " in docker_row
     assert " ok " in _row(out, "database reachable and migrated")
     assert " ok " in _row(out, "data dir writable")
+    assert " ok " in _row(out, "free disk")
+    # As root, agents run as an id no host account has.
+    user_row = _row(out, "container user")
+    assert " ok " in user_row and ("2000000000:2000000000" in user_row or os.geteuid() != 0)
     assert " ok " in _row(out, "config valid")
     assert " ok " in _row(out, "web adapter has its token")
     assert " ok " in _row(out, "model provider key or base URL")

@@ -6,6 +6,7 @@ transport bound to the socket - the way an agent's SDKs reach the host through i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import stat
@@ -23,7 +24,7 @@ import pytest
 from aiohttp import web
 
 from mercury.api.auth import grant_of, require_role
-from mercury.api.server import HostApiServer
+from mercury.api.server import SOCKET_NAME, HostApiServer
 from mercury.api.tokens import TokenStore
 from mercury.api.usage import UsageMeter, UsageRecord
 from mercury.config import Config, Secrets
@@ -113,16 +114,19 @@ async def start_host(tmp_path: Path) -> AsyncIterator[StartHost]:
         secrets: Secrets | None = None,
         routes: web.RouteTableDef | None = None,
     ) -> Host:
-        sock = tmp_path / f"api{len(hosts)}" / "api.sock"
+        root = tmp_path / f"api{len(hosts)}"
         tokens = TokenStore()
         meter = UsageMeter(config.model.prices)
         secrets = secrets or Secrets(anthropic_api_key=ANTHROPIC_KEY, openai_api_key=OPENAI_KEY)
-        server = HostApiServer(sock, tokens, config=config, secrets=secrets, meter=meter)
+        server = HostApiServer(root, tokens, config=config, secrets=secrets, meter=meter)
         if routes is not None:
             server.add_routes(routes)
+        await server.start()
+        # One socket for the test's calls (each run has its own in production; the tokens
+        # decide who the caller is either way).
+        sock = await server.open_run("test-run") / SOCKET_NAME
         host = Host(server=server, tokens=tokens, meter=meter, socket=sock)
         meter.add_hook(host.records.append)
-        await server.start()
         hosts.append(host)
         return host
 
@@ -149,9 +153,11 @@ def _all_header_values(headers: dict[str, str]) -> str:
 
 
 async def test_socket_and_directory_permissions(host: Host) -> None:
+    # Without a container identity the socket is Mercury's alone (runs that need it get
+    # theirs group-owned by the container's gid: test_attacks_api.py).
     assert stat.S_ISSOCK(host.socket.stat().st_mode)
-    assert stat.S_IMODE(host.socket.stat().st_mode) == 0o666
-    assert stat.S_IMODE(host.socket.parent.stat().st_mode) == 0o755
+    assert stat.S_IMODE(host.socket.stat().st_mode) == 0o600
+    assert stat.S_IMODE(host.server.root.stat().st_mode) == 0o700
 
 
 async def test_no_token_is_401(host: Host, fake: FakeModelServer) -> None:
@@ -412,7 +418,7 @@ async def test_no_key_configured_sends_no_credentials(
     host = await start_host(make_config(None, fake.url + "/v1"), Secrets())
     token = host.tokens.mint("run-3", "space-c", "member")
     fake.script([Text("local model")])
-    out = await host.gpt(token).chat.completions.create(model="llama3", messages=HELLO)
+    out = await host.gpt(token).chat.completions.create(model="gpt-test", messages=HELLO)
     assert out.choices[0].message.content == "local model"
     headers = fake.requests[0].headers
     assert "authorization" not in headers and "x-api-key" not in headers
@@ -554,8 +560,10 @@ async def test_upstream_error_statuses_and_bodies_pass_through(
     assert denied.value.status_code == 401
     assert denied.value.code == "invalid_api_key"
     assert "invalid api key" in str(denied.value)
-    # Failed calls cost nothing.
-    assert host.meter.for_run("run-1").requests == 0
+    # Failed calls are metered too: no tokens, each with its status.
+    run = host.meter.for_run("run-1")
+    assert (run.requests, run.failed_requests, run.input_tokens, run.output_tokens) == (3, 3, 0, 0)
+    assert [r.status for r in host.records] == [529, 529, 401]
 
 
 def _closed_port() -> int:
@@ -617,7 +625,8 @@ async def test_leg_is_chosen_by_the_requested_model(start_host: StartHost) -> No
                     "chain": [
                         {"provider": "anthropic", "model": "claude-a", "base_url": first.url},
                         {"provider": "anthropic", "model": "claude-b", "base_url": second.url},
-                    ]
+                    ],
+                    "allowed": ["claude-haiku"],
                 }
             }
         )
@@ -633,32 +642,40 @@ async def test_leg_is_chosen_by_the_requested_model(start_host: StartHost) -> No
 
         assert await ask("claude-b") == "from second"
         assert await ask("claude-a") == "from first"
-        # Not in the chain (e.g. an agent CLI's small model): the provider's first leg.
+        # Not in the chain but in model.allowed (an agent CLI's small model): the
+        # provider's first leg.
         assert await ask("claude-haiku") == "first again"
         assert [r.model for r in first.requests] == ["claude-a", "claude-haiku"]
         assert [r.model for r in second.requests] == ["claude-b"]
 
 
-async def test_stop_removes_the_socket_and_restart_reuses_the_path(
+async def test_stop_removes_the_sockets_and_a_restart_serves_again(
     host: Host, fake: FakeModelServer
 ) -> None:
     token = host.tokens.mint("run-1", "space-a", "member")
     await host.server.stop()
-    assert not host.socket.exists()
-    # A stale socket file left by a crashed process is replaced on start.
-    stale = socket.socket(socket.AF_UNIX)
-    stale.bind(str(host.socket))
-    stale.close()
+    assert not host.socket.exists() and not host.socket.parent.exists()
+    # A folder left by a crashed process is removed by remove_stale (mercury run's start).
+    stale = host.server.root / "dead-run"
+    stale.mkdir()
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(stale / SOCKET_NAME))
+    dead.close()
+    assert host.server.remove_stale() == 1
+    assert not stale.exists()
     await host.server.start()
+    host.socket = await host.server.open_run("run-1") / SOCKET_NAME
     http = host.http()
     async with http.get(f"{BASE}/v1/whoami", headers={"x-api-key": token}) as resp:
         assert resp.status == 200
+    await host.server.close_run("run-1")
+    assert not host.socket.parent.exists()
 
 
-async def test_socket_path_that_is_a_regular_file_is_not_deleted(
+async def test_an_api_root_that_is_a_regular_file_is_not_touched(
     tmp_path: Path, fake: FakeModelServer
 ) -> None:
-    path = tmp_path / "api.sock"
+    path = tmp_path / "api"
     path.write_text("precious")
     server = HostApiServer(
         path,
@@ -667,7 +684,473 @@ async def test_socket_path_that_is_a_regular_file_is_not_deleted(
         secrets=Secrets(),
         meter=UsageMeter(),
     )
-    with pytest.raises(RuntimeError, match="not a socket"):
+    with pytest.raises(RuntimeError, match="not a folder"):
         await server.start()
     await server.stop()
     assert path.read_text() == "precious"
+
+
+# --------------------------------------------------------------------------- defences
+# Each test below reproduces one attack of a hostile agent on the model proxy (or one way
+# metering lost calls) and checks it no longer gets through.
+
+
+class Upstream:
+    """A catch-all upstream on 127.0.0.1: records every request, answers with `answer`."""
+
+    def __init__(self, answer: Callable[[web.Request], Any] | None = None) -> None:
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.answer = answer
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.requests.append((request.method, request.raw_path, headers))
+        if self.answer is not None:
+            return await self.answer(request)
+        return web.json_response(
+            {"model": "claude-test", "usage": {"input_tokens": 3, "output_tokens": 4}}
+        )
+
+    async def __aenter__(self) -> Upstream:
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def raw_request(
+    sock: Path, method: str, target: str, token: str, body: bytes = b""
+) -> tuple[int, dict[str, Any] | None]:
+    """Send exactly `method target` (no client-side normalisation or quoting) over the
+    socket; the status and the JSON body, if any."""
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: mercury\r\nx-api-key: {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    writer.write(head.encode("latin-1") + body)
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    status = int(data.split(b" ", 2)[1])
+    _, _, payload = data.partition(b"\r\n\r\n")
+    try:
+        return status, json.loads(payload)
+    except ValueError:
+        return status, None
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Wait for `condition` (bounded; no timing is asserted)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    async with Upstream() as server:
+        yield server
+
+
+@pytest.fixture
+async def open_host(upstream: Upstream, start_host: StartHost) -> Host:
+    """A host whose both providers go to the catch-all upstream."""
+    return await start_host(make_config(upstream.url, upstream.url + "/v1"))
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("DELETE", "/model/openai/v1/models/ft:gpt-4o-mini:acme::abc123"),
+        ("DELETE", "/model/openai/models/ft:gpt-4o-mini:acme::abc123"),
+        ("GET", "/model/openai/v1/chat/completions"),  # lists stored completions
+        ("GET", "/model/openai/v1/chat/completions/chatcmpl-1/messages"),
+        ("DELETE", "/model/openai/v1/chat/completions/chatcmpl-1"),
+        ("GET", "/model/openai/v1/responses/resp_1"),
+        ("DELETE", "/model/openai/v1/responses/resp_1"),
+        ("GET", "/model/openai/v1/responses/resp_1/input_items"),
+        ("GET", "/model/openai/v1/files"),
+        ("POST", "/model/openai/v1/batches"),
+        ("POST", "/model/openai/v1/fine_tuning/jobs"),
+        ("GET", "/model/anthropic/v1/messages/batches"),
+        ("DELETE", "/model/anthropic/v1/files/file_1"),
+        ("PUT", "/model/anthropic/v1/messages"),
+    ],
+)
+async def test_other_methods_and_paths_are_refused_with_the_key_unused(
+    open_host: Host, upstream: Upstream, method: str, path: str
+) -> None:
+    token = open_host.tokens.mint("run-1", "space-a", "member")
+    http = open_host.http()
+    async with http.request(
+        method, f"{BASE}{path}", json={"model": "gpt-test"}, headers={"x-api-key": token}
+    ) as resp:
+        assert resp.status == 403
+        body = await resp.json()
+    assert body["error"]["type"] == "permission_error"
+    assert f"does not forward {method} /{path.split('/', 3)[3]}" in body["error"]["message"]
+    assert upstream.requests == []
+    assert open_host.records == []
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/model/anthropic/v1/models/%2e%2e/files",
+        "/model/anthropic/v1/models/%2E%2E%2Ffiles",
+        "/model/anthropic/v1/models/x%2f..%2f..%2fv1%2ffiles",
+        "/model/anthropic/v1/models/x%5c..%5cfiles",
+        "/model/anthropic/v1/models/x%252e%252e",
+        "/model/openai/v1/models/x%00",
+        "/model/anthropic/v1/models/x\\..\\..\\v1\\files",
+        "/model/anthropic/v1/models/../../v1/files",
+        "/model/anthropic/v1//messages",
+        "/model/openai/v1/./chat/completions",
+        "/model/anthropic/v1/models/",
+    ],
+)
+async def test_encoded_and_odd_paths_are_refused(
+    open_host: Host, upstream: Upstream, target: str
+) -> None:
+    token = open_host.tokens.mint("run-1", "space-a", "member")
+    method = "POST" if "messages" in target or "completions" in target else "GET"
+    body = json.dumps({"model": "claude-test"}).encode() if method == "POST" else b""
+    status, payload = await raw_request(open_host.socket, method, target, token, body)
+    assert status == 403, (target, status, payload)
+    assert payload is not None and "model proxy refuses paths" in payload["error"]["message"]
+    assert upstream.requests == []
+
+
+async def test_only_allow_listed_headers_reach_the_upstream(
+    open_host: Host, upstream: Upstream
+) -> None:
+    token = open_host.tokens.mint("run-1", "space-a", "member")
+    sent = {
+        "Authorization": f"Bearer {token}",
+        "OpenAI-Organization": "org-victim",
+        "OpenAI-Project": "proj_other",
+        "Anthropic-Organization-Id": "other-org",
+        "X-Forwarded-For": "10.0.0.1",
+        "X-Real-IP": "10.0.0.1",
+        "X-HTTP-Method-Override": "DELETE",
+        "Cookie": "s=1",
+        "X-Custom": "anything",
+        "OpenAI-Beta": "assistants=v2",
+        "X-Stainless-Lang": "python",
+        "Idempotency-Key": "k1",
+        "User-Agent": "OpenAI/Python 1.0",
+    }
+    http = open_host.http()
+    async with http.post(
+        f"{BASE}/model/openai/v1/chat/completions", json={"model": "gpt-test"}, headers=sent
+    ) as resp:
+        assert resp.status == 200
+    ((_, path, got),) = upstream.requests
+    assert path == "/v1/chat/completions"
+    assert got["authorization"] == f"Bearer {OPENAI_KEY}"
+    for dropped in (
+        "openai-organization",
+        "openai-project",
+        "anthropic-organization-id",
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-http-method-override",
+        "cookie",
+        "x-custom",
+    ):
+        assert dropped not in got, dropped
+    assert token not in _all_header_values(got)
+    assert got["openai-beta"] == "assistants=v2"
+    assert got["x-stainless-lang"] == "python"
+    assert got["idempotency-key"] == "k1"
+    assert got["user-agent"] == "OpenAI/Python 1.0"
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_redirects_are_not_followed_and_the_key_goes_nowhere_else(
+    start_host: StartHost, status: int
+) -> None:
+    async with Upstream() as elsewhere:
+
+        async def redirect(_request: web.Request) -> web.Response:
+            return web.Response(status=status, headers={"Location": f"{elsewhere.url}/v1/messages"})
+
+        async with Upstream(redirect) as first:
+            host = await start_host(make_config(first.url, first.url + "/v1"))
+            token = host.tokens.mint("run-1", "space-a", "member")
+            http = host.http()
+            async with http.post(
+                f"{BASE}/model/anthropic/v1/messages",
+                json={"model": "claude-test", "max_tokens": 5, "messages": HELLO},
+                headers={"x-api-key": token},
+                allow_redirects=False,
+            ) as resp:
+                assert resp.status == 502
+                assert "Location" not in resp.headers
+                raw = await resp.text()
+            assert "does not follow redirects" in json.loads(raw)["error"]["message"]
+            assert str(elsewhere.port) not in raw
+            assert len(first.requests) == 1
+            assert first.requests[0][2]["x-api-key"] == ANTHROPIC_KEY
+    # The other loopback port never saw a request, so never the key.
+    assert elsewhere.requests == []
+    (rec,) = host.records
+    assert (rec.status, rec.input_tokens, rec.incomplete) == (status, 0, False)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"model": "claude-opus-4-1", "max_tokens": 5}, 403, "'claude-opus-4-1' is not allowed"),
+        ({"model": "gpt-test", "max_tokens": 5}, 403, "'gpt-test' is not allowed"),
+        ({"max_tokens": 5}, 403, "names no model"),
+        ({"model": None}, 403, "names no model"),
+        ({"model": ["claude-test"]}, 403, "names no model"),
+        ([{"model": "claude-test"}], 403, "names no model"),
+        (b"model=claude-test", 400, "not a JSON object"),
+        (b"", 400, "not a JSON object"),
+        (b'{"model": "claude-test", "model": "claude-opus-4-1"}', 400, "duplicate key"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "not a JSON object"),
+    ],
+)
+async def test_only_allowed_models_are_called(
+    open_host: Host, upstream: Upstream, body: Any, status: int, says: str
+) -> None:
+    token = open_host.tokens.mint("run-1", "space-a", "member")
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    http = open_host.http()
+    async with http.post(
+        f"{BASE}/model/anthropic/v1/messages",
+        data=data,
+        headers={"x-api-key": token, "Content-Type": "application/json"},
+    ) as resp:
+        assert resp.status == status
+        message = (await resp.json())["error"]["message"]
+    assert says in message
+    if status == 403:
+        assert "model.allowed" in message
+    assert upstream.requests == []
+
+
+async def test_model_check_on_big_bodies_and_model_allowed(
+    start_host: StartHost, upstream: Upstream
+) -> None:
+    config = make_config(upstream.url, upstream.url + "/v1")
+    config.model.allowed = ["claude-haiku-4-5"]
+    host = await start_host(config)
+    token = host.tokens.mint("run-1", "space-a", "member")
+    http = host.http()
+    big = "x" * (3 * 1024**2)  # parsed off the event loop
+    for model, status in (("claude-opus-4-1", 403), ("claude-haiku-4-5", 200)):
+        async with http.post(
+            f"{BASE}/model/anthropic/v1/messages",
+            json={"model": model, "messages": [{"role": "user", "content": big}]},
+            headers={"x-api-key": token},
+        ) as resp:
+            assert resp.status == status, model
+    assert [(m, p) for m, p, _ in upstream.requests] == [("POST", "/v1/messages")]
+    # The SDK's own model call and listing work.
+    fake_models = await host.claude(token).models.list()
+    assert fake_models is not None
+    assert [p for _, p, _ in upstream.requests][-1] == "/v1/models"
+
+
+# --------------------------------------------------------------------------- metering
+
+
+async def test_three_calls_three_records_whatever_their_outcome(
+    host: Host, fake: FakeModelServer
+) -> None:
+    """The run that lost one call in three: a plain one, a failed one and a stream still
+    going when the run ended. Every one is a record now, and in the run's totals."""
+    token = host.tokens.mint("run-1", "space-a", "member")
+    fake.script([Turn([Text("ok")], input_tokens=100, output_tokens=10)], model="claude-test")
+    fake.script([Error(500)], model="gpt-test")
+    fake.script(
+        [Turn([Text("a long answer " * 50)], input_tokens=70, event_delay=0.05)],
+        model="claude-test",
+    )
+    await host.claude(token).messages.create(model="claude-test", max_tokens=5, messages=HELLO)
+    with pytest.raises(openai.InternalServerError):
+        await host.gpt(token).chat.completions.create(model="gpt-test", messages=HELLO)
+    http = host.http()
+    async with http.post(
+        f"{BASE}/model/anthropic/v1/messages",
+        json={"model": "claude-test", "max_tokens": 5, "messages": HELLO, "stream": True},
+        headers={"x-api-key": token},
+    ) as resp:
+        await resp.content.readuntil(b"\n\n")  # the stream is under way
+        host.tokens.revoke("run-1")
+        await host.server.proxy.close_run("run-1")
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()  # cut, not cleanly ended
+    totals = host.meter.pop_run("run-1")
+    assert (totals.requests, totals.failed_requests, totals.incomplete_requests) == (3, 1, 1)
+    assert totals.input_tokens == 170
+    statuses = sorted((r.status, r.incomplete) for r in host.records)
+    assert statuses == [(200, False), (200, True), (500, False)]
+    # The provider was told to stop: the stream ended long before its last event.
+    streamed = fake.requests[-1]
+    assert streamed.events[-1][1] != "message_stop"
+
+
+async def test_close_run_cancels_a_call_waiting_for_its_answer_and_waits_for_hooks(
+    host: Host, fake: FakeModelServer
+) -> None:
+    token = host.tokens.mint("run-1", "space-a", "member")
+    stored: list[UsageRecord] = []
+
+    async def slow_store(rec: UsageRecord) -> None:
+        await asyncio.sleep(0.2)
+        stored.append(rec)
+
+    host.meter.add_hook(slow_store)
+    fake.script([Turn([Text("late")], delay=3)])
+    http = host.http()
+    call = asyncio.create_task(
+        http.post(
+            f"{BASE}/model/anthropic/v1/messages",
+            json={"model": "claude-test", "max_tokens": 5, "messages": HELLO},
+            headers={"x-api-key": token},
+        )
+    )
+    await until(lambda: len(fake.requests) == 1, "the call to reach the upstream")
+    assert host.server.proxy.in_flight("run-1") == 1
+    await host.server.proxy.close_run("run-1")
+    # Returned only once the call was recorded and its hook had stored it.
+    assert host.server.proxy.in_flight("run-1") == 0
+    assert [(r.status, r.incomplete) for r in stored] == [(None, True)]
+    assert host.meter.pop_run("run-1").requests == 1
+    with pytest.raises(aiohttp.ClientError):
+        await call
+    # Nothing in flight: returns at once, and again.
+    await host.server.proxy.close_run("run-1")
+    await host.server.proxy.close_run("no-such-run")
+
+
+async def test_close_run_leaves_other_runs_alone(host: Host, fake: FakeModelServer) -> None:
+    mine = host.tokens.mint("run-1", "space-a", "member")
+    other = host.tokens.mint("run-2", "space-a", "member")
+    fake.script([Turn([Text("slow")], delay=0.5)], model="claude-test")
+    fake.script([Turn([Text("never")], delay=3)], model="gpt-test")
+    stays = asyncio.create_task(
+        host.claude(other).messages.create(model="claude-test", max_tokens=5, messages=HELLO)
+    )
+    ends = asyncio.create_task(
+        host.gpt(mine).chat.completions.create(model="gpt-test", messages=HELLO)
+    )
+    await until(lambda: len(fake.requests) == 2, "both calls upstream")
+    await host.server.proxy.close_run("run-1")
+    assert (await stays).content[0].text == "slow"
+    with pytest.raises(openai.APIConnectionError):
+        await ends
+    assert host.meter.for_run("run-2").requests == 1
+    assert host.meter.for_run("run-1").incomplete_requests == 1
+
+
+async def test_unreachable_upstream_is_metered(start_host: StartHost) -> None:
+    down = f"http://127.0.0.1:{_closed_port()}"
+    host = await start_host(make_config(down, down + "/v1"))
+    token = host.tokens.mint("run-1", "space-a", "member")
+    with pytest.raises(openai.InternalServerError):
+        await host.gpt(token).chat.completions.create(model="gpt-test", messages=HELLO)
+    (rec,) = host.records
+    assert (rec.status, rec.incomplete, rec.input_tokens, rec.model) == (None, True, 0, "gpt-test")
+
+
+async def test_cut_by_the_upstream_is_metered_once(host: Host, fake: FakeModelServer) -> None:
+    token = host.tokens.mint("run-1", "space-a", "member")
+    fake.script([Turn([Text("x y z")], drop_after=3)])
+    http = host.http()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with http.post(
+            f"{BASE}/model/openai/v1/chat/completions",
+            json={"model": "gpt-test", "messages": HELLO, "stream": True},
+            headers={"x-api-key": token},
+        ) as resp:
+            await resp.read()
+    await until(lambda: len(host.records) == 1, "the record")
+    (rec,) = host.records
+    assert (rec.status, rec.incomplete) == (200, True)
+
+
+async def test_agent_going_away_mid_stream_stops_the_upstream_and_is_metered(
+    host: Host, fake: FakeModelServer
+) -> None:
+    token = host.tokens.mint("run-1", "space-a", "member")
+    fake.script([Turn([Text("word " * 200)], input_tokens=55, event_delay=0.05)])
+    http = host.http()
+    async with http.post(
+        f"{BASE}/model/anthropic/v1/messages",
+        json={"model": "claude-test", "max_tokens": 5, "messages": HELLO, "stream": True},
+        headers={"x-api-key": token},
+    ) as resp:
+        await resp.content.readuntil(b"\n\n")
+        resp.connection.transport.close()  # the agent goes away
+    await until(lambda: len(host.records) == 1, "the record")
+    (rec,) = host.records
+    assert (rec.status, rec.incomplete, rec.input_tokens) == (200, True, 55)
+    assert host.server.proxy.in_flight("run-1") == 0
+    # The proxy closed the upstream: the fake could not finish its 200-word stream.
+    await until(lambda: fake.requests[0].outcome != "", "the fake's stream to end")
+    assert fake.requests[0].events[-1][1] != "message_stop"
+
+
+async def test_agent_going_away_before_a_json_answer_still_meters_its_tokens(
+    host: Host, fake: FakeModelServer
+) -> None:
+    token = host.tokens.mint("run-1", "space-a", "member")
+    fake.script([Turn([Text("slow answer")], input_tokens=40, output_tokens=9, delay=0.5)])
+    with pytest.raises(TimeoutError):  # the agent gives up and closes its connection
+        await host.http().post(
+            f"{BASE}/model/anthropic/v1/messages",
+            json={"model": "claude-test", "max_tokens": 5, "messages": HELLO},
+            headers={"x-api-key": token},
+            timeout=aiohttp.ClientTimeout(total=0.2),
+        )
+    await until(lambda: len(host.records) == 1, "the record")
+    (rec,) = host.records
+    assert (rec.input_tokens, rec.output_tokens, rec.incomplete) == (40, 9, True)
+
+
+async def test_json_answer_over_the_old_buffer_cap_is_metered(start_host: StartHost) -> None:
+    filler = b"a" * (17 * 1024**2)
+
+    async def huge(_request: web.Request) -> web.Response:
+        body = (
+            b'{"id": "chatcmpl-1", "model": "gpt-test", "choices": [{"index": 0, "message": '
+            b'{"role": "assistant", "content": "' + filler + b'"}}], '
+            b'"usage": {"prompt_tokens": 11, "completion_tokens": 22}}'
+        )
+        return web.Response(body=body, content_type="application/json")
+
+    async with Upstream(huge) as big:
+        host = await start_host(make_config(None, big.url + "/v1"))
+        token = host.tokens.mint("run-1", "space-a", "member")
+        http = host.http()
+        async with http.post(
+            f"{BASE}/model/openai/v1/chat/completions",
+            json={"model": "gpt-test", "messages": HELLO},
+            headers={"x-api-key": token},
+        ) as resp:
+            assert len(await resp.read()) > len(filler)
+    (rec,) = host.records
+    assert (rec.input_tokens, rec.output_tokens, rec.incomplete) == (11, 22, False)

@@ -22,7 +22,9 @@ import docker
 import pytest
 from docker.errors import ImageNotFound
 
+from mercury.config import ContainerConfig
 from mercury.sandbox.engine import connect_engine
+from mercury.sandbox.identity import container_identity
 
 pytestmark = pytest.mark.docker
 
@@ -139,11 +141,19 @@ def test_build_succeeds_and_reports_tag_and_id(
     assert img.labels["mercury.base-image"] == base_image
 
 
-def test_image_runs_as_uid_1000(client: docker.DockerClient, built: tuple[str, int, str]) -> None:
+def test_image_runs_as_the_container_user(
+    client: docker.DockerClient, built: tuple[str, int, str]
+) -> None:
     tag, code, output = built
     assert code == 0, output
     config = client.images.get(tag).attrs["Config"]
-    assert config["User"] in ("1000", "1000:1000")
+    # `mercury image build` gives the image the account of container.user (auto).
+    ident = container_identity(ContainerConfig())
+    assert config["User"] == f"{ident.uid}:{ident.gid}"
+    passwd = client.containers.run(
+        tag, entrypoint=["getent", "passwd", str(ident.uid)], remove=True
+    )
+    assert passwd.decode().startswith("agent:")
     assert config["WorkingDir"] == "/space"
     assert config["Entrypoint"] == ["/opt/mercury-agent/bin/mercury-agent"]
     env = dict(item.split("=", 1) for item in config["Env"])
@@ -153,13 +163,13 @@ def test_image_runs_as_uid_1000(client: docker.DockerClient, built: tuple[str, i
 def run_hardened(
     client: docker.DockerClient, tag: str, io_dir: Path
 ) -> tuple[int, dict[str, Any], str]:
-    """One run as the runner will do it: no network, uid 1000, read-only root, io dir."""
-    io_dir.chmod(0o777)  # written by uid 1000 in the container, whoever runs the tests
+    """One run as the runner will do it: no network, the container uid, read-only root."""
+    io_dir.chmod(0o777)  # written by the container's uid, whoever runs the tests
     container = client.containers.run(
         tag,
         detach=True,
         network_mode="none",
-        user="1000:1000",
+        user=container_identity(ContainerConfig()).user,
         read_only=True,
         tmpfs={"/tmp": "size=16m"},
         cap_drop=["ALL"],

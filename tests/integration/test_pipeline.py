@@ -4,17 +4,11 @@ the real engine, and the fake model server on loopback (reached through the host
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,157 +16,10 @@ import docker
 import pytest
 
 from mercury.sandbox.hardening import LABEL_INSTANCE
-from tests.fakes.model_server import FakeModelServer, Text, ToolCall, Turn
+from tests.fakes.model_server import FakeModelServer, Text, ToolCall
+from tests.integration.mercury_site import PASSWORD, echo_responder
 
 pytestmark = pytest.mark.docker
-
-PASSWORD = "test-dashboard-password-123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def last_user_text(body: dict[str, Any]) -> str:
-    """The newest user text in a model request, in either wire format."""
-    for msg in reversed(body.get("messages", [])):
-        if msg.get("role") != "user":
-            continue
-        content = msg.get("content")
-        if isinstance(content, str):
-            return content
-        texts = [b.get("text", "") for b in content or [] if b.get("type") == "text"]
-        if texts:
-            return texts[-1]
-    return ""
-
-
-def echo_responder(delay: float = 0.0) -> Any:
-    def respond(body: dict[str, Any]) -> Turn:
-        text = last_user_text(body).split(":", 1)[-1].strip()
-        return Turn([Text(f"re: {text}")], delay=delay)
-
-    return respond
-
-
-class Mercury:
-    """A `mercury run` process on a tmp site, driven over its web chat API."""
-
-    def __init__(self, root: Path, image: str, fake: FakeModelServer, **cfg: Any) -> None:
-        self.root = root
-        self.port = free_port()
-        self.instance = f"p{uuid.uuid4().hex[:10]}"
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[str] | None = None
-        limits = cfg.get("rate_limits", {"burst": 100, "burst_window": 60})
-        config = {
-            "instance": self.instance,
-            "data_dir": str(root / "data"),
-            "server": {"host": "127.0.0.1", "port": self.port},
-            "log": {"format": "json", "level": "info"},
-            "container": {
-                "image": image,
-                "memory": "512m",
-                "timeout": cfg.get("timeout", 60),
-                "max_concurrency": cfg.get("max_concurrency", 2),
-            },
-            "model": {"chain": [{"provider": "anthropic", "model": "claude-test",
-                                 "base_url": fake.url}]},
-            "rate_limits": limits,
-        }  # fmt: skip
-        (root / "mercury.yaml").write_text(json.dumps(config))
-        (root / ".env").write_text(
-            f"MERCURY_DASHBOARD_PASSWORD={PASSWORD}\nANTHROPIC_API_KEY=sk-ant-pipeline-test-000\n"
-        )
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MERCURY_")}
-        self.log = open(self.root / f"mercury-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mercury.cli", "run"],
-            cwd=self.root, env=env, stdout=self.log, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.logs()
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("mercury did not come up:\n" + self.logs())
-
-    def logs(self) -> str:
-        return "".join(p.read_text() for p in sorted(self.root.glob("mercury-*.log")))
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=90)
-        self.log.close()
-        return code
-
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.url + path, data=data, method=method,
-            headers={"Authorization": f"Bearer {PASSWORD}", "Content-Type": "application/json"},
-        )  # fmt: skip
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read())
-
-    def post(self, space: str, text: str, client_id: str | None = None) -> str:
-        body: dict[str, Any] = {"space": space, "text": text}
-        if client_id:
-            body["client_id"] = client_id
-        return str(self.request("POST", "/api/chat/messages", body)["id"])
-
-    def messages(self, space: str) -> list[dict[str, Any]]:
-        return list(self.request("GET", f"/api/chat/messages?space={space}")["messages"])
-
-    def replies(self, space: str) -> list[dict[str, Any]]:
-        return [m for m in self.messages(space) if m["role"] == "assistant"]
-
-    def wait_replies(self, space: str, n: int, timeout: float = 120) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = self.replies(space)
-            if len(got) >= n:
-                return got
-            time.sleep(0.2)
-        raise AssertionError(
-            f"{space}: wanted {n} replies, got {self.messages(space)}\n{self.logs()[-4000:]}"
-        )
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeModelServer]:
-    with FakeModelServer() as server:
-        yield server
-
-
-@pytest.fixture
-def site(tmp_path: Path, agent_image: str, fake: FakeModelServer) -> Iterator[Any]:
-    made: list[Mercury] = []
-
-    def make(**cfg: Any) -> Mercury:
-        m = Mercury(tmp_path, agent_image, fake, **cfg)
-        made.append(m)
-        return m
-
-    yield make
-    client = docker.from_env()
-    for m in made:
-        if m.proc is not None and m.proc.poll() is None:
-            m.stop(signal.SIGKILL)
-        for c in client.containers.list(
-            all=True, filters={"label": f"{LABEL_INSTANCE}={m.instance}"}
-        ):
-            c.remove(force=True)
-    client.close()
 
 
 def test_a_message_gets_its_reply_and_a_file(site: Any, fake: FakeModelServer) -> None:

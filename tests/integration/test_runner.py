@@ -95,7 +95,8 @@ async def test_echo_is_ok_and_leaves_nothing(
     # The space dir persists and belongs to the container's uid.
     space = runner.config.data_dir / "spaces" / "space-a"
     assert space.is_dir()
-    assert (space.stat().st_uid, space.stat().st_gid) == (1000, 1000)
+    ident = runner.identity
+    assert (space.stat().st_uid, space.stat().st_gid) == (ident.uid, ident.gid)
 
 
 async def test_agent_failure_is_error_with_its_message(runner: ContainerRunner) -> None:
@@ -206,19 +207,25 @@ async def test_kill_all_aborts_every_run(
 
 
 async def test_fork_bomb_is_contained_by_the_pids_limit(
-    runner: ContainerRunner, docker_client: docker.DockerClient
+    make_runner: MakeRunner, docker_client: docker.DockerClient
 ) -> None:
+    # A slow result poll keeps the container up after the bomb has written its result.
+    runner = make_runner(poll_interval=30)
     pids_limit = runner.config.container.pids
-    result = await runner.run(request("forkbomb"))
-    got = reply_json(result)
-    # Forking stopped with EAGAIN at the limit (tini and the agent itself count too).
-    assert got["errno"] == 11, got
-    assert 10 <= got["count"] < pids_limit
-    # No await since run() returned, so the cleanup has not started: the bomb's children
-    # are still alive, and the host can still fork and run programs meanwhile.
-    assert result.container_name is not None
-    top = docker_client.api.top(result.container_name)
-    assert got["count"] <= len(top["Processes"]) <= pids_limit
+    req = request("forkbomb")
+    name = f"mercury-{runner.config.instance}-{req.run_id}"
+    task = asyncio.create_task(runner.run(req))
+    # While the bomb's children are alive (the runner stops the container once the result
+    # is in), the host can still fork and run programs, and the container holds no more
+    # than its limit.
+    processes = 0
+    for _ in range(200):
+        with contextlib.suppress(docker.errors.APIError):
+            processes = len(docker_client.api.top(name).get("Processes") or [])
+        if processes >= 10 or task.done():
+            break
+        await asyncio.sleep(0.05)
+    assert 10 <= processes <= pids_limit
     done = subprocess.run(
         ["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do (true) & done; wait; echo alive"],
         capture_output=True,
@@ -227,6 +234,11 @@ async def test_fork_bomb_is_contained_by_the_pids_limit(
         check=True,
     )
     assert done.stdout.strip() == "alive"
+    await runner.abort("space-a")  # the result already written still wins
+    got = reply_json(await task)
+    # Forking stopped with EAGAIN at the limit (tini and the agent itself count too).
+    assert got["errno"] == 11, got
+    assert 10 <= got["count"] < pids_limit
 
 
 async def test_root_filesystem_is_read_only(runner: ContainerRunner) -> None:
@@ -244,7 +256,8 @@ async def test_another_space_is_invisible(runner: ContainerRunner) -> None:
     data = runner.config.data_dir
     wrote = await runner.run(request("outbox secret.txt", space="space-a"))
     assert wrote.reason is RunReason.OK
-    assert wrote.files == ["outbox/secret.txt"]
+    assert [f.name for f in wrote.files] == ["secret.txt"]
+    assert wrote.files[0].path.read_text().startswith("made by run")  # the host's copy
     host_file = data / "spaces" / "space-a" / "outbox" / "secret.txt"
     assert host_file.read_text().startswith("made by run")
 
@@ -257,9 +270,13 @@ async def test_another_space_is_invisible(runner: ContainerRunner) -> None:
         got = reply_json(await runner.run(request(f"read {path}", space="space-b")))
         assert got["exists"] is False, path
     mountinfo = reply_json(await runner.run(request("read /proc/self/mountinfo", space="space-b")))
-    roots = [line.split()[3] for line in mountinfo["content"].splitlines()]
-    assert any(root.endswith("/spaces/space-b") for root in roots)  # positive control
-    assert not any("/spaces/space-a" in root for root in roots)
+    lines = mountinfo["content"].splitlines()
+    assert any(line.split()[4] == "/space" for line in lines)  # positive control
+    assert "/spaces/space-a" not in mountinfo["content"]
+    if runner.spaces.mode == "image":
+        # A space of its own filesystem: not even the host path of its own space shows.
+        assert "/spaces/space-b" not in mountinfo["content"]
+    roots = [line.split()[3] for line in lines]
     assert not any(root.endswith("/spaces") or root.endswith("/data") for root in roots)
 
 
@@ -340,7 +357,7 @@ async def test_container_is_hardened(
 
     host = info["HostConfig"]
     assert info["Name"] == f"/{name}"
-    assert info["Config"]["User"] == "1000:1000"
+    assert info["Config"]["User"] == runner.identity.user
     assert info["Config"]["Labels"] == {
         LABEL_MANAGED: "true",
         LABEL_INSTANCE: runner.config.instance,
@@ -359,6 +376,7 @@ async def test_container_is_hardened(
     assert host["NetworkMode"] == "none"
     assert host["Init"] is True
     assert host["AutoRemove"] is False
+    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 1024}]
     assert host["LogConfig"] == {
         "Type": "json-file",
         "Config": {"max-size": "5m", "max-file": "1"},
@@ -377,9 +395,9 @@ async def test_container_is_hardened(
     }
     assert "/var/run/docker.sock" not in json.dumps(info)
 
-    # And from the inside: uid 1000, no capabilities at all, no_new_privs set.
+    # And from the inside: the container uid, no capabilities at all, no_new_privs set.
     got = reply_json(await runner.run(request("id")))
-    assert (got["uid"], got["gid"]) == (1000, 1000)
+    assert (got["uid"], got["gid"]) == (runner.identity.uid, runner.identity.gid)
     assert got["cap_eff"] == "0000000000000000"
     assert got["cap_bnd"] == "0000000000000000"
     assert got["no_new_privs"] == "1"

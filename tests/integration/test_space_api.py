@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mercury.api.server import HostApiServer
+from mercury.api.server import SOCKET_NAME, HostApiServer
 from mercury.api.space_routes import parse_duration, parse_time, space_routes, validate_cron
 from mercury.api.tokens import TokenStore
 from mercury.api.usage import UsageMeter
@@ -85,7 +85,7 @@ async def api(tmp_path: Path, db: Database) -> AsyncIterator[Api]:
         sent.append((run_id, space_id, text))
 
     server = HostApiServer(
-        tmp_path / "sock" / "api.sock",
+        tmp_path / "api",
         tokens,
         config=Config.model_validate({}),
         secrets=Secrets(),
@@ -93,8 +93,9 @@ async def api(tmp_path: Path, db: Database) -> AsyncIterator[Api]:
     )
     server.add_routes(space_routes(db, send_interim=send_interim, interim_per_run=3))
     await server.start()
+    folder = await server.open_run("test-run")
     session = aiohttp.ClientSession(
-        connector=aiohttp.UnixConnector(path=str(server.socket_path)),
+        connector=aiohttp.UnixConnector(path=str(folder / SOCKET_NAME)),
         timeout=aiohttp.ClientTimeout(total=20),
     )
     try:
@@ -317,27 +318,26 @@ async def test_cron_task_gets_next_run_from_the_scheduler_hook(
 
     tokens = TokenStore()
     server = HostApiServer(
-        tmp_path / "api.sock",
+        tmp_path / "api",
         tokens,
         config=Config.model_validate({}),
         secrets=Secrets(),
         meter=UsageMeter(),
     )
     server.add_routes(space_routes(db, send_interim=send, next_cron_run=next_cron_run))
-    async with (
-        server,
-        aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=str(tmp_path / "api.sock"))
-        ) as s,
-    ):
-        token = tokens.mint("r1", "space-a", "member")
-        async with s.post(
-            f"{BASE}/spaces/space-a/tasks",
-            json={"prompt": "p", "cron": "0 9 * * 1"},
-            headers={"Authorization": f"Bearer {token}"},
-        ) as resp:
-            assert resp.status == 201
-            body = await resp.json()
+    async with server:
+        folder = await server.open_run("r1")
+        async with aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(folder / SOCKET_NAME))
+        ) as s:
+            token = tokens.mint("r1", "space-a", "member")
+            async with s.post(
+                f"{BASE}/spaces/space-a/tasks",
+                json={"prompt": "p", "cron": "0 9 * * 1"},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as resp:
+                assert resp.status == 201
+                body = await resp.json()
     assert [e for e, _ in seen] == ["0 9 * * 1"]
     assert datetime.fromisoformat(body["task"]["next_run_at"]) == when
     assert (await list_tasks(db, "space-a"))[0].next_run_at == when

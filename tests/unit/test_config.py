@@ -138,11 +138,13 @@ def test_mercury_config_env_names_the_file(tmp_path: Path, monkeypatch) -> None:
         ),
         (
             "container: {user: '0:0'}",
-            'container.user: expected a non-root numeric "uid:gid" like 1000:1000, got "0:0"',
+            'container.user: expected auto or a non-root numeric "uid:gid" like 2000:2000, '
+            'got "0:0"',
         ),
         (
             "container: {user: agent}",
-            'container.user: expected a non-root numeric "uid:gid" like 1000:1000, got "agent"',
+            'container.user: expected auto or a non-root numeric "uid:gid" like 2000:2000, '
+            'got "agent"',
         ),
         (
             "container: {env: {ANTHROPIC_API_KEY: x}}",

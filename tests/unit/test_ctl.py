@@ -89,7 +89,7 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
         sent.append((run_id, space_id, text))
 
     server = HostApiServer(
-        tmp_path / "api.sock",
+        tmp_path / "api",
         tokens,
         config=Config.model_validate({}),
         secrets=Secrets(),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +17,6 @@ from mercury.sandbox.hardening import (
     check_id,
     container_spec,
     looks_secret,
-)
-from mercury.sandbox.iodir import (
-    MAX_RESULT_BYTES,
-    create_io_dir,
-    ensure_space_dir,
-    parse_result,
-    read_result,
-    result_present,
 )
 
 MIB = 1024**2
@@ -79,7 +69,8 @@ def test_default_spec_is_fully_hardened(data_dir: Path, outside: Path) -> None:
     )
     assert s.name == "mercury-prod-r1"
     assert s.image == "mercury-agent:latest"
-    assert s.user == "1000:1000"
+    # auto: an id no host account has (the runner passes the id resolved for its process)
+    assert s.user == "2000000000:2000000000"
     assert s.labels == {
         "mercury.managed": "true",
         "mercury.instance": "prod",
@@ -120,6 +111,7 @@ def test_default_spec_is_fully_hardened(data_dir: Path, outside: Path) -> None:
     assert hc["init"] is True
     assert hc["network_mode"] == "none"
     assert hc["auto_remove"] is False
+    assert hc["ulimits"] == [{"name": "nofile", "soft": 1024, "hard": 1024}]
     assert "runtime" not in hc
     assert "privileged" not in hc and "cap_add" not in hc
 
@@ -158,6 +150,14 @@ def test_network_sharing_a_namespace_is_refused(data_dir: Path, network: str) ->
 def test_silly_memory_is_refused(data_dir: Path, memory: Any) -> None:
     with pytest.raises(ValueError, match="memory"):
         spec(data_dir, memory=memory)
+
+
+def test_the_resolved_user_is_used_and_root_refused(data_dir: Path) -> None:
+    assert spec(data_dir, user="1234:1235").user == "1234:1235"
+    assert spec(data_dir, ContainerConfig(user="3000:3000")).user == "3000:3000"
+    for bad in ("0:0", "0", "root", "1000:x"):
+        with pytest.raises(ValueError, match="non-root numeric"):
+            spec(data_dir, user=bad)
 
 
 def test_root_user_is_refused_even_past_config_validation(data_dir: Path) -> None:
@@ -391,108 +391,3 @@ def test_invalid_env_names_are_refused(data_dir: Path, name: str) -> None:
 def test_nul_in_env_value_is_refused(data_dir: Path) -> None:
     with pytest.raises(ValueError, match="NUL"):
         spec(data_dir, env={"A": "x\x00y"})
-
-
-# --------------------------------------------------------------------------- io dir
-
-
-def test_space_and_io_dirs_are_prepared(tmp_path: Path) -> None:
-    uid, gid = os.geteuid(), os.getegid()
-    space = ensure_space_dir(tmp_path, "s1", uid, gid)
-    assert space == tmp_path / "spaces" / "s1" and space.is_dir()
-    assert ensure_space_dir(tmp_path, "s1", uid, gid) == space  # idempotent
-    io = create_io_dir(tmp_path, "r1", {"prompt": "héllo"}, uid, gid)
-    assert json.loads((io / "input.json").read_text("utf-8")) == {"prompt": "héllo"}
-    assert not result_present(io)
-    with pytest.raises(FileExistsError):
-        create_io_dir(tmp_path, "r1", {}, uid, gid)
-    assert create_io_dir(tmp_path, "r1", {"a": 1}, uid, gid, replace=True) == io
-    with pytest.raises(ValueError, match="space id"):
-        ensure_space_dir(tmp_path, "../x", uid, gid)
-
-
-def test_space_dir_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "spaces").mkdir()
-    (tmp_path / "spaces" / "s1").symlink_to(tmp_path)
-    with pytest.raises(ValueError, match="not a directory"):
-        ensure_space_dir(tmp_path, "s1", os.geteuid(), os.getegid())
-
-
-def write(io: Path, data: Any) -> None:
-    (io / "result.json").write_text(data if isinstance(data, str) else json.dumps(data))
-
-
-def test_result_ok_error_and_malformed(tmp_path: Path) -> None:
-    io, space = tmp_path / "io", tmp_path / "space"
-    io.mkdir()
-    space.mkdir()
-    assert read_result(io, space) is None
-    write(io, {"ok": True, "reply": "hi", "usage": {"input_tokens": 1}, "files": []})
-    res = read_result(io, space)
-    assert res is not None and res.problem is None
-    assert (res.ok, res.reply, res.usage) == (True, "hi", {"input_tokens": 1})
-    write(io, {"ok": False, "error": "no model answered"})
-    res = read_result(io, space)
-    assert res is not None and (res.ok, res.error) == (False, "no model answered")
-    for bad, why in [
-        ('{"ok": tru', "not valid JSON"),
-        ("[1, 2]", "JSON object"),
-        ('{"reply": "x"}', '"ok"'),
-        ('{"ok": true, "reply": 5}', '"reply"'),
-        ('{"ok": true, "files": "outbox/x"}', '"files"'),
-        ("", "not valid JSON"),
-    ]:
-        write(io, bad)
-        res = read_result(io, space)
-        assert res is not None and res.problem is not None, bad
-        assert "result.json" in res.problem and why in res.problem, (bad, res.problem)
-
-
-def test_result_symlink_fifo_and_huge_file_are_not_read(tmp_path: Path) -> None:
-    io, space = tmp_path / "io", tmp_path / "space"
-    io.mkdir()
-    space.mkdir()
-    host_file = tmp_path / "host-secret.json"
-    host_file.write_text(json.dumps({"ok": True, "reply": "host secret"}))
-    (io / "result.json").symlink_to(host_file)
-    res = read_result(io, space)
-    assert res is not None and res.problem is not None and "host secret" not in str(res)
-    (io / "result.json").unlink()
-    os.mkfifo(io / "result.json")
-    res = read_result(io, space)  # must not block
-    assert res is not None and res.problem == "result.json is not a regular file"
-    (io / "result.json").unlink()
-    with open(io / "result.json", "wb") as fh:
-        fh.truncate(MAX_RESULT_BYTES + 1)
-    res = read_result(io, space)
-    assert res is not None and res.problem is not None and "too large" in res.problem
-
-
-def test_outbox_files_stay_inside_the_space(tmp_path: Path) -> None:
-    space = tmp_path / "space"
-    (space / "outbox" / "sub").mkdir(parents=True)
-    (space / "outbox" / "a.txt").write_text("a")
-    (space / "outbox" / "sub" / "b.png").write_text("b")
-    (space / "notes.txt").write_text("n")
-    (tmp_path / "host.txt").write_text("host")
-    (space / "outbox" / "link.txt").symlink_to(tmp_path / "host.txt")
-    raw = json.dumps(
-        {
-            "ok": True,
-            "reply": "",
-            "files": [
-                "outbox/a.txt",
-                "/space/outbox/sub/b.png",
-                "outbox/link.txt",
-                "outbox/../notes.txt",
-                "notes.txt",
-                "/etc/passwd",
-                "outbox/missing.txt",
-                "outbox",
-                7,
-            ],
-        }
-    ).encode()
-    res = parse_result(raw, space)
-    assert res.files == ["outbox/a.txt", "outbox/sub/b.png"]
-    assert len(res.dropped_files) == 7

@@ -72,3 +72,18 @@ def test_legs_carry_only_provider_and_model_never_a_base_url_or_its_credentials(
     built = json.dumps(build_input(config, {"prompt": "hi"}, run_id="r", space_id="s", token="t"))
     for leaked in ("hunter2-pass", "proxyuser", "gw.example.com", "10.0.0.5", "base_url"):
         assert leaked not in built
+
+
+def test_an_operators_own_input_file_cannot_put_a_base_url_into_the_container() -> None:
+    payload = {
+        "prompt": "hi",
+        "model": {
+            "chain": [
+                {"provider": "openai", "model": "o1", "base_url": "http://u:pw@10.0.0.5/v1"},
+            ],
+            "budget_s": 30,
+        },
+    }
+    data = build_input(Config(), payload, run_id="r1", space_id="s1", token="t")
+    assert data["model"] == {"chain": [{"provider": "openai", "model": "o1"}], "budget_s": 30}
+    assert "pw@" not in json.dumps(data)

@@ -16,12 +16,30 @@
 - id: reply uid, gid, groups, capabilities, no_new_privs
 - outbox NAME: write /space/outbox/NAME and list it in files
 - connect PATH: connect to a unix socket, send the run id, reply with its answer
+Attacks on the host side of the wall (tests/integration/test_attacks_*.py):
+- outbox-swap NAME TARGET S: list outbox/NAME, then keep swapping it between a regular
+  file and a symlink to TARGET for S seconds after the result is written
+- outbox-link NAME TARGET: outbox/NAME is a symlink to TARGET; list it
+- outbox-dirlink DIR TARGET FILE: outbox/DIR is a symlink to folder TARGET; list DIR/FILE
+- outbox-sparse NAME SIZE N: a sparse file of SIZE bytes, listed N times
+- outbox-n N SIZE: N files of SIZE bytes, all listed
+- outbox-many N: N entries in "files" (one real file among them)
+- result-deep N: a result.json nested N levels deep
+- plant-link PATH TARGET: replace PATH (file or folder) with a symlink to TARGET
+- stat PATH: reply {mode, uid, gid} of PATH (lstat)
+- fill PATH MB DELAY: write MB MiB into PATH, 1 MiB at a time, DELAY s apart; reply
+  {written, errno}
+- flood N S: open N connections to the host API socket, hold them S s; reply how many
+  the host accepted and kept open
+- whoami: GET /v1/whoami on the host API with the run token; reply status and body
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -105,6 +123,89 @@ def ids() -> None:
     )
 
 
+API_SOCKET = "/run/mercury-api/api.sock"
+
+
+def swap_forever(path: str, target: str, seconds: float) -> None:
+    """Atomically flip `path` between a harmless file and a symlink to `target`."""
+    folder = os.path.dirname(path)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        tmp = os.path.join(folder, ".swap-link")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(target, tmp)
+        os.rename(tmp, path)
+        tmp = os.path.join(folder, ".swap-file")
+        with open(tmp, "w") as fh:
+            fh.write("innocent\n")
+        os.rename(tmp, path)
+
+
+def outbox_file(name: str, data: bytes = b"innocent\n") -> str:
+    os.makedirs("/space/outbox", exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"/space/outbox/{name}")  # a link left by an earlier run
+    with open(f"/space/outbox/{name}", "wb") as fh:
+        fh.write(data)
+    return f"outbox/{name}"
+
+
+def replace_with_link(path: str, target: str) -> None:
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+    os.symlink(target, path)
+
+
+def nested(depth: int) -> str:
+    return '{"ok": true, "reply": "deep", "x": ' + "[" * depth + "]" * depth + "}"
+
+
+def whoami(token: str) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(API_SOCKET)
+        sock.sendall(
+            b"GET /v1/whoami HTTP/1.1\r\nHost: mercury\r\nConnection: close\r\n"
+            + f"Authorization: Bearer {token}\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return {"status": int(head.split()[1]), "body": json.loads(body or b"null")}
+
+
+def flood(count: int, hold: float) -> dict:
+    socks = []
+    failed = 0
+    for _ in range(count):
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:  # out of file descriptors
+            failed += 1
+            continue
+        try:
+            sock.connect(API_SOCKET)
+            socks.append(sock)
+        except OSError:
+            failed += 1
+            sock.close()
+    time.sleep(hold)
+    kept = 0
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            kept += sock.recv(1) != b""  # b"": the host closed it
+        except BlockingIOError:
+            kept += 1  # still open, nothing to read
+        except OSError:
+            pass
+    return {"connected": len(socks), "failed": failed, "kept": kept}
+
+
 def main() -> None:
     with open(os.path.join(IO_DIR, "input.json"), encoding="utf-8") as fh:
         payload = json.load(fh)
@@ -173,6 +274,63 @@ def main() -> None:
             sock.connect(arg)
             sock.sendall(os.environ.get("MERCURY_RUN_ID", "").encode() + b"\n")
             ok(sock.recv(1024).decode().strip())
+    elif command == "outbox-swap":
+        name, target, seconds = arg.split()
+        ok("sending it", [outbox_file(name)])
+        swap_forever(f"/space/outbox/{name}", target, float(seconds))
+    elif command == "outbox-link":
+        name, target = arg.split()
+        os.makedirs("/space/outbox", exist_ok=True)
+        replace_with_link(f"/space/outbox/{name}", target)
+        ok("linked", [f"outbox/{name}"])
+    elif command == "outbox-dirlink":
+        folder, target, name = arg.split()
+        os.makedirs("/space/outbox", exist_ok=True)
+        replace_with_link(f"/space/outbox/{folder}", target)
+        ok("linked a folder", [f"outbox/{folder}/{name}", f"/space/outbox/{folder}/{name}"])
+    elif command == "outbox-sparse":
+        name, size, count = arg.split()
+        os.makedirs("/space/outbox", exist_ok=True)
+        with open(f"/space/outbox/{name}", "wb") as fh:
+            fh.truncate(int(size))
+        ok("sparse", [f"outbox/{name}"] * int(count))
+    elif command == "outbox-n":
+        count, size = (int(x) for x in arg.split())
+        ok("many", [outbox_file(f"f{i:03d}.bin", b"x" * size) for i in range(count)])
+    elif command == "outbox-many":
+        real = outbox_file("real.txt")
+        ok("listed a lot", [real] + [f"outbox/none-{i}" for i in range(int(arg))])
+    elif command == "result-deep":
+        tmp = os.path.join(IO_DIR, ".result.json.tmp")
+        with open(tmp, "w") as fh:
+            fh.write(nested(int(arg)))
+        os.rename(tmp, os.path.join(IO_DIR, "result.json"))
+    elif command == "plant-link":
+        path, target = arg.split()
+        replace_with_link(path, target)
+        ok("planted")
+    elif command == "stat":
+        st = os.lstat(arg)
+        ok(json.dumps({"mode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid}))
+    elif command == "fill":
+        path, mib, delay = arg.split()
+        written, err = 0, None
+        try:
+            with open(path, "wb") as fh:
+                for _ in range(int(mib)):
+                    fh.write(b"\xab" * 1024 * 1024)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    written += 1024 * 1024
+                    time.sleep(float(delay))
+        except OSError as exc:
+            err = exc.errno
+        ok(json.dumps({"written": written, "errno": err}))
+    elif command == "flood":
+        count, hold = arg.split()
+        ok(json.dumps(flood(int(count), float(hold))))
+    elif command == "whoami":
+        ok(json.dumps(whoami(payload["api"]["token"])))
     else:
         write_result({"ok": False, "error": f"testagent: unknown prompt {command!r}"})
 
