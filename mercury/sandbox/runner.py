@@ -6,11 +6,13 @@ about once a second an `inspect` tells whether the container is still alive, so 
 an OOM kill ends the run at once instead of waiting out the timeout. Timeout and abort kill
 it. A result that lands while the container is being killed or is exiting still wins.
 
-Once result.json is there the container is stopped (killed and waited for) before the
-result is parsed and the outbox files are copied: nothing the agent does can race the
-host's reads. Parsing and copying run on the thread pool, never on the event loop. While
-it runs, the host's free disk is checked against `disk.min_free`, and a watched space
-(no filesystem image) is measured against `disk.space_size`; either stops the run.
+result.json is read once, by descriptor, and parsed on the thread pool (never on the event
+loop). When it lists files to send, the container is stopped (killed and waited for)
+before any of them is opened, so nothing the agent does can race the host's reads; a run
+that sends no file does not wait for that. A space's next run waits until the previous
+container of that space is gone. While a run goes, the host's free disk is checked
+against `disk.min_free`, and a watched space (no filesystem image) is measured against
+`disk.space_size`; either stops the run.
 
 Every Docker call runs on a small thread pool (the SDK blocks) through the SDK's low-level
 API, which skips the high-level client's extra inspect after create. The container and
@@ -137,6 +139,9 @@ class ContainerRunner:
         self.spaces = SpaceStore(config, self.identity)
         self._runs: dict[str, _Run] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
+        # space id -> the cleanup of its last run: the next run of the space waits for it,
+        # so no container of a finished run can touch the space while another runs.
+        self._space_cleanups: dict[str, asyncio.Task[None]] = {}
         # Each run needs at most a few calls at once (create/start, a probe, a kill);
         # a dedicated pool keeps slow Docker calls from starving the default executor.
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -294,6 +299,10 @@ class ContainerRunner:
         low = self.disk_low()
         if low:
             return self._result(run, RunReason.DISK, error=f"not started: {low}")
+        previous = self._space_cleanups.get(req.space_id)
+        if previous is not None:
+            # The space's last container may still be being killed: it must be gone first.
+            await asyncio.shield(previous)
         try:
             client = await self._engine()
         except EngineUnavailable as exc:
@@ -415,7 +424,7 @@ class ContainerRunner:
                 now = time.monotonic()
                 if now >= next_poll:
                     if result_present(io_dir):
-                        return await self._stop(run, client, RunReason.OK, "")
+                        return await self._from_result(run, client, stopped=False)
                     next_poll = now + self.poll_interval
                 if run.aborted:
                     return await self._stop(run, client, RunReason.ABORTED, "aborted")
@@ -491,11 +500,14 @@ class ContainerRunner:
     async def _stop(
         self, run: _Run, client: docker.DockerClient, reason: RunReason, error: str
     ) -> RunResult:
-        """Kill, wait for the exit, then read: a result that landed meanwhile wins.
+        """Kill, wait for the exit, then read: a result that landed meanwhile wins."""
+        stopped = await self._stop_container(run, client)
+        if result_present(run.io_dir):  # type: ignore[arg-type]
+            return await self._from_result(run, client, stopped=stopped)
+        return self._result(run, reason, error=error)
 
-        Also the way every result is read: the container must have stopped first, so
-        nothing in it can swap a file between the host's check and its copy.
-        """
+    async def _stop_container(self, run: _Run, client: docker.DockerClient) -> bool:
+        """Kill the container and wait for its exit; whether it is known to have stopped."""
         try:
             await self._call_run(run, client.api.kill, run.name)
         except _ENGINE_ERRORS as exc:
@@ -512,11 +524,7 @@ class ContainerRunner:
             stopped = True  # removed already: nothing of it runs
         except Exception as exc:  # the engine is slow or broken: decide anyway
             log.warning("run.wait_failed", run_id=run.request.run_id, error=_short(exc))
-        if result_present(run.io_dir):  # type: ignore[arg-type]
-            return await self._from_result(run, stopped=stopped)
-        if reason is RunReason.OK:
-            return self._result(run, RunReason.CRASHED, error="result.json vanished")
-        return self._result(run, reason, error=error)
+        return stopped
 
     async def _after_exit(
         self, run: _Run, client: docker.DockerClient, state: dict[str, Any]
@@ -525,7 +533,7 @@ class ContainerRunner:
         code = state.get("ExitCode")
         run.exit_code = code if isinstance(code, int) else None
         if result_present(run.io_dir):  # type: ignore[arg-type]
-            return await self._from_result(run, stopped=True)
+            return await self._from_result(run, client, stopped=True)
         if state.get("OOMKilled"):
             limit = run.request.memory or self.config.container.memory
             return self._result(
@@ -543,12 +551,14 @@ class ContainerRunner:
             log_tail=tail,
         )
 
-    async def _from_result(self, run: _Run, *, stopped: bool) -> RunResult:
-        """Parse result.json and copy the outbox files, off the loop, after the stop."""
+    async def _from_result(
+        self, run: _Run, client: docker.DockerClient, *, stopped: bool
+    ) -> RunResult:
+        """Parse result.json off the loop; stop the container before copying any file."""
         assert run.io_dir is not None
         res = await self._call(read_result, run.io_dir)
         # A parse failure on a file that is still changing is a writer caught mid-write
-        # (only possible when the stop could not be confirmed).
+        # (a container that still runs).
         for _ in range(_SETTLE_TRIES):
             if res is None or res.problem is None or stopped:
                 break
@@ -559,6 +569,9 @@ class ContainerRunner:
             res = again
         if res is None:  # vanished between the lstat and the open
             return self._result(run, RunReason.CRASHED, error="result.json vanished")
+        if res.ok and res.problem is None and res.files and not stopped:
+            # Files to send: nothing in the container may change them from here on.
+            stopped = await self._stop_container(run, client)
         return await self._result_from_file(run, res, stopped=stopped)
 
     async def _result_from_file(self, run: _Run, res: ResultFile, *, stopped: bool) -> RunResult:
@@ -632,6 +645,14 @@ class ContainerRunner:
         task = asyncio.get_running_loop().create_task(self._cleanup(run))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
+        space = run.request.space_id
+        self._space_cleanups[space] = task
+
+        def _forget(done: asyncio.Task[None]) -> None:
+            if self._space_cleanups.get(space) is done:
+                del self._space_cleanups[space]
+
+        task.add_done_callback(_forget)
 
     async def _cleanup(self, run: _Run) -> None:
         """Remove the container (killing it if needed) and the io dir."""

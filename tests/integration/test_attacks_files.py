@@ -285,3 +285,28 @@ async def test_runs_stop_and_wait_below_the_free_disk_floor(
     (runner.spaces.path("space-a") / "big").unlink()
     assert runner.disk_low() is None
     assert (await runner.run(request("echo back"))).reply == "back"
+
+
+async def test_a_spaces_next_run_starts_only_once_its_last_container_is_gone(
+    make_runner: MakeRunner, docker_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run that sends no file returns without waiting for its container to stop; a
+    # leftover of it (a background process) must not share the space with the next run.
+    runner = make_runner()
+    first = await runner.run(request("result-then-hang"))
+    assert first.reason is RunReason.OK and first.container_name is not None
+    seen_alive: list[bool] = []
+    real_create = runner._create
+
+    async def spy(run: Any, client: Any, spec: Any) -> None:
+        try:
+            state = docker_client.api.inspect_container(first.container_name)["State"]
+            seen_alive.append(state["Running"])
+        except Exception:  # NotFound: removed, as it should be
+            seen_alive.append(False)
+        await real_create(run, client, spec)
+
+    monkeypatch.setattr(runner, "_create", spy)
+    second = await runner.run(request("echo next"))
+    assert second.reply == "next"
+    assert seen_alive == [False]
