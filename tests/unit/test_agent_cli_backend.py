@@ -341,3 +341,5 @@ def test_agent_command_through_the_runtime(tmp_path: Path) -> None:
     assert relay_env["OPENAI_BASE_URL"].endswith("/model/openai/v1")
     assert relay_env["ANTHROPIC_API_KEY"] == relay_env["OPENAI_API_KEY"] == "run-token-123"
     assert relay_env["ANTHROPIC_MODEL"] == "claude-sonnet-x"
+    # Its small model too: the host's proxy refuses models outside the chain.
+    assert relay_env["ANTHROPIC_SMALL_FAST_MODEL"] == "claude-sonnet-x"

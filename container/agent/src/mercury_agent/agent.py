@@ -119,8 +119,13 @@ def _prepare_space(space: Path) -> None:
         ) from None
 
 
-def _cli_model_env(legs: list[LegSpec]) -> dict[str, str]:
-    """Model hints for agent CLIs: Claude Code reads ANTHROPIC_MODEL."""
+def _cli_model_env(legs: list[LegSpec], env: Mapping[str, str]) -> dict[str, str]:
+    """Model hints for agent CLIs: Claude Code reads ANTHROPIC_MODEL.
+
+    Its small model (titles, summaries) is the chain's model too, unless the operator set
+    ANTHROPIC_SMALL_FAST_MODEL (container.env): the host's model proxy refuses models that
+    are neither in the chain nor in model.allowed.
+    """
     values: dict[str, str] = {}
     if legs:
         values["MERCURY_MODEL"] = legs[0].model
@@ -128,6 +133,8 @@ def _cli_model_env(legs: list[LegSpec]) -> dict[str, str]:
     anthropic_legs = [leg for leg in legs if leg.provider == "anthropic"]
     if anthropic_legs:
         values["ANTHROPIC_MODEL"] = anthropic_legs[0].model
+        if "ANTHROPIC_SMALL_FAST_MODEL" not in env:
+            values["ANTHROPIC_SMALL_FAST_MODEL"] = anthropic_legs[0].model
     return values
 
 
@@ -143,7 +150,7 @@ async def _respond(
     async with Relay(inp.api.socket) as relay:
         values = relay_env(relay.url, inp.api.token)
         if inp.agent.command is not None:
-            values.update(_cli_model_env(inp.model.chain))
+            values.update(_cli_model_env(inp.model.chain, env))
         apply_env(env, values)  # for this process and everything it starts
         child_env = subprocess_env(env)
 
