@@ -49,7 +49,8 @@ def test_an_outbox_file_swapped_for_a_link_to_the_env_file_never_reaches_the_cha
     for i in range(3):
         fake.script(
             [
-                ToolCall("write_file", {"path": "outbox/report.txt", "content": "innocent"}),
+                ToolCall("write_file", {"path": "report.txt", "content": "innocent"}),
+                ToolCall("send_file", {"path": "report.txt"}),  # listed in result.json
                 bash(swapper),
                 Text(f"Here is report {i}."),
             ]
@@ -63,7 +64,7 @@ def test_an_outbox_file_swapped_for_a_link_to_the_env_file_never_reaches_the_cha
             # writing (the agent lists every file that changed in its outbox).
             assert body in (b"innocent", b""), (f["name"], body)
             assert KEY.encode() not in body
-        if not reply["files"]:
+        if "report.txt" not in [f["name"] for f in reply["files"]]:
             assert "not sent" in reply["text"]  # the user is told
     for msg in m.messages("alpha"):
         assert KEY not in json.dumps(msg)
