@@ -92,7 +92,7 @@ async def test_a_connection_flood_takes_only_the_runs_own_allowance(
     flood = asyncio.create_task(run_with_api(runner, server, tokens, "flood 600 3", "space-a"))
     # While the flood holds its connections, another run's calls go through...
     peak = peak_fds = 0
-    for _ in range(100):
+    for _ in range(300):  # until the flood has filled its allowance (15 s at most)
         peak = max(peak, *(server.connections(run) for run in server.open_runs()), 0)
         peak_fds = max(peak_fds, open_fds())
         if peak >= MAX_CONNECTIONS_PER_RUN:
