@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from mercury.adapters.base import Adapter
+from mercury.api.usage import UsageTotals
 from mercury.config import Config
 from mercury.core.history import HistoryItem, select_history
 from mercury.core.messages import ConversationRef, OutboundFile, Reply
 from mercury.core.router import DISK_WAIT_NOTICE, failure_notice
 from mercury.logging import first_line, get_logger
 from mercury.pipeline.dispatcher import JobDeferred
-from mercury.sandbox.outputs import remove_outputs
+from mercury.sandbox.outputs import DroppedFile, remove_outputs
 from mercury.sandbox.runner import ContainerRunner
 from mercury.sandbox.service import RunHost, build_input, model_input, new_run_id
 from mercury.sandbox.types import RunReason, RunRequest, RunResult
@@ -133,8 +134,13 @@ class RunExecutor:
         started = utcnow()
         result: RunResult | None = None
         usage: Any = None
+        deferred = False
         try:
             result = await self._run(job, payload, data, run_id)
+            if result.reason is RunReason.DISK and result.container_name is None:
+                # The disk ran low between our check and the runner's: not run, not lost.
+                deferred = True
+                raise JobDeferred(result.error or "low disk")
             if self.stopping and result.reason is RunReason.ABORTED:
                 return JobStatus.ABORTED  # killed by shutdown: requeued, no notice
             await self._deliver(job, payload, result)
@@ -142,13 +148,14 @@ class RunExecutor:
             # Whatever happened above (even an exception or a cancellation), the run and the
             # model usage it caused are recorded, and its file copies go.
             usage = self._last_usage.pop(run_id, None)
-            record = result or RunResult(
-                run_id=run_id,
-                space_id=job.space_id,
-                reason=RunReason.CRASHED,
-                error="the host failed before the run ended",
-            )
-            await self._record(job, record, usage, started)
+            if not deferred:
+                record = result or RunResult(
+                    run_id=run_id,
+                    space_id=job.space_id,
+                    reason=RunReason.CRASHED,
+                    error="the host failed before the run ended",
+                )
+                await self._record(job, record, usage, started)
             if result is not None and result.files:
                 await asyncio.to_thread(remove_outputs, self.config.data_dir, run_id)
         if result.ok:
@@ -163,8 +170,6 @@ class RunExecutor:
         self._conversations[run_id] = conv
         indicator = asyncio.get_running_loop().create_task(self._indicate(conv))
         try:
-            # Made (or mounted) before the runner needs it, with the space's profile.
-            await asyncio.to_thread(self.runner.spaces.ensure, job.space_id, data["profile"])
             access = await self.host.open_run(run_id, job.space_id, payload.role)
             full = build_input(
                 self.config, data, run_id=run_id, space_id=job.space_id, token=access.token
@@ -314,7 +319,8 @@ class RunExecutor:
         if result.reason is RunReason.TIMEOUT:
             return self.config.container.timeout
         if result.reason is RunReason.DISK:
-            return "space" if "disk.space_size" in (result.error or "") else "host"
+            # Stopped for the host's free disk, or (the host has room) for its space's size.
+            return "host" if self.runner.disk_low() else "space"
         if error_class == "auth":
             return "the model provider refused the API key; the operator must check it"
         if error_class == "budget":
@@ -332,10 +338,8 @@ class RunExecutor:
             log.exception("sending failed", platform=reply.conversation.platform)
 
     async def _record(self, job: JobRecord, result: RunResult, usage: Any, started: Any) -> None:
-        model = str((result.usage or {}).get("model") or self.config.model.chain[0].model)
+        model = recorded_model(self.config, (result.usage or {}).get("model"))
         if usage is None:
-            from mercury.api.usage import UsageTotals
-
             usage = UsageTotals()
         try:
             await repo.record_run(
@@ -368,9 +372,21 @@ class RunExecutor:
             log.exception("recording the run failed", job_id=job.id)
 
 
-def dropped_note(dropped: list[Any]) -> str:
+def recorded_model(config: Config, reported: Any) -> str:
+    """The model a run is recorded under: the one result.json names, if runs may call it.
+
+    result.json is the agent's word, and the name becomes a key of the usage table: any
+    other value (a made-up name, a megabyte of text) records the chain's first model.
+    """
+    known = {leg.model for leg in config.model.chain} | set(config.model.allowed)
+    return (
+        reported if isinstance(reported, str) and reported in known else config.model.chain[0].model
+    )
+
+
+def dropped_note(dropped: list[DroppedFile]) -> str:
     """One plain line for the user about files the agent listed that were not sent."""
     reasons = sorted({d.why for d in dropped})
-    count = sum(int(d.listed.split()[0]) if d.listed.endswith(" more") else 1 for d in dropped)
+    count = sum(d.count for d in dropped)
     files = "file was" if count == 1 else "files were"
     return f"({count} {files} not sent: {'; '.join(reasons)}.)"

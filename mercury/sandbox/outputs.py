@@ -50,6 +50,7 @@ class DroppedFile:
 
     listed: str
     why: str
+    count: int = 1  # how many listed entries this stands for ("5 more")
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,9 @@ def collect_outputs(
         for index, item in enumerate(listed):
             if len(files) >= max_files:
                 rest = len(listed) - index
-                dropped.append(DroppedFile(f"{rest} more", f"more than {max_files} files"))
+                dropped.append(
+                    DroppedFile(f"{rest} more", f"more than {max_files} files", count=rest)
+                )
                 break
             parts = outbox_parts(item)
             if parts is None:

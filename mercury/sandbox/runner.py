@@ -308,7 +308,12 @@ class ContainerRunner:
         except EngineUnavailable as exc:
             return self._result(run, RunReason.CRASHED, error=str(exc))
         try:
-            await self._call(self.spaces.ensure, req.space_id)
+            profile = req.input.get("profile")
+            await self._call(
+                self.spaces.ensure,
+                req.space_id,
+                profile if isinstance(profile, str) else "general",
+            )
             # A leftover dir of the same run id is stale (ids are unique per run).
             await self._call(
                 create_io_dir,
@@ -586,7 +591,11 @@ class ContainerRunner:
             # Never read a space while its container might still be writing: the reply
             # goes out, the files do not.
             outputs_files: list[Any] = []
-            dropped = [DroppedFile(str(f)[:200], "not sent this time") for f in res.files]
+            dropped = (
+                [DroppedFile("all", "not sent this time", count=len(res.files))]
+                if res.files
+                else []
+            )
         else:
             assert run.space_dir is not None
             outs = await self._call(

@@ -45,6 +45,8 @@ MEMORY = "MEMORY.md"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Walking a huge space costs time; past this many entries the count is "at least".
 MAX_MEASURE_ENTRIES = 1_000_000
+# Folders open at once while measuring (one per level of nesting).
+MAX_MEASURE_DEPTH = 128
 # Inbox names that exist already get a numbered twin; past this many, the upload fails.
 _MAX_NAME_TRIES = 100
 
@@ -135,7 +137,8 @@ class SpaceStore:
         path = self.path(space_id)
         with self._lock(space_id):
             private_dir(spaces_root(self.data_dir))
-            limit = self._mode
+            # A space whose image failed once stays watched until the next start.
+            limit = self._limits.get(space_id, self._mode)
             new = False
             if limit == "image":
                 try:
@@ -160,11 +163,11 @@ class SpaceStore:
 
         No symlink is followed (a planted `inbox` link is removed, a planted file link is
         never written through), the file is created exclusively (an existing name gets a
-        numbered twin) and handed to the container's uid on the open descriptor.
+        numbered twin) and handed to the container's uid on the open descriptor. Call
+        `ensure` first (once per message is enough).
         """
         if not name or "/" in name or name in (".", "..") or "\x00" in name:
             raise ValueError(f"not a plain file name: {name!r}")
-        self.ensure(space_id)
         root = _open_dir(self.path(space_id))
         try:
             inbox = self._open_subdir(root, INBOX)
@@ -177,32 +180,44 @@ class SpaceStore:
         return f"{INBOX}/{final}"
 
     def measure(self, space_id: str, stop_after: int | None = None) -> int:
-        """Bytes the space's files take on disk (allocated blocks; links not followed).
+        """Bytes the space's files take on disk (allocated blocks). Blocking: off the loop.
 
+        Walked by descriptor, relative to each folder's handle with O_NOFOLLOW, so a
+        folder the agent swaps for a symlink mid-walk is never followed out of the space.
         `stop_after`: return as soon as the count passes it (the answer is then "over").
+        Folders deeper than MAX_MEASURE_DEPTH are not counted (the free-disk floor still
+        holds for them).
         """
-        total = 0
-        seen = 0
-        stack = [str(self.path(space_id))]
-        while stack:
-            folder = stack.pop()
-            try:
-                with os.scandir(folder) as it:
-                    for entry in it:
-                        seen += 1
-                        try:
-                            st = entry.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        total += st.st_blocks * 512
-                        if stat.S_ISDIR(st.st_mode):
-                            stack.append(entry.path)
-                        if seen >= MAX_MEASURE_ENTRIES or (
-                            stop_after is not None and total > stop_after
-                        ):
-                            return total
-            except OSError:
-                continue
+        try:
+            root = _open_dir(self.path(space_id))
+        except SpaceError:
+            return 0
+        subdirs, total, seen = _scan(root)
+        # Each frame: a folder's handle and the names of its subfolders still to visit.
+        frames: list[tuple[int, list[str]]] = [(root, subdirs)]
+        try:
+            while frames:
+                if seen >= MAX_MEASURE_ENTRIES or (stop_after is not None and total > stop_after):
+                    break
+                fd, pending = frames[-1]
+                if not pending:
+                    os.close(fd)
+                    frames.pop()
+                    continue
+                name = pending.pop()
+                if len(frames) >= MAX_MEASURE_DEPTH:
+                    continue
+                try:
+                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue  # gone, or swapped for a link: not followed
+                subdirs, blocks, entries = _scan(child)
+                frames.append((child, subdirs))
+                total += blocks
+                seen += entries
+        finally:
+            for fd, _ in frames:
+                os.close(fd)
         return total
 
     def close(self) -> None:
@@ -386,6 +401,26 @@ class SpaceStore:
             shutil.rmtree(moved)
             log.info("space moved into its size-limited image", space_id=space_id)
         return fresh and moved is None
+
+
+def _scan(fd: int) -> tuple[list[str], int, int]:
+    """An open folder's subfolder names, the bytes its entries take, and how many there are."""
+    blocks = entries = 0
+    subdirs: list[str] = []
+    try:
+        with os.scandir(fd) as it:
+            for entry in it:
+                entries += 1
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                blocks += st.st_blocks * 512
+                if stat.S_ISDIR(st.st_mode):
+                    subdirs.append(entry.name)
+    except OSError:
+        pass
+    return subdirs, blocks, entries
 
 
 def _open_dir(path: Path) -> int:

@@ -343,7 +343,8 @@ def test_inbox_names_must_be_one_component(store: SpaceStore, name: str) -> None
 def test_measure_counts_blocks_without_following_links(store: SpaceStore, tmp_path: Path) -> None:
     root = store.ensure("s1").path
     base = store.measure("s1")
-    (root / "data.bin").write_bytes(os.urandom(256 * 1024))
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "data.bin").write_bytes(os.urandom(256 * 1024))  # nested: counted
     (root / "big-link").symlink_to(tmp_path)  # its target's size does not count
     with open(root / "sparse", "wb") as fh:
         fh.truncate(10 * 1024**3)  # takes no disk
