@@ -1,4 +1,10 @@
-"""`mercury init`: write a starting mercury.yaml and a private .env into a folder."""
+"""`mercury init`: write a starting mercury.yaml and a private .env into a folder.
+
+Each install gets a name of its own (`mercury-<6 hex digits>`) unless the operator picks
+one: Mercury labels its containers with it and removes the containers of its own name at
+start as orphans, so two installs sharing one name on one Docker engine would remove each
+other's running containers.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
-from mercury.config import DEFAULT_CONFIG_NAME, SECRET_ENV
+from mercury.config import DEFAULT_CONFIG_NAME, SECRET_ENV, Config
 
 
 class ScaffoldError(Exception):
     """Init cannot proceed; the message says what to do."""
 
 
+def generate_instance_name() -> str:
+    """A fresh install's name: `mercury-` and 6 random lowercase hex digits.
+
+    16.7 million names make a clash between the installs on one engine unlikely; the
+    shape fits both the config's `instance` pattern and Docker's container names.
+    """
+    return f"mercury-{secrets.token_hex(3)}"
+
+
+def instance_problem(name: str) -> str | None:
+    """Why `name` cannot be an instance name (checked by the config itself), or None."""
+    try:
+        Config.model_validate({"instance": name})
+    except ValidationError:
+        return (
+            "an instance name is 1-31 characters: lowercase letters, digits and '-', "
+            "starting with a letter or digit"
+        )
+    return None
+
+
+def existing_instance(target: Path) -> str | None:
+    """The valid instance name of a mercury.yaml already in `target`, if any.
+
+    `init --force` keeps it: the install stays the same to Docker, so the containers it
+    left behind are still recognised (and cleaned up) as its own.
+    """
+    try:
+        data = yaml.safe_load((target / DEFAULT_CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    name = data.get("instance") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and instance_problem(name) is None else None
+
+
 @dataclass
 class InitAnswers:
     """What `mercury init` asks; the defaults are what `--yes` uses."""
 
-    instance: str = "mercury"
+    instance: str = field(default_factory=generate_instance_name)
     port: int = 8787
     provider: str = "anthropic"  # anthropic | openai
     model: str = "claude-sonnet-4-5"
@@ -80,8 +122,18 @@ def render_env(answers: InitAnswers, dashboard_password: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def default_answers(target: Path) -> InitAnswers:
+    """The defaults for `target`: a new instance name, or the one its config already has."""
+    answers = InitAnswers()
+    answers.instance = existing_instance(target) or answers.instance
+    return answers
+
+
 def init_project(target: Path, answers: InitAnswers, *, force: bool = False) -> InitResult:
     """Write mercury.yaml and .env into `target`; refuse to overwrite unless `force`."""
+    problem = instance_problem(answers.instance)
+    if problem is not None:
+        raise ScaffoldError(f"instance {answers.instance!r}: {problem}")
     target.mkdir(parents=True, exist_ok=True)
     config_path = target / DEFAULT_CONFIG_NAME
     env_path = target / ".env"

@@ -11,8 +11,6 @@ from __future__ import annotations
 import html
 import re
 
-from mercury.core.text import split_message
-
 # Telegram counts the limit on the text after entity parsing, so the tags we add do not
 # count; a Markdown chunk of N characters never renders to more than N visible characters.
 TELEGRAM_LIMIT = 4096
@@ -139,18 +137,47 @@ def utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-def split_markdown(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
-    """Split Markdown so each chunk is at most `limit` UTF-16 units (nothing is lost).
+def visible_len(html_text: str) -> int:
+    """What Telegram counts of converted HTML: the text after its tags and entities."""
+    return utf16_len(html.unescape(_TAG_RE.sub("", html_text)))
 
-    `split_message` counts code points; a chunk heavy with emoji can be up to twice as
-    long for Telegram, so such a chunk is split again at half the limit.
+
+def split_markdown(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
+    """Split Markdown into chunks that each fit one Telegram message (nothing is lost).
+
+    Each cut is at the last good boundary that fits: a paragraph break, else a line break,
+    else the end of a sentence, else a space, else a hard cut. A better kind of boundary
+    wins only when it keeps at least half of what fits, so a chunk is never cut short to
+    an early paragraph break when a line break much later would do. A code block open at
+    a cut is closed at the end of the chunk and reopened (with its language) at the start
+    of the next, so each chunk converts to balanced HTML on its own.
+
+    A chunk fits when both its Markdown and the text Telegram counts after conversion are
+    at most `limit` UTF-16 units (a rule line `---` renders longer than it is written).
     """
+    if limit < _MIN_LIMIT:
+        raise ValueError(f"limit must be at least {_MIN_LIMIT}")
     chunks: list[str] = []
-    for chunk in split_message(text, limit):
-        if utf16_len(chunk) <= limit:
-            chunks.append(chunk)
-        else:
-            chunks.extend(split_message(chunk, limit // 2))
+    rest = text
+    reopen = ""  # the fence line that reopens a code block cut at the previous chunk's end
+    while rest:
+        whole = reopen + rest
+        if utf16_len(whole) <= limit and _size(whole) <= limit:
+            chunks.append(whole)
+            break
+        room = limit - utf16_len(reopen)
+        while True:
+            cut = _cut_point(rest, room, reopen)
+            chunk, after = _close(reopen, rest[:cut])
+            size = _size(chunk)
+            if size <= limit or cut <= 1:
+                break
+            # The fence that closes a cut code block, or rule lines that render longer than
+            # they are written, took it over the limit: shrink in proportion and cut again.
+            room = min(room - 1, room * limit // size)
+        chunks.append(chunk)
+        rest = rest[cut:]
+        reopen = after
     return chunks
 
 
@@ -158,7 +185,100 @@ def split_for_telegram(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
     """Split Markdown at `limit` (fence-aware, nothing lost), then convert each chunk.
 
     Splitting before converting keeps every chunk's HTML self-contained and valid: a code
-    block cut in two is closed and reopened by `split_message`, and inline markup that
+    block cut in two is closed and reopened by `split_markdown`, and inline markup that
     straddles a cut is left literal rather than producing a tag without its end.
     """
     return [markdown_to_html(chunk) for chunk in split_markdown(text, limit)]
+
+
+# --------------------------------------------------------------------------- splitting
+
+_MIN_LIMIT = 40
+# The longest fence line carried over to the next chunk; a longer language name is dropped
+# (the block stays a code block) so a hostile fence cannot eat a whole chunk.
+_MAX_REOPEN = 32
+_TAG_RE = re.compile(r"<[^>]*>")
+# The end of a sentence: its punctuation and closing quotes or brackets, then a space (an
+# ideographic full stop, exclamation or question mark needs none).
+_SENTENCE_END_RE = re.compile(r"(?:[.!?\u2026][\"')\]\u201d\u2019]*[ \t]+|[\u3002\uff01\uff1f])")
+
+
+def _size(chunk: str) -> int:
+    """The larger of a chunk's Markdown length and its length as Telegram counts it."""
+    return max(utf16_len(chunk), visible_len(markdown_to_html(chunk)))
+
+
+def _window(text: str, units: int) -> int:
+    """How many characters of `text` fit in `units` UTF-16 units (at least one)."""
+    if units <= 1:
+        return 1
+    head = text[:units]  # a character is at least one unit
+    if utf16_len(head) <= units:
+        return len(head)
+    used = 0
+    for i, ch in enumerate(head):
+        used += 2 if ord(ch) > 0xFFFF else 1
+        if used > units:
+            return max(1, i)
+    return len(head)  # pragma: no cover - the whole head fitted, handled above
+
+
+def _cut_point(text: str, units: int, reopen: str) -> int:
+    """Where to end the next chunk: the best boundary in the back half of what fits."""
+    end = _window(text, units)
+    window = text[:end]
+    half = end // 2
+    candidates = (
+        window.rfind("\n\n") + 2,
+        window.rfind("\n") + 1,
+        _last_sentence_end(window),
+        window.rfind(" ") + 1,
+    )
+    for at in candidates:
+        if at > half:
+            return _before_empty_block(reopen, text, at)
+    return end
+
+
+def _last_sentence_end(window: str) -> int:
+    found = 0
+    for m in _SENTENCE_END_RE.finditer(window):
+        found = m.end()
+    return found
+
+
+def _before_empty_block(reopen: str, text: str, at: int) -> int:
+    """Move a cut that would end a chunk on a code block's opening fence (an empty block
+    there, the whole block in the next chunk) to just before that fence line."""
+    piece = text[:at]
+    body = piece.rstrip("\n")
+    start = body.rfind("\n") + 1
+    if start == 0:
+        return at  # the fence is the chunk's first line of its own: nothing to move
+    if _FENCE_RE.match(body[start:]) and _open_fence(reopen + piece) is not None:
+        return start
+    return at
+
+
+def _open_fence(text: str) -> str | None:
+    """The fence line (e.g. "```python") if `text` ends inside a code block.
+
+    Uses the converter's own fence pattern, so a cut agrees with how the chunk renders.
+    """
+    opener: str | None = None
+    for line in text.split("\n"):
+        m = _FENCE_RE.match(line)
+        if m is not None:
+            opener = None if opener is not None else "```" + m.group(1)
+    return opener
+
+
+def _close(reopen: str, piece: str) -> tuple[str, str]:
+    """The chunk for `piece` (its code block closed if cut open) and the next's reopen."""
+    chunk = reopen + piece
+    fence = _open_fence(chunk)
+    if fence is None:
+        return chunk, ""
+    if len(fence) > _MAX_REOPEN:
+        fence = "```"
+    return chunk + ("" if chunk.endswith("\n") else "\n") + "```", fence + "\n"

@@ -40,10 +40,15 @@ def split_message(text: str, limit: int) -> list[str]:
 
 
 def _cut_point(text: str, budget: int) -> int:
+    """Where to cut: the last paragraph break, else line break, sentence end or space.
+
+    A better kind of break wins only if it keeps at least half of what fits: a paragraph
+    break a third of the way in would send a short message and push the rest on.
+    """
     window = text[:budget]
-    for sep in ("\n\n", "\n", " "):
+    for sep in ("\n\n", "\n", ". ", " "):
         at = window.rfind(sep)
-        if at > budget // 3:
+        if at >= budget // 2:
             return at + len(sep)
     return budget
 

@@ -10,13 +10,16 @@ for the request's "model", else the shared queue. A turn is
 
 - `Text("...")` or `ToolCall(name, {args})`: one reply part;
 - a list of parts, e.g. `[Text("let me look"), ToolCall(...), ToolCall(...)]`;
-- `Turn(parts, input_tokens=, output_tokens=, delay=, event_delay=)` for usage and timing;
+- `Turn(parts, input_tokens=, output_tokens=, delay=, event_delay=, body_delay=)` for usage
+  and timing (a long `delay` is a model that hangs);
 - `Error(status)`: that status with the provider's error body (e.g. 529 overloaded).
 
 A request with no turn left gets a 500 whose body says so. Streaming (`"stream": true`)
 answers with each provider's exact SSE events. Every model request is recorded in
 `fake.requests` (path, query, lower-cased headers, JSON body, and for streams the
-monotonic time each SSE event was written).
+monotonic time each SSE event was written). A client that closes its connection before
+the answer is complete (a proxy cancelling the call) is recorded too: the request's
+`closed_at` is the monotonic time the fake saw it go, and `fake.wait_closed()` waits for it.
 
 Other threads and processes: `FakeModelServer.start_in_thread()` serves from its own event
 loop (scripting and `requests` are thread-safe); over HTTP, `POST /_fake/script`
@@ -36,7 +39,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Self
 
@@ -73,6 +76,9 @@ class Turn:
     `stop_reason`: defaults to tool_use/tool_calls if any part is a ToolCall, else end_turn/stop.
     `drop_after`: when streaming, cut the connection after that many SSE events (a dropped
     upstream mid-stream).
+    `body_delay`: when not streaming, send the headers at once and the JSON body in pieces
+    this many seconds apart, as gateways do that keep a slow call's connection alive (an
+    answer the proxy is relaying when it is cut).
     """
 
     parts: Sequence[Part]
@@ -82,6 +88,7 @@ class Turn:
     event_delay: float = 0.0
     stop_reason: str | None = None
     drop_after: int | None = None
+    body_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,7 @@ def turn_from_json(obj: dict[str, Any]) -> Turn | Error:
 
     {"text": "hi"} | {"tool_call": {"name", "arguments", "id"?}} |
     {"parts": [{"text"}|{"tool_call"}...], "input_tokens"?, "output_tokens"?, "delay"?,
-     "event_delay"?, "stop_reason"?, "drop_after"?} |
+     "event_delay"?, "stop_reason"?, "drop_after"?, "body_delay"?} |
     {"error": 529, "message"?, "error_type"?, "delay"?}
     """
     if "error" in obj:
@@ -166,6 +173,7 @@ def turn_from_json(obj: dict[str, Any]) -> Turn | Error:
         event_delay=float(obj.get("event_delay", 0.0)),
         stop_reason=obj.get("stop_reason"),
         drop_after=obj.get("drop_after"),
+        body_delay=float(obj.get("body_delay", 0.0)),
     )
 
 
@@ -185,6 +193,9 @@ class RecordedRequest:
     events: list[tuple[float, str]] = field(default_factory=list)
     # What was answered: "turn", "error" or "unscripted".
     outcome: str = ""
+    # time.monotonic() when its client closed the connection before the answer was
+    # complete (None: it was not, or not yet) - what a provider sees of a cancelled call.
+    closed_at: float | None = None
 
 
 # --------------------------------------------------------------------------- server
@@ -221,6 +232,22 @@ class FakeModelServer:
         with self._lock:
             return len(self._queue if model is None else self._by_model.get(model, ()))
 
+    def wait_closed(self, index: int = -1, timeout: float = 30.0) -> RecordedRequest:
+        """Wait until the client of request `index` closed it before its answer was complete.
+
+        Raises AssertionError after `timeout` seconds (the call went on: nobody cancelled it).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                rec = self.requests[index] if self.requests else None
+            if rec is not None and rec.closed_at is not None:
+                return rec
+            if time.monotonic() >= deadline:
+                state = "no request" if rec is None else f"request to {rec.path} still open"
+                raise AssertionError(f"fake model server: {state} after {timeout:g}s")
+            time.sleep(0.02)
+
     def reset(self) -> None:
         """Forget the script and the recorded requests."""
         with self._lock:
@@ -254,7 +281,9 @@ class FakeModelServer:
         return app
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self._app(), access_log=None)
+        # handler_cancellation: a client that goes away cancels its handler at once, which
+        # is how the fake sees (and records) a call cancelled by its client.
+        self._runner = web.AppRunner(self._app(), access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -359,6 +388,27 @@ class FakeModelServer:
 
     async def _anthropic(self, request: web.Request) -> web.StreamResponse:
         rec = await self._receive(request, "anthropic")
+        return await self._watched(rec, self._answer_anthropic(request, rec))
+
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        rec = await self._receive(request, "openai")
+        return await self._watched(rec, self._answer_openai(request, rec))
+
+    async def _watched(
+        self, rec: RecordedRequest, answer: Awaitable[web.StreamResponse]
+    ) -> web.StreamResponse:
+        """Answer, recording when the client goes away before the answer is complete."""
+        try:
+            return await answer
+        except (asyncio.CancelledError, ConnectionError):
+            # Cancelled: the client closed the connection (handler_cancellation); a
+            # ConnectionError: a write found it closed. Either way the call was cut.
+            rec.closed_at = time.monotonic()
+            raise
+
+    async def _answer_anthropic(
+        self, request: web.Request, rec: RecordedRequest
+    ) -> web.StreamResponse:
         turn = await self._turn_for(rec)
         if isinstance(turn, web.Response):
             return turn
@@ -391,7 +441,9 @@ class FakeModelServer:
         }
         headers = {"request-id": self._next_id("req_")}
         if not rec.stream:
-            return web.json_response(
+            return await self._json(
+                request,
+                turn,
                 {
                     "id": msg_id,
                     "type": "message",
@@ -402,7 +454,7 @@ class FakeModelServer:
                     "stop_sequence": None,
                     "usage": usage,
                 },
-                headers=headers,
+                headers,
             )
 
         events: list[tuple[str, dict[str, Any]]] = [
@@ -477,8 +529,9 @@ class FakeModelServer:
         ]
         return await self._stream(request, rec, frames, turn, headers)
 
-    async def _openai(self, request: web.Request) -> web.StreamResponse:
-        rec = await self._receive(request, "openai")
+    async def _answer_openai(
+        self, request: web.Request, rec: RecordedRequest
+    ) -> web.StreamResponse:
         turn = await self._turn_for(rec)
         if isinstance(turn, web.Response):
             return turn
@@ -513,7 +566,9 @@ class FakeModelServer:
             }
             if calls:
                 message["tool_calls"] = calls
-            return web.json_response(
+            return await self._json(
+                request,
+                turn,
                 {
                     "id": cid,
                     "object": "chat.completion",
@@ -523,7 +578,8 @@ class FakeModelServer:
                         {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
                     ],
                     "usage": usage,
-                }
+                },
+                {},
             )
 
         body = rec.body if isinstance(rec.body, dict) else {}
@@ -580,6 +636,23 @@ class FakeModelServer:
         frames = [("chunk", f"data: {json.dumps(c)}\n\n".encode()) for c in chunks]
         frames.append(("[DONE]", b"data: [DONE]\n\n"))
         return await self._stream(request, rec, frames, turn, {})
+
+    async def _json(
+        self, request: web.Request, turn: Turn, data: dict[str, Any], headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """A JSON answer: whole, or (`body_delay`) headers first and the body in pieces."""
+        if not turn.body_delay:
+            return web.json_response(data, headers=headers)
+        body = json.dumps(data).encode()
+        resp = web.StreamResponse(headers={"Content-Type": "application/json", **headers})
+        await resp.prepare(request)
+        size = max(1, len(body) // 8)
+        for start in range(0, len(body), size):
+            if start:
+                await asyncio.sleep(turn.body_delay)
+            await resp.write(body[start : start + size])
+        await resp.write_eof()
+        return resp
 
     async def _stream(
         self,

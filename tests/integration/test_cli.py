@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import socket
@@ -99,8 +100,9 @@ def test_init_without_a_terminal_takes_defaults(tmp_path: Path) -> None:
     assert "provider: anthropic" in (tmp_path / "mercury.yaml").read_text()
 
 
-def test_init_prompts_in_a_terminal(tmp_path: Path) -> None:
-    """Drive the prompts through a real pseudo-terminal, as an operator would answer them."""
+def init_in_a_terminal(tmp_path: Path, answers: list[str]) -> bytes:
+    """Run `mercury init` in a real pseudo-terminal, answering each prompt in turn, as an
+    operator would; returns the transcript once it exited 0."""
     import pty
 
     pid, fd = pty.fork()
@@ -108,19 +110,7 @@ def test_init_prompts_in_a_terminal(tmp_path: Path) -> None:
         os.chdir(tmp_path)
         os.environ.update({"NO_COLOR": "1", "TERM": "dumb"})
         os.execv(sys.executable, [*MERCURY, "init"])
-    answers = [
-        "ops-bot",
-        "9100",
-        "openai",
-        "gpt-test",
-        "http://127.0.0.1:11434/v1",
-        "sk-typed-key-123",
-        "y",
-        "xoxb-typed",
-        "xapp-typed",
-        "n",
-        "n",
-    ]
+    answers = list(answers)
     transcript = b""
     answered_at = 0
     deadline = time.monotonic() + 60
@@ -143,6 +133,24 @@ def test_init_prompts_in_a_terminal(tmp_path: Path) -> None:
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, transcript.decode(errors="replace")
+    return transcript
+
+
+def test_init_prompts_in_a_terminal(tmp_path: Path) -> None:
+    answers = [
+        "ops-bot",
+        "9100",
+        "openai",
+        "gpt-test",
+        "http://127.0.0.1:11434/v1",
+        "sk-typed-key-123",
+        "y",
+        "xoxb-typed",
+        "xapp-typed",
+        "n",
+        "n",
+    ]
+    transcript = init_in_a_terminal(tmp_path, answers)
     cfg = (tmp_path / "mercury.yaml").read_text()
     env = (tmp_path / ".env").read_text()
     assert "instance: ops-bot" in cfg and "port: 9100" in cfg
@@ -151,6 +159,52 @@ def test_init_prompts_in_a_terminal(tmp_path: Path) -> None:
     assert "OPENAI_API_KEY=sk-typed-key-123" in env
     assert "MERCURY_SLACK_BOT_TOKEN=xoxb-typed" in env
     assert b"sk-typed-key-123" not in transcript  # hidden input is not echoed
+
+
+INSTANCE_RE = re.compile(r"^mercury-[0-9a-f]{6}$")
+# What Docker accepts as a container name; Mercury's are mercury-<instance>-<run id>.
+DOCKER_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+
+
+def written_instance(site: Path) -> str:
+    from mercury.config import load_config
+
+    return load_config(site / "mercury.yaml", env={}).config.instance
+
+
+def test_init_yes_gives_each_install_a_name_of_its_own(tmp_path: Path) -> None:
+    """Two installs on one Docker engine must not share a name: each removes the
+    containers of its name at start, so they would remove each other's runs."""
+    names = []
+    for site in ("one", "two"):
+        r = mercury("init", "--yes", str(tmp_path / site), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        name = written_instance(tmp_path / site)  # the config's own validator accepts it
+        assert INSTANCE_RE.match(name), name
+        assert DOCKER_NAME_RE.match(f"mercury-{name}-0123456789abcdef")
+        assert f"instance: {name}" in r.stdout  # the operator is told which
+        names.append(name)
+    assert names[0] != names[1]
+
+
+def test_init_force_keeps_the_install_name(tmp_path: Path) -> None:
+    # Same name after a re-init: the containers it left are still recognised as its own.
+    assert mercury("init", "--yes", cwd=tmp_path).returncode == 0
+    name = written_instance(tmp_path)
+    assert mercury("init", "--yes", "--force", cwd=tmp_path).returncode == 0
+    assert written_instance(tmp_path) == name
+
+
+def test_init_in_a_terminal_proposes_a_generated_name_and_refuses_bad_ones(
+    tmp_path: Path,
+) -> None:
+    # A bad name is refused and the question asked again; Enter takes the proposal.
+    transcript = init_in_a_terminal(tmp_path, ["Ops Bot!", ""] + [""] * 5 + ["n"] * 3)
+    text = transcript.decode(errors="replace")
+    proposed = re.findall(r"Instance name \[(mercury-[0-9a-f]{6})\]", text)
+    assert len(proposed) == 2 and proposed[0] == proposed[1], text  # asked twice, same name
+    assert "lowercase letters, digits and '-'" in text
+    assert written_instance(tmp_path) == proposed[0]
 
 
 # ---------------------------------------------------------------- doctor

@@ -7,6 +7,7 @@ transport bound to the socket - the way an agent's SDKs reach the host through i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import stat
@@ -1064,6 +1065,73 @@ async def test_close_run_leaves_other_runs_alone(host: Host, fake: FakeModelServ
         await ends
     assert host.meter.for_run("run-2").requests == 1
     assert host.meter.for_run("run-1").incomplete_requests == 1
+
+
+async def test_stop_cuts_every_call_in_flight_and_meters_each(
+    start_host: StartHost, fake: FakeModelServer
+) -> None:
+    """Shutdown with model calls of two runs in flight - one waiting for its answer, one
+    mid-stream, one mid-way through a JSON answer - and an idle connection: stop() waits
+    for none of them, each call is cut (the provider sees its connection closed) and each
+    is metered once, as incomplete."""
+    host = await start_host(make_config(fake.url, fake.url + "/v1", PRICES))
+    other = await host.server.open_run("run-2") / SOCKET_NAME
+    mine = host.tokens.mint("test-run", "space-a", "member")
+    theirs = host.tokens.mint("run-2", "space-b", "member")
+    fake.script([Turn([Text("never")], delay=300)], model="gpt-test")
+    fake.script(
+        [
+            Turn([Text("word " * 500)], input_tokens=33, event_delay=0.2),
+            Turn([Text("slow " * 300)], body_delay=5),
+        ],
+        model="claude-test",
+    )
+    http = host.http()
+    http2 = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(other)))
+    host._closers.append(http2)
+    async with http2.get(f"{BASE}/v1/whoami", headers={"x-api-key": theirs}) as resp:
+        assert resp.status == 200  # its connection stays open, idle (keep-alive)
+    waiting = asyncio.create_task(
+        http2.post(
+            f"{BASE}/model/openai/v1/chat/completions",
+            json={"model": "gpt-test", "messages": HELLO},
+            headers={"x-api-key": theirs},
+        )
+    )
+    stream = await http.post(
+        f"{BASE}/model/anthropic/v1/messages",
+        json={"model": "claude-test", "max_tokens": 5, "messages": HELLO, "stream": True},
+        headers={"x-api-key": mine},
+    )
+    await stream.content.readuntil(b"\n\n")  # the stream is under way
+    slow_json = asyncio.create_task(
+        http.post(
+            f"{BASE}/model/anthropic/v1/messages",
+            json={"model": "claude-test", "max_tokens": 5, "messages": HELLO},
+            headers={"x-api-key": mine},
+        )
+    )
+    await until(lambda: len(fake.requests) == 3, "three calls upstream")
+    json_call = next(r for r in fake.requests if r.model == "claude-test" and not r.stream)
+    await until(lambda: json_call.outcome == "turn", "the JSON answer to begin")
+
+    await asyncio.wait_for(host.server.stop(), timeout=10)  # bounded: fails if it waits
+
+    await until(lambda: all(r.closed_at is not None for r in fake.requests), "every call cut")
+    assert sorted((r.status or 0, r.incomplete) for r in host.records) == [
+        (0, True),
+        (200, True),
+        (200, True),
+    ]
+    assert host.meter.pop_run("test-run").input_tokens == 33  # what the stream reported
+    assert host.meter.pop_run("run-2").requests == 1
+    for task in (waiting, slow_json):
+        with contextlib.suppress(aiohttp.ClientError):
+            resp = await task
+            with pytest.raises(aiohttp.ClientError):
+                await resp.read()  # headers came, the body was cut
+    with pytest.raises(aiohttp.ClientError):
+        await stream.read()
 
 
 async def test_unreachable_upstream_is_metered(start_host: StartHost) -> None:

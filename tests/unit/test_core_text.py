@@ -64,3 +64,13 @@ def test_long_unbroken_text_is_hard_split() -> None:
 def test_limit_too_small() -> None:
     with pytest.raises(ValueError):
         split_message("abc", 5)
+
+
+def test_a_paragraph_break_early_on_does_not_make_a_short_first_message() -> None:
+    # One paragraph break 40% of the way in, then long lines: the cut goes at the last
+    # line break within the limit, not at the early paragraph break.
+    text = "intro " * 133 + "\n\n" + "\n".join(f"line {i} " + "x" * 60 for i in range(120))
+    chunks = split_message(text, 2000)
+    assert len(chunks[0]) > 1500, [len(c) for c in chunks]
+    assert all(len(c) <= 2000 for c in chunks)
+    assert "".join(chunks) == text
