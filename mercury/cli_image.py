@@ -121,32 +121,25 @@ def build(
 ) -> None:
     """Build the agent image (container/Dockerfile) FROM a base image."""
     from mercury.sandbox.engine import ENGINE_HINT, EngineUnavailable, connect_engine
+    from mercury.sandbox.identity import IdentityError
     from mercury.sandbox.images import (
         BaseImageUnavailable,
         ImageBuildError,
-        agent_context_dir,
-        build_agent_image,
         image_id,
-        resolve_base,
+        plan_build,
+        run_build,
     )
 
     out, err = _consoles()
     # `mercury --config X image build` puts the path on the parent context.
     path = config_path or (ctx.find_object(dict) or {}).get("config_path")
     cfg = _load_or_exit(err, path).config
-    tag = tag or cfg.container.image
-    base = base or cfg.container.base_image
-    from mercury.sandbox.identity import IdentityError, container_identity
-
     try:
-        ident = container_identity(cfg.container)  # the image's account is the runs' uid
-    except IdentityError as exc:
+        # The same build `mercury run` makes when the image is missing.
+        plan = plan_build(cfg.container, tag=tag, base=base)
+    except (IdentityError, FileNotFoundError) as exc:
         _fail(err, str(exc))
-
-    try:
-        context = agent_context_dir()
-    except FileNotFoundError as exc:
-        _fail(err, str(exc))
+    tag, base = plan.tag, plan.base
 
     try:
         client, _info = connect_engine()
@@ -165,16 +158,7 @@ def build(
                 return
         view.started = time.monotonic()
         with view:
-            resolve_base(client, base, on_event=view)
-            image_ref = build_agent_image(
-                client,
-                base=base,
-                tag=tag,
-                context=context,
-                on_event=view,
-                nocache=no_cache,
-                user=(ident.uid, ident.gid),
-            )
+            image_ref = run_build(client, plan, on_event=view, nocache=no_cache)
     except BaseImageUnavailable as exc:
         _fail(err, str(exc))
     except ImageBuildError as exc:

@@ -177,6 +177,10 @@ class ContainerConfig(Section):
     # in all; the rest is left out and the user told so.
     max_output_files: int = Field(10, ge=0, le=100)
     max_output_size: ByteSize = 50 * 1024**2
+    # How long messages wait for a Docker engine that does not answer (restarting, crashed)
+    # before they fail with a notice for the operator. Runs the outage cut short are run
+    # again; nothing starts while it lasts.
+    engine_outage_limit: Duration = 600.0
 
     @field_validator("user")
     @classmethod

@@ -57,8 +57,10 @@ class Pipeline:
             db,
             self.executor,
             max_concurrency=config.container.max_concurrency,
-            # Below disk.min_free nothing starts; queued messages wait for room.
-            gate=runner.disk_low,
+            # Nothing starts below disk.min_free, while the Docker engine is down (up to
+            # container.engine_outage_limit) or while the agent image is being built:
+            # queued messages wait.
+            gate=runner.hold_reason,
         )
         self.inbound = InboundHandler(config, db, self.dispatcher, runner, adapters)
 
@@ -77,7 +79,12 @@ class Pipeline:
         await self.inbound.seed_ledger()
         self.dispatcher.start()
 
+    def adapters_started(self) -> None:
+        """Adapters can send now: deliver the replies a dead process stored but did not send."""
+        self.executor.outbox.resume()
+
     async def stop(self, grace: float) -> None:
         """Stop claiming; running runs get `grace` seconds, then are killed and requeued."""
         self.executor.stopping = True
+        await self.executor.outbox.stop()
         await self.dispatcher.stop(grace, on_timeout=self.runner.kill_all)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound
 from requests.exceptions import ConnectionError as RequestsConnectionError
 
+from mercury.config import ContainerConfig
 from mercury.logging import scrub_text
 from mercury.sandbox.engine import EngineUnavailable, engine_endpoint
+from mercury.sandbox.identity import container_identity
 
 # The base `scripts/build-base-image` makes when no registry can provide python:3.12-slim.
 LOCAL_BASE_IMAGE = "mercury-base:bookworm"
@@ -114,6 +117,57 @@ def resolve_base(client: docker.DockerClient, base: str, on_event: OnEvent = _ig
     if image_id(client, base) is None:
         raise BaseImageUnavailable(base, "the pull finished but the image is not there")
     return base
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What to build: `tag` FROM `base`, from `context`, for the account `user` (uid, gid)."""
+
+    tag: str
+    base: str
+    context: Path
+    user: tuple[int, int]
+
+
+def plan_build(
+    container: ContainerConfig, *, tag: str | None = None, base: str | None = None
+) -> BuildPlan:
+    """The agent image build for this config: `container.image` FROM `container.base_image`.
+
+    Checked before the engine is asked anything. Raises IdentityError (a ValueError) when
+    container.user cannot work here and FileNotFoundError without the source tree.
+    """
+    ident = container_identity(container)  # the image's account is the runs' uid
+    return BuildPlan(
+        tag=tag or container.image,
+        base=base or container.base_image,
+        context=agent_context_dir(),
+        user=(ident.uid, ident.gid),
+    )
+
+
+def run_build(
+    client: docker.DockerClient,
+    plan: BuildPlan,
+    *,
+    on_event: OnEvent = _ignore,
+    nocache: bool = False,
+) -> str:
+    """Build `plan`: the base made local (pulled if need be), then the image; its id.
+
+    The one build behind `mercury image build` and `mercury run`'s (re)builds. Raises
+    BaseImageUnavailable, ImageBuildError or EngineUnavailable.
+    """
+    resolve_base(client, plan.base, on_event=on_event)
+    return build_agent_image(
+        client,
+        base=plan.base,
+        tag=plan.tag,
+        context=plan.context,
+        on_event=on_event,
+        nocache=nocache,
+        user=plan.user,
+    )
 
 
 _STEP_RE = re.compile(r"^Step \d+/\d+ : ")

@@ -1,23 +1,22 @@
 """The per-message container runner: one fresh, hardened container per run.
 
 A run: write input.json into a fresh io dir, `create` then `start` the container (never
-attach), then watch. result.json is polled every 10 ms (one lstat on the event loop) and
-about once a second an `inspect` tells whether the container is still alive, so a crash or
-an OOM kill ends the run at once instead of waiting out the timeout. Timeout and abort kill
-it. A result that lands while the container is being killed or is exiting still wins.
-
-result.json is read once, by descriptor, and parsed on the thread pool (never on the event
-loop). When it lists files to send, the container is stopped (killed and waited for)
-before any of them is opened, so nothing the agent does can race the host's reads; a run
-that sends no file does not wait for that. A space's next run waits until the previous
-container of that space is gone. While a run goes, the host's free disk is checked
-against `disk.min_free`, and a watched space (no filesystem image) is measured against
-`disk.space_size`; either stops the run.
+attach), then watch it until it ends (watch.py: the result, an exit, an abort, a disk
+limit or the deadline). A space's next run waits until the previous container of that
+space is gone.
 
 Every Docker call runs on a small thread pool (the SDK blocks) through the SDK's low-level
 API, which skips the high-level client's extra inspect after create. The container and
 the io dir are removed on every path, in a tracked background task so the reply is not
-held up by the removal; `wait_cleanups()` / `aclose()` await them.
+held up by the removal (reaper.py: a removal the engine cannot take waits for it);
+`wait_cleanups()` / `aclose()` await them.
+
+What is not the message's fault comes back with `retry` set, for the caller to put the
+job back in the queue: a run not started because the disk is low, the Docker engine does
+not answer (enginewatch.py) or the agent image is being rebuilt (imagestate.py, after a
+run found it gone), and a run the engine cut short. `hold_reason()` says when none may
+start, for the dispatcher to hold its claims; `unavailable()` when waiting no longer
+helps and the message should fail with a notice for the operator.
 """
 
 from __future__ import annotations
@@ -27,85 +26,32 @@ import concurrent.futures
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import docker
 import docker.errors
-import requests.exceptions
 
 from mercury.config import Config
-from mercury.logging import get_logger, scrub_text
+from mercury.logging import get_logger
 from mercury.sandbox.engine import EngineUnavailable, connect_engine
-from mercury.sandbox.hardening import (
-    LABEL_INSTANCE,
-    LABEL_MANAGED,
-    LABEL_RUN,
-    ContainerSpec,
-    check_id,
-    container_spec,
-)
+from mercury.sandbox.enginewatch import EngineHealth, short_error
+from mercury.sandbox.hardening import ContainerSpec, check_id, container_spec
 from mercury.sandbox.identity import container_identity
-from mercury.sandbox.iodir import (
-    ResultFile,
-    create_io_dir,
-    io_root,
-    read_result,
-    remove_io_dir,
-    result_present,
-)
-from mercury.sandbox.outputs import DroppedFile, collect_outputs, outputs_root
+from mercury.sandbox.images import image_id
+from mercury.sandbox.iodir import ResultFile, create_io_dir, io_root, read_result, remove_io_dir
+from mercury.sandbox.reaper import ENGINE_ERRORS as _ENGINE_ERRORS
+from mercury.sandbox.reaper import Reaper
 from mercury.sandbox.spaces import SpaceStore, free_bytes
 from mercury.sandbox.types import ImageBuildState, RunReason, RunRequest, RunResult
+from mercury.sandbox.watch import ActiveRun, RunWatching, mib
 
 log = get_logger("mercury.sandbox.runner")
 
 T = TypeVar("T")
 
-LOG_TAIL_LINES = 40
-_ALIVE = ("created", "running", "paused", "restarting")
-# What a Docker call raises when the engine refuses or cannot be reached: the SDK wraps
-# HTTP errors, but a dropped connection surfaces as a bare requests exception.
-_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
-# How long to wait for a killed container to be reported as exited.
-KILL_WAIT_S = 10.0
-# A result.json that fails to parse is re-read while it is still changing: a non-atomic
-# writer is caught mid-write rather than reported as malformed.
-_SETTLE_S = 0.05
-_SETTLE_TRIES = 4
-# How often free disk (statvfs, on the loop) and a watched space's size (a walk, on the
-# pool) are checked while a run goes.
-FREE_CHECK_S = 0.25
-SPACE_CHECK_S = 1.0
 
-
-@dataclass(eq=False)
-class _Run:
-    """One run in flight."""
-
-    request: RunRequest
-    name: str
-    started: float  # time.monotonic()
-    io_dir: Path | None = None
-    space_dir: Path | None = None
-    image: str | None = None
-    # Set once create was sent: from then on the container may exist and must be removed.
-    maybe_created: bool = False
-    aborted: bool = False
-    exit_code: int | None = None
-    # Docker calls sent for this run; cleanup waits for those still running, because a
-    # create sent before a cancellation can land after it. Touched on the loop thread only.
-    inflight: list[concurrent.futures.Future[Any]] = field(default_factory=list)
-    waker: asyncio.Future[None] | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def wake(self) -> None:
-        if self.waker is not None and not self.waker.done():
-            self.waker.set_result(None)
-
-
-class ContainerRunner:
+class ContainerRunner(RunWatching):
     """Runs RunRequests in fresh hardened containers and types every outcome.
 
     `run()` raises ValueError only for a request that is itself unsafe (bad ids, a secret
@@ -137,7 +83,7 @@ class ContainerRunner:
         self.identity = container_identity(config.container)
         # The one owner of space folders: the pipeline saves uploads through it too.
         self.spaces = SpaceStore(config, self.identity)
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, ActiveRun] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         # space id -> the cleanup of its last run: the next run of the space waits for it,
         # so no container of a finished run can touch the space while another runs.
@@ -149,6 +95,8 @@ class ContainerRunner:
             thread_name_prefix="mercury-docker",
         )
         self._closed = False
+        self.health = EngineHealth(self._ping, config.container.engine_outage_limit)
+        self._reaper = Reaper(config, self.health, self._call, lambda: self._client)
 
     # ------------------------------------------------------------------ public API
 
@@ -193,47 +141,18 @@ class ContainerRunner:
         are touched, so other installs on the same engine keep theirs.
         """
         client = await self._engine()
-        instance = self.config.instance
-        found = await self._call(
-            client.api.containers,
-            all=True,
-            filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={instance}"]},
-        )
-        active = set(self._runs)
-        removed = 0
-        for info in found:
-            labels = info.get("Labels") or {}
-            # Double-check: the filter is the engine's, the promise is ours.
-            if labels.get(LABEL_MANAGED) != "true" or labels.get(LABEL_INSTANCE) != instance:
-                continue
-            if labels.get(LABEL_RUN) in active:
-                continue
-            try:
-                await self._call(client.api.remove_container, info["Id"], force=True, v=True)
-                removed += 1
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as exc:
-                log.warning("orphan.remove_failed", container=info["Id"][:12], error=_short(exc))
-        stale: list[Path] = []
-        for root in (io_root(self.config.data_dir), outputs_root(self.config.data_dir)):
-            if root.is_dir():
-                stale += [p for p in root.iterdir() if p.name not in active]
-        for path in stale:
-            if path.is_dir() and not path.is_symlink():
-                await self._call(remove_io_dir, path)
-            else:
-                path.unlink(missing_ok=True)
-        if removed or stale:
-            log.info("orphans.removed", containers=removed, io_dirs=len(stale))
-        return removed
+        return await self._reaper.orphans(client, set(self._runs))
 
     async def aclose(self) -> None:
         """Kill what still runs, wait for every cleanup, release the pool and client."""
         if self._runs:
             await self.kill_all()
+        # Removals waiting for a dead engine are the next start's (cleanup_orphans).
+        self._reaper.close()
         await self.wait_cleanups()
         self._closed = True
+        await self.health.aclose()
+        await self.images.aclose()
         await self._call(self.spaces.close)
         self._pool.shutdown(wait=False)
         if self._owns_client and self._client is not None:
@@ -249,9 +168,34 @@ class ContainerRunner:
             return None
         if free < floor:
             return (
-                f"only {_mib(free)} free in {self.config.data_dir}, under disk.min_free "
-                f"({_mib(floor)})"
+                f"only {mib(free)} free in {self.config.data_dir}, under disk.min_free "
+                f"({mib(floor)})"
             )
+        return None
+
+    def hold_reason(self) -> str | None:
+        """Why no run may start now, or None: the dispatcher's gate, so that queued jobs
+        wait (unclaimed) while the disk is low, the engine is down (up to
+        container.engine_outage_limit) or the agent image is being built."""
+        return self.disk_low() or self.health.hold_reason() or self.images.hold_reason()
+
+    async def unavailable(self) -> Literal["engine", "image"] | None:
+        """Why runs cannot work now and waiting does not help, or None: the engine has been
+        down longer than container.engine_outage_limit, or the agent image is missing and
+        rebuilding it failed. The caller fails the message with a notice for the operator."""
+        if self.health.given_up and not await self.health.recheck():
+            return "engine"
+        if self.images.broken:
+            # The operator may have built it meanwhile: look before refusing.
+            try:
+                client = await self._engine()
+                if await self._call(image_id, client, self.images.base_image) is not None:
+                    self.images.found()
+                    return None
+            except Exception as exc:
+                if self.health.report(exc):
+                    return None  # the engine is down: that is waited out, not refused
+            return "image"
         return None
 
     async def run(self, request: RunRequest) -> RunResult:
@@ -262,10 +206,11 @@ class ContainerRunner:
         check_id("space id", request.space_id)
         if request.run_id in self._runs:
             raise ValueError(f"run id {request.run_id!r} is already running")
-        run = _Run(
+        run = ActiveRun(
             request=request,
             name=f"mercury-{self.config.instance}-{request.run_id}",
             started=time.monotonic(),
+            outages_at_start=self.health.outages,
         )
         self._runs[request.run_id] = run
         try:
@@ -288,7 +233,7 @@ class ContainerRunner:
 
     # ------------------------------------------------------------------ one run
 
-    async def _run(self, run: _Run) -> RunResult:
+    async def _run(self, run: ActiveRun) -> RunResult:
         req = run.request
         cfg = self.config
         image = req.image or self.images.current_image()
@@ -298,15 +243,27 @@ class ContainerRunner:
         spec = self._spec(run, image)
         low = self.disk_low()
         if low:
-            return self._result(run, RunReason.DISK, error=f"not started: {low}")
+            return self._result(run, RunReason.DISK, error=f"not started: {low}", retry=True)
+        if self.health.down:
+            held: str | None = f"the Docker engine does not answer ({self.health.error})"
+        else:
+            held = self.images.hold_reason()
+        if held:
+            # The gate was passed just before: wait in the queue like the others.
+            return self._result(run, RunReason.CRASHED, error=f"not started: {held}", retry=True)
         previous = self._space_cleanups.get(req.space_id)
-        if previous is not None:
-            # The space's last container may still be being killed: it must be gone first.
-            await asyncio.shield(previous)
+        if previous is not None and not await self._space_free(previous):
+            return self._result(
+                run,
+                RunReason.CRASHED,
+                error="not started: the space's last container waits for the engine to be removed",
+                retry=True,
+            )
         try:
             client = await self._engine()
         except EngineUnavailable as exc:
-            return self._result(run, RunReason.CRASHED, error=str(exc))
+            self.health.mark_down(str(exc))
+            return self._result(run, RunReason.CRASHED, error=str(exc), retry=True)
         try:
             profile = req.input.get("profile")
             await self._call(
@@ -337,39 +294,75 @@ class ContainerRunner:
         try:
             await self._create(run, client, spec)
         except docker.errors.ImageNotFound:
-            fallback = self.images.base_image
-            if image == fallback:
-                return self._result(
-                    run,
-                    RunReason.CRASHED,
-                    error=f"image {image} not found on the engine (build it: mercury image build)",
-                )
-            if req.image is None or image == self.images.derived_image:
-                self.images.rebuild()
-            log.warning("image.missing", image=image, fallback=fallback, run_id=req.run_id)
-            image = fallback
-            spec = self._spec(run, image)
-            try:
-                await self._create(run, client, spec)
-            except _ENGINE_ERRORS as exc:
-                return self._result(
-                    run, RunReason.CRASHED, error=f"create failed on {image}: {_short(exc)}"
-                )
+            gone = await self._image_gone(run, client, image)
+            if gone is not None:
+                return gone
         except _ENGINE_ERRORS as exc:
-            return self._result(run, RunReason.CRASHED, error=f"create failed: {_short(exc)}")
+            return self._call_failed(run, "create failed", exc)
 
         if run.aborted:
             return self._result(run, RunReason.ABORTED, error="aborted before start")
         try:
             await self._call_run(run, client.api.start, run.name)
         except _ENGINE_ERRORS as exc:
-            return self._result(run, RunReason.CRASHED, error=f"start failed: {_short(exc)}")
+            return self._call_failed(run, "start failed", exc)
+        run.started_container = True
         log.debug("run.started", run_id=req.run_id, space_id=req.space_id, container=run.name)
 
         timeout = req.timeout_s or cfg.container.timeout
         return await self._watch(run, client, time.monotonic() + timeout, timeout)
 
-    def _spec(self, run: _Run, image: str) -> ContainerSpec:
+    async def _space_free(self, previous: asyncio.Task[None]) -> bool:
+        """Wait until the space's last container is gone (it may still be being killed, or
+        wait for the engine to be removed); False once the engine has been down too long."""
+        while not previous.done():
+            if self.health.given_up:
+                return False
+            # Not cancelled on timeout (nor when this run is): the cleanup must finish.
+            await asyncio.wait({previous}, timeout=1.0)
+        return True
+
+    async def _image_gone(
+        self, run: ActiveRun, client: docker.DockerClient, image: str
+    ) -> RunResult | None:
+        """The image to run is not on the engine; None once the run's container is created.
+
+        A derived image is rebuilt in the background while the run goes on the agent image.
+        The agent image itself has no stand-in: it is rebuilt, once for every run that
+        finds it gone, and those runs go back to the queue until it is there again.
+        """
+        req = run.request
+        base = self.images.base_image
+        if image != base:
+            if req.image is None or image == self.images.derived_image:
+                self.images.rebuild()
+            log.warning("image.missing", image=image, fallback=base, run_id=req.run_id)
+            try:
+                await self._create(run, client, self._spec(run, base))
+                return None
+            except docker.errors.ImageNotFound:
+                pass  # the agent image is gone too
+            except _ENGINE_ERRORS as exc:
+                return self._call_failed(run, f"create failed on {base}", exc)
+        if self.images.restore() is not None:
+            return self._result(
+                run,
+                RunReason.CRASHED,
+                error=f"not started: image {base} not found on the engine; rebuilding it",
+                retry=True,
+            )
+        failed = self.images.restore_error
+        why = f"rebuilding it failed: {failed}" if failed else "build it: mercury image build"
+        return self._result(
+            run, RunReason.CRASHED, error=f"image {base} not found on the engine ({why})"
+        )
+
+    def _call_failed(self, run: ActiveRun, what: str, exc: BaseException) -> RunResult:
+        """A create or start that failed: the job's to retry if the engine is down."""
+        down = self.health.report(exc)
+        return self._result(run, RunReason.CRASHED, error=f"{what}: {short_error(exc)}", retry=down)
+
+    def _spec(self, run: ActiveRun, image: str) -> ContainerSpec:
         req = run.request
         assert run.space_dir is not None and run.io_dir is not None
         return container_spec(
@@ -390,7 +383,9 @@ class ContainerRunner:
             network=req.network,
         )
 
-    async def _create(self, run: _Run, client: docker.DockerClient, spec: ContainerSpec) -> None:
+    async def _create(
+        self, run: ActiveRun, client: docker.DockerClient, spec: ContainerSpec
+    ) -> None:
         host_config = client.api.create_host_config(**spec.host_config)
         run.image = spec.image
         run.maybe_created = True
@@ -409,223 +404,11 @@ class ContainerRunner:
             use_config_proxy=False,
         )
 
-    async def _watch(
-        self, run: _Run, client: docker.DockerClient, deadline: float, timeout: float
+    def _result(
+        self, run: ActiveRun, reason: RunReason, *, retry: bool = False, **fields: Any
     ) -> RunResult:
-        """Wait for result.json, exit, abort, a disk limit or the deadline; the first wins."""
-        assert run.io_dir is not None
-        io_dir = run.io_dir
-        now = time.monotonic()
-        next_poll = now
-        # The first probe comes early so a container that dies at once fails fast.
-        next_probe = now + min(0.5, self.probe_interval)
-        next_free = now + FREE_CHECK_S
-        watched = self.spaces.limit_of(run.request.space_id) == "watch"
-        next_measure = now + SPACE_CHECK_S if watched else float("inf")
-        probe: asyncio.Future[dict[str, Any]] | None = None
-        measure: asyncio.Future[int] | None = None
-        try:
-            while True:
-                now = time.monotonic()
-                if now >= next_poll:
-                    if result_present(io_dir):
-                        return await self._from_result(run, client, stopped=False)
-                    next_poll = now + self.poll_interval
-                if run.aborted:
-                    return await self._stop(run, client, RunReason.ABORTED, "aborted")
-                if now >= deadline:
-                    return await self._stop(
-                        run, client, RunReason.TIMEOUT, f"no result within {timeout:g}s; killed"
-                    )
-                if now >= next_free:
-                    next_free = now + FREE_CHECK_S
-                    low = self.disk_low()
-                    if low:
-                        return await self._stop(run, client, RunReason.DISK, f"stopped: {low}")
-                if measure is not None and measure.done():
-                    used = measure.result() if not measure.exception() else 0
-                    measure = None
-                    size = self.config.disk.space_size or 0
-                    if used > size:
-                        return await self._stop(
-                            run,
-                            client,
-                            RunReason.DISK,
-                            f"stopped: the space's files passed disk.space_size ({_mib(size)})",
-                        )
-                if measure is None and now >= next_measure:
-                    next_measure = now + SPACE_CHECK_S
-                    measure = asyncio.ensure_future(
-                        self._call(
-                            self.spaces.measure,
-                            run.request.space_id,
-                            self.config.disk.space_size,
-                        )
-                    )
-                    measure.add_done_callback(lambda _f: run.wake())
-                if probe is not None and probe.done():
-                    state = _probe_state(run, probe)
-                    probe = None
-                    if state is not None and state.get("Status") not in _ALIVE:
-                        return await self._after_exit(run, client, state)
-                if probe is None and now >= next_probe:
-                    probe = asyncio.ensure_future(
-                        self._call_run(run, client.api.inspect_container, run.name)
-                    )
-                    probe.add_done_callback(lambda _f: run.wake())
-                    next_probe = now + self.probe_interval
-                wake_at = min(
-                    next_poll,
-                    deadline,
-                    next_free,
-                    next_probe if probe is None else deadline,
-                    next_measure if measure is None else deadline,
-                )
-                await self._sleep(run, max(0.0, wake_at - time.monotonic()))
-        finally:
-            for fut in (probe, measure):
-                if fut is not None:
-                    # Its thread finishes on its own (cleanup waits for probes); moot now.
-                    fut.cancel()
-                    if fut.done() and not fut.cancelled():
-                        fut.exception()
-
-    async def _sleep(self, run: _Run, delay: float) -> None:
-        """Sleep, but wake early on abort or a finished probe."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        handle = loop.call_later(delay, lambda: fut.done() or fut.set_result(None))
-        run.waker = fut
-        try:
-            await fut
-        finally:
-            handle.cancel()
-            run.waker = None
-
-    async def _stop(
-        self, run: _Run, client: docker.DockerClient, reason: RunReason, error: str
-    ) -> RunResult:
-        """Kill, wait for the exit, then read: a result that landed meanwhile wins."""
-        stopped = await self._stop_container(run, client)
-        if result_present(run.io_dir):  # type: ignore[arg-type]
-            return await self._from_result(run, client, stopped=stopped)
-        return self._result(run, reason, error=error)
-
-    async def _stop_container(self, run: _Run, client: docker.DockerClient) -> bool:
-        """Kill the container and wait for its exit; whether it is known to have stopped."""
-        try:
-            await self._call_run(run, client.api.kill, run.name)
-        except _ENGINE_ERRORS as exc:
-            # 409: already exited; 404: already gone. Either way it no longer runs.
-            if not (isinstance(exc, docker.errors.APIError) and _status_in(exc, 404, 409)):
-                log.warning("run.kill_failed", run_id=run.request.run_id, error=_short(exc))
-        stopped = False
-        try:
-            status = await self._call_run(run, client.api.wait, run.name, timeout=KILL_WAIT_S)
-            code = status.get("StatusCode")
-            run.exit_code = code if isinstance(code, int) else None
-            stopped = True
-        except docker.errors.NotFound:
-            stopped = True  # removed already: nothing of it runs
-        except Exception as exc:  # the engine is slow or broken: decide anyway
-            log.warning("run.wait_failed", run_id=run.request.run_id, error=_short(exc))
-        return stopped
-
-    async def _after_exit(
-        self, run: _Run, client: docker.DockerClient, state: dict[str, Any]
-    ) -> RunResult:
-        """The container has exited: a result still wins, else OOM or a crash."""
-        code = state.get("ExitCode")
-        run.exit_code = code if isinstance(code, int) else None
-        if result_present(run.io_dir):  # type: ignore[arg-type]
-            return await self._from_result(run, client, stopped=True)
-        if state.get("OOMKilled"):
-            limit = run.request.memory or self.config.container.memory
-            return self._result(
-                run,
-                RunReason.OOM,
-                error=f"out of memory: killed at the {_mib(limit)} limit",
-            )
-        if state.get("Status") == "gone":
-            return self._result(run, RunReason.CRASHED, error="the container disappeared")
-        tail = await self._log_tail(run, client)
-        return self._result(
-            run,
-            RunReason.CRASHED,
-            error=f"exited with code {run.exit_code} without writing result.json",
-            log_tail=tail,
-        )
-
-    async def _from_result(
-        self, run: _Run, client: docker.DockerClient, *, stopped: bool
-    ) -> RunResult:
-        """Parse result.json off the loop; stop the container before copying any file."""
-        assert run.io_dir is not None
-        res = await self._call(read_result, run.io_dir)
-        # A parse failure on a file that is still changing is a writer caught mid-write
-        # (a container that still runs).
-        for _ in range(_SETTLE_TRIES):
-            if res is None or res.problem is None or stopped:
-                break
-            await asyncio.sleep(_SETTLE_S)
-            again = await self._call(read_result, run.io_dir)
-            if again is None or again.signature == res.signature:
-                break
-            res = again
-        if res is None:  # vanished between the lstat and the open
-            return self._result(run, RunReason.CRASHED, error="result.json vanished")
-        if res.ok and res.problem is None and res.files and not stopped:
-            # Files to send: nothing in the container may change them from here on.
-            stopped = await self._stop_container(run, client)
-        return await self._result_from_file(run, res, stopped=stopped)
-
-    async def _result_from_file(self, run: _Run, res: ResultFile, *, stopped: bool) -> RunResult:
-        if res.problem is not None:
-            return self._result(run, RunReason.ERROR, error=res.problem, result=res.data)
-        if not res.ok:
-            return self._result(
-                run, RunReason.ERROR, error=res.error, usage=res.usage, result=res.data
-            )
-        cfg = self.config.container
-        if not stopped:
-            # Never read a space while its container might still be writing: the reply
-            # goes out, the files do not.
-            outputs_files: list[Any] = []
-            dropped = (
-                [DroppedFile("all", "not sent this time", count=len(res.files))]
-                if res.files
-                else []
-            )
-        else:
-            assert run.space_dir is not None
-            outs = await self._call(
-                collect_outputs,
-                run.space_dir,
-                res.files,
-                self.config.data_dir,
-                run.request.run_id,
-                max_files=cfg.max_output_files,
-                max_bytes=cfg.max_output_size,
-            )
-            outputs_files, dropped = outs.files, outs.dropped
-        if dropped:
-            log.warning(
-                "result.files_dropped",
-                run_id=run.request.run_id,
-                files=[f"{d.listed}: {d.why}" for d in dropped[:10]],
-                count=len(dropped),
-            )
-        return self._result(
-            run,
-            RunReason.OK,
-            reply=res.reply,
-            usage=res.usage,
-            files=outputs_files,
-            dropped_files=dropped,
-            result=res.data,
-        )
-
-    def _result(self, run: _Run, reason: RunReason, **fields: Any) -> RunResult:
+        # A run to retry names its container only if it started (RunResult.retry).
+        named = run.started_container if retry else run.maybe_created
         return RunResult(
             run_id=run.request.run_id,
             space_id=run.request.space_id,
@@ -633,24 +416,14 @@ class ContainerRunner:
             exit_code=run.exit_code,
             duration_ms=int((time.monotonic() - run.started) * 1000),
             image=run.image,
-            container_name=run.name if run.maybe_created else None,
+            container_name=run.name if named else None,
+            retry=retry,
             **fields,
         )
 
-    async def _log_tail(self, run: _Run, client: docker.DockerClient) -> str | None:
-        try:
-            raw = await self._call_run(
-                run, client.api.logs, run.name, stdout=True, stderr=True, tail=LOG_TAIL_LINES
-            )
-        except _ENGINE_ERRORS as exc:
-            log.warning("run.logs_failed", run_id=run.request.run_id, error=_short(exc))
-            return None
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        return scrub_text(text)
-
     # ------------------------------------------------------------------ cleanup
 
-    def _schedule_cleanup(self, run: _Run) -> None:
+    def _schedule_cleanup(self, run: ActiveRun) -> None:
         task = asyncio.get_running_loop().create_task(self._cleanup(run))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
@@ -663,39 +436,22 @@ class ContainerRunner:
 
         task.add_done_callback(_forget)
 
-    async def _cleanup(self, run: _Run) -> None:
+    async def _cleanup(self, run: ActiveRun) -> None:
         """Remove the container (killing it if needed) and the io dir."""
         pending = [f for f in run.inflight if not f.done()]
         if pending:
             # A create still in its thread may yet make the container we must remove.
             await asyncio.wait([asyncio.wrap_future(f) for f in pending])
-        if run.maybe_created and self._client is not None:
-            await self._remove_container(run)
+        if run.maybe_created:
+            await self._reaper.remove(run.name, run.request.run_id)
         if run.io_dir is not None:
             await self._call(remove_io_dir, run.io_dir)
 
-    async def _remove_container(self, run: _Run, attempts: int = 3) -> None:
-        assert self._client is not None
-        for attempt in range(1, attempts + 1):
-            try:
-                await self._call(self._client.api.remove_container, run.name, force=True, v=True)
-                return
-            except docker.errors.NotFound:
-                return  # never created, or already gone
-            except _ENGINE_ERRORS as exc:
-                # e.g. 409 while the engine is still tearing the killed container down.
-                if attempt == attempts:
-                    log.warning(
-                        "run.remove_failed",
-                        run_id=run.request.run_id,
-                        container=run.name,
-                        error=_short(exc),
-                        hint="cleanup_orphans() at the next start removes it",
-                    )
-                    return
-                await asyncio.sleep(0.2 * attempt)
-
     # ------------------------------------------------------------------ plumbing
+
+    async def _ping(self) -> None:
+        client = await self._engine()
+        await self._call(client.ping)
 
     async def _engine(self) -> docker.DockerClient:
         if self._client is None:
@@ -705,43 +461,19 @@ class ContainerRunner:
                     self._client = client
         return self._client
 
+    def _read_result(self, io_dir: Path) -> ResultFile | None:
+        # Resolved in this module at each call, on the pool's thread (through _call): tests
+        # spy on mercury.sandbox.runner.read_result to see that parsing is off the loop.
+        return read_result(io_dir)
+
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking call on the runner's pool."""
         fut = self._pool.submit(functools.partial(fn, *args, **kwargs))
         return await asyncio.wrap_future(fut)
 
-    async def _call_run(self, run: _Run, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _call_run(self, run: ActiveRun, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Like _call, but tracked on the run so cleanup can wait for it."""
         fut = self._pool.submit(functools.partial(fn, *args, **kwargs))
         run.inflight = [f for f in run.inflight if not f.done()]
         run.inflight.append(fut)
         return await asyncio.wrap_future(fut)
-
-
-def _probe_state(run: _Run, probe: asyncio.Future[dict[str, Any]]) -> dict[str, Any] | None:
-    """State from an inspect; {"Status": "gone"} if the container vanished; None if unknown."""
-    if probe.cancelled():
-        return None
-    exc = probe.exception()
-    if isinstance(exc, docker.errors.NotFound):
-        return {"Status": "gone"}
-    if exc is not None:
-        # A slow or hiccuping engine: the next probe or the deadline decides.
-        log.warning("run.probe_failed", run_id=run.request.run_id, error=_short(exc))
-        return None
-    return dict(probe.result().get("State") or {})
-
-
-def _status_in(exc: docker.errors.APIError, *codes: int) -> bool:
-    return getattr(exc, "status_code", None) in codes
-
-
-def _short(exc: BaseException) -> str:
-    text = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    return scrub_text(str(text).splitlines()[0][:300]) if text else type(exc).__name__
-
-
-def _mib(n: int) -> str:
-    return f"{n / 1024**2:g} MiB"

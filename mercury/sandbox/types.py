@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from mercury.sandbox.imagestate import ImageBuildState
 from mercury.sandbox.outputs import DroppedFile, OutputFile
+
+__all__ = ["ImageBuildState", "RunReason", "RunRequest", "RunResult"]
 
 
 class RunReason(StrEnum):
@@ -60,6 +62,11 @@ class RunResult:
     container_name: str | None = None
     log_tail: str | None = None  # last lines of the container log when it crashed
     result: dict[str, Any] | None = None  # the full result.json, when there was one
+    # Not the message's fault, so not its outcome: the run was not started (low disk, the
+    # engine down, the agent image being rebuilt) or the engine cut it short. The caller
+    # puts the job back in the queue, not counted as an attempt. `container_name` is set
+    # only when a container did start (its run is worth recording, model usage included).
+    retry: bool = False
 
     @property
     def ok(self) -> bool:
@@ -70,59 +77,3 @@ class RunResult:
         data["reason"] = self.reason.value
         data["ok"] = self.ok
         return data
-
-
-class ImageBuildState:
-    """Which agent image runs use, while a derived image may be (re)built in the background.
-
-    Runs use the derived image once it is built and the base agent image until then, so a
-    slow build never holds up a message. `builder` builds the derived image and returns
-    its tag; None means there is no derived image (no extensions) and the base is used.
-    """
-
-    def __init__(
-        self,
-        base_image: str,
-        builder: Callable[[], Awaitable[str]] | None = None,
-        derived_image: str | None = None,
-    ) -> None:
-        self.base_image = base_image
-        self.derived_image = derived_image
-        self._builder = builder
-        self._task: asyncio.Task[str | None] | None = None
-        self.last_error: str | None = None
-        self.rebuilds = 0
-
-    def current_image(self) -> str:
-        return self.derived_image or self.base_image
-
-    @property
-    def building(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    def rebuild(self) -> asyncio.Task[str | None] | None:
-        """Start a background rebuild (one at a time); runs use the base image meanwhile."""
-        if self._builder is None:
-            return None
-        if self.building:
-            return self._task
-        self.derived_image = None
-        self.rebuilds += 1
-        self._task = asyncio.get_running_loop().create_task(self._build())
-        return self._task
-
-    async def _build(self) -> str | None:
-        assert self._builder is not None
-        try:
-            tag = await self._builder()
-        except Exception as exc:  # the base image keeps serving; the operator sees why
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            return None
-        self.derived_image = tag
-        self.last_error = None
-        return tag
-
-    async def wait(self) -> str | None:
-        if self._task is None:
-            return self.derived_image
-        return await self._task

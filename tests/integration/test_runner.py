@@ -549,6 +549,83 @@ async def test_deleted_image_triggers_rebuild_and_run_on_base(
             docker_client.images.remove(derived)
 
 
+async def test_a_missing_agent_image_is_rebuilt_once_for_every_run_that_finds_it_gone(
+    make_runner: MakeRunner, docker_client: docker.DockerClient, test_image: str
+) -> None:
+    repo, tag = "mercury-test-restored", uuid.uuid4().hex[:12]
+    image = f"{repo}:{tag}"
+    builds = 0
+    release = asyncio.Event()
+
+    async def restorer() -> str:  # stands in for `mercury image build`
+        nonlocal builds
+        builds += 1
+        await release.wait()
+        await asyncio.to_thread(docker_client.images.get(test_image).tag, repo, tag)
+        return image
+
+    images = ImageBuildState(image, restorer=restorer)
+    runner = make_runner(images=images)
+    try:
+        found = await asyncio.gather(
+            runner.run(request("echo one", space="s1")), runner.run(request("echo two", space="s2"))
+        )
+        waiting = await runner.run(request("echo three", space="s3"))
+        for result in (*found, waiting):
+            # Not failed and not run: the caller puts the job back in the queue.
+            assert (result.reason, result.retry, result.container_name) == (
+                RunReason.CRASHED,
+                True,
+                None,
+            ), result
+        assert runner.hold_reason() == f"building the agent image {image}"
+        assert (builds, images.restores) == (1, 1)
+        release.set()
+        assert await images.wait_restored()
+        assert runner.hold_reason() is None
+        again = await runner.run(request("echo answered"))
+        assert (again.reason, again.reply, again.image) == (RunReason.OK, "answered", image)
+        assert builds == 1
+    finally:
+        await runner.wait_cleanups()
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(image)
+
+
+async def test_a_failed_rebuild_fails_runs_plainly_until_the_image_is_back(
+    make_runner: MakeRunner, docker_client: docker.DockerClient, test_image: str
+) -> None:
+    repo, tag = "mercury-test-unbuildable", uuid.uuid4().hex[:12]
+    image = f"{repo}:{tag}"
+
+    async def restorer() -> str:
+        raise RuntimeError("Step 7/16 : RUN failed: no /bin/sh in the base")
+
+    images = ImageBuildState(image, restorer=restorer)
+    runner = make_runner(images=images)
+    try:
+        first = await runner.run(request("echo one"))
+        assert first.retry
+        assert not await images.wait_restored()
+        # No spinning: the hold is lifted, and runs fail at once, saying why.
+        assert runner.hold_reason() is None
+        assert await runner.unavailable() == "image"
+        second = await runner.run(request("echo two"))
+        assert (second.reason, second.retry) == (RunReason.CRASHED, False)
+        assert second.error is not None
+        assert "rebuilding it failed: Step 7/16 : RUN failed" in second.error
+        assert images.restores == 1
+        # The operator builds it: runs work again without a restart.
+        await asyncio.to_thread(docker_client.images.get(test_image).tag, repo, tag)
+        assert await runner.unavailable() is None
+        third = await runner.run(request("echo three"))
+        assert (third.reason, third.reply) == (RunReason.OK, "three")
+    finally:
+        await runner.wait_cleanups()
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(image)
+
+
 async def test_missing_base_image_is_crashed_with_a_clear_error(make_runner: MakeRunner) -> None:
     images = ImageBuildState("mercury-test-missing:nope")
     runner = make_runner(images=images)
@@ -597,9 +674,14 @@ async def test_unreachable_engine_is_crashed_with_one_clear_line(
     runner = ContainerRunner(config, ImageBuildState(test_image))
     try:
         result = await runner.run(request("echo never"))
+        held = runner.hold_reason()
     finally:
         await runner.aclose()
+    assert held is not None and "Docker engine" in held
     assert result.reason is RunReason.CRASHED
     assert result.error is not None and "not reachable" in result.error
     assert "\n" not in result.error
+    # Not the message's fault: it goes back to the queue, and nothing starts meanwhile.
+    assert result.retry
+    assert result.container_name is None
     assert not (tmp_path / "data" / "io").exists() or not any((tmp_path / "data" / "io").iterdir())
