@@ -1,7 +1,8 @@
 """The adapter contract: a few methods, in the spirit of opsdroid's connectors.
 
 An adapter turns platform events into InboundMessage and hands them to the sink; it sends
-Replies back. It never touches the database and makes no routing decisions.
+Replies back. It never touches the database and makes no routing decisions. The sink
+raises only InboundUnavailable, when it could not record a message.
 """
 
 from __future__ import annotations
@@ -13,6 +14,22 @@ from typing import Protocol, runtime_checkable
 from mercury.core.messages import Attachment, ConversationRef, InboundMessage, Reply, SentMessage
 
 InboundSink = Callable[[InboundMessage], Awaitable[None]]
+
+
+class InboundUnavailable(Exception):
+    """Raised by the sink when a message could not be recorded (the database is locked or
+    unreachable, the disk is full): it is not queued, and the sender must be told to try
+    again instead of the message being lost without a word. The web chat answers 503 with
+    `reason`; a webhook answers 5xx so that the platform delivers the event again.
+
+    Delivering the same platform message id again is safe: what was stored of it is
+    recognised as a duplicate. Any other failure of one message is the sink's to log; it
+    never reaches the adapter. `reason` is short and safe to show: no paths, no secrets.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from urllib.parse import quote, unquote
 
 from aiohttp import BodyPartReader, web
 
-from mercury.adapters.base import Capabilities, InboundSink
+from mercury.adapters.base import Capabilities, InboundSink, InboundUnavailable
 from mercury.adapters.web_auth import SESSION_COOKIE, SessionStore, WebAuth, Write
 from mercury.adapters.web_auth import json_error as _json_error
 from mercury.core.login_throttle import ThrottlePolicy
@@ -54,6 +54,7 @@ _CLIENT_NS = uuid.UUID("6f1c2a7e-3b0d-4c55-9a41-0e8f5d2b7c19")
 _INLINE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                  ".gif": "image/gif", ".webp": "image/webp"}  # fmt: skip
 MAX_TEXT = 100_000
+RETRY_AFTER_S = 5  # suggested to a sender whose message could not be stored (503)
 _QUEUE_LIMIT = 1000  # events buffered per SSE client before it is dropped as too slow
 
 HistoryFn = Callable[[str, int | None], Awaitable[list[dict[str, Any]]]]
@@ -201,7 +202,10 @@ class WebChatAdapter:
     async def delete(self, conversation: ConversationRef, message_id: str) -> None:
         space = conversation.chat_id
         log_ = self._space(space)
-        entry = next((e for e in log_.entries if e["id"] == message_id), None)
+        # The live entry: a message withdrawn before (a failed post) may have a tombstone.
+        entry = next(
+            (e for e in log_.entries if e["id"] == message_id and not e.get("deleted")), None
+        )
         if entry is None:
             return
         log_.entries.remove(entry)
@@ -364,8 +368,12 @@ class WebChatAdapter:
         if sink is None:
             return _json_error(503, "web chat is not running")
         log_ = self._space(space)
-        entry = next((e for e in log_.entries if e["id"] == message_id), None)
+        entry = next(
+            (e for e in log_.entries if e["id"] == message_id and not e.get("deleted")), None
+        )
+        added = entry is None
         if entry is None:
+            # Shown before the pipeline sees it, so that a command's answer comes after it.
             files = [self._file_meta(Path(a.ref or "")) for a in attachments]
             entry = self._new_entry(space, message_id, "user", user, text, files)
             self._append(space, entry)
@@ -373,16 +381,31 @@ class WebChatAdapter:
             platform=PLATFORM,
             platform_message_id=message_id,
             conversation=ConversationRef(PLATFORM, space),
-            author_id=f"web:{user}",
+            # The bare id: the pipeline's key is then "web:<user>", the documented form.
+            author_id=user,
             author_name=user,
             text=text,
             ts=datetime.now(UTC),
             mentions_bot=False,
             is_dm=True,  # a web space is a direct conversation with the bot
             attachments=attachments,
+            # Only the operator gets in (the dashboard password): an admin of web spaces.
+            from_operator=True,
         )
         try:
             await sink(msg)
+        except InboundUnavailable as exc:
+            # Not stored, so not queued: say so (the browser keeps the text to resend) and
+            # take it off the page; a retry with the same client_id shows it again.
+            if added:
+                await self.delete(ConversationRef(PLATFORM, space), message_id)
+            resp = _json_error(
+                503,
+                f"the message was not stored ({exc.reason}); send it again in a moment",
+                retry_after=RETRY_AFTER_S,
+            )
+            resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+            return resp
         except Exception:
             log.exception("web chat sink failed", space=space, message_id=message_id)
             return _json_error(500, "the message could not be accepted; try again")

@@ -29,6 +29,9 @@ class Attachment:
 
 @dataclass(frozen=True)
 class InboundMessage:
+    """One message as an adapter delivers it. `author_id` is the platform's own user id,
+    without a platform prefix: "platform:author_id" is the key of roles and limits."""
+
     platform: str
     platform_message_id: str
     conversation: ConversationRef
@@ -42,6 +45,9 @@ class InboundMessage:
     # A message from a bot (including ours): stored as context, never triggers a run.
     from_bot: bool = False
     attachments: tuple[Attachment, ...] = ()
+    # The author proved to be the operator of this Mercury (the web chat: the dashboard
+    # password). Set only by an adapter that checked it; the pipeline makes them an admin.
+    from_operator: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Roles and permissions per space.
 
 Built-in roles:
-- `admin`: every permission. Config admins ("platform:user_id") are admins in every space.
+- `admin`: every permission. Config admins ("platform:user_id") are admins in every space,
+  and so is the operator of this Mercury where an adapter has proved who they are (the
+  web chat, behind the dashboard password).
 - `member` (the usual default role): `run`, `stop` and `clear` — a member can use the
   agent, stop a run in a space they belong to and start a fresh context. Pausing the
   space, switching its model and managing roles/mutes change the space for everyone, so
@@ -37,7 +39,10 @@ MEMBER_PERMISSIONS: frozenset[str] = frozenset({Permission.RUN, Permission.STOP,
 
 
 def user_key(platform: str, user_id: str) -> str:
-    """The "platform:user_id" key used by config admins, roles, mutes and rate limits."""
+    """The "platform:user_id" key used by config admins, roles, mutes and rate limits.
+
+    `user_id` is the platform's own id (adapters never prefix it), so the key is exactly
+    what the operator writes in `permissions.admins`, e.g. "web:admin"."""
     return f"{platform}:{user_id}"
 
 
@@ -46,10 +51,13 @@ def role_of(
     space_roles: Mapping[str, str],
     config_admins: Set[str],
     default_role: str = MEMBER_ROLE,
+    *,
+    operator: bool = False,
 ) -> str:
-    """The user's role in a space: config admins are admin everywhere (a space role cannot
+    """The user's role in a space: the operator (an author an adapter authenticated as the
+    owner of this Mercury) and config admins are admin everywhere (a space role cannot
     demote them), then the space's assignment, then the default role."""
-    if user_key in config_admins:
+    if operator or user_key in config_admins:
         return ADMIN_ROLE
     return space_roles.get(user_key, default_role)
 
@@ -63,6 +71,12 @@ def permissions_of(role: str, custom: Mapping[str, Set[str]] | None = None) -> f
     if role == MEMBER_ROLE:
         return MEMBER_PERMISSIONS
     return frozenset()
+
+
+def is_custom(role: str) -> bool:
+    """True for a role whose permissions only a space's definitions give (not built in):
+    the pipeline looks those up before asking `permissions_of`."""
+    return role not in (ADMIN_ROLE, MEMBER_ROLE)
 
 
 def allowed(role: str, permission: str, custom: Mapping[str, Set[str]] | None = None) -> bool:

@@ -155,7 +155,8 @@ def test_stop_aborts_the_run_and_clears_the_queue(site: Any, fake: FakeModelServ
 
 
 def test_burst_limit_and_daily_cap(site: Any, fake: FakeModelServer) -> None:
-    m = site(rate_limits={"burst": 2, "burst_window": 3, "daily": {"admin": None, "member": 3}})
+    # The web chat's operator is an admin: the cap under test is the admin role's.
+    m = site(rate_limits={"burst": 2, "burst_window": 3, "daily": {"admin": 3, "member": 3}})
     m.start()
     fake.responder = echo_responder()
     m.post("rl", "a1")

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mercury.adapters.base import Adapter
+from mercury.adapters.base import Adapter, InboundUnavailable
 from mercury.adapters.web import SESSION_COOKIE, WebChatAdapter
 from mercury.core.messages import (
     Attachment,
@@ -234,7 +234,9 @@ async def test_post_hands_the_sink_a_web_dm_from_the_logged_in_user(chat: Harnes
     assert msg.platform == "web"
     assert msg.platform_message_id == body["id"]
     assert msg.conversation == ConversationRef("web", "ops-1")
-    assert msg.author_id == "web:admin" and msg.author_name == "admin"
+    # The bare user id: the pipeline's key is "web:admin", as permissions.admins spells it.
+    assert msg.author_id == "admin" and msg.author_name == "admin"
+    assert msg.from_operator is True  # behind the dashboard password: the operator
     assert msg.text == "hello"
     assert msg.is_dm is True and msg.mentions_bot is False and msg.from_bot is False
     assert msg.attachments == ()
@@ -366,6 +368,37 @@ async def test_a_failing_sink_is_a_500_and_a_retry_is_accepted(chat: Harness) ->
         async with http.post("/api/chat/messages", json=body) as r:
             assert r.status == 202
     assert len({m.platform_message_id for m in chat.received}) == 1
+
+
+async def test_a_message_the_pipeline_could_not_store_is_a_503_and_leaves_the_log(
+    chat: Harness,
+) -> None:
+    failures = [InboundUnavailable("the database is busy")]
+
+    async def unavailable(msg: InboundMessage) -> None:
+        if failures:
+            raise failures.pop()
+
+    chat.on_message = unavailable
+    body = {"space": "main", "text": "keep me", "client_id": "c1"}
+    async with chat.client() as http:
+        async with http.post("/api/chat/messages", json=body) as r:
+            assert r.status == 503
+            assert r.headers["Retry-After"] == "5"
+            answer = await r.json()
+        assert answer["error"] == (
+            "the message was not stored (the database is busy); send it again in a moment"
+        )
+        async with http.get("/api/chat/messages?space=main") as r:
+            assert (await r.json())["messages"] == []  # not shown as if it were sent
+        async with http.post("/api/chat/messages", json=body) as r:
+            assert r.status == 202
+            accepted = await r.json()
+        async with http.get("/api/chat/messages?space=main") as r:
+            listed = (await r.json())["messages"]
+    assert [(m["id"], m["text"]) for m in listed] == [(accepted["id"], "keep me")]
+    # Both attempts carried the same id, so the pipeline can tell a retry from a new one.
+    assert {m.platform_message_id for m in chat.received} == {accepted["id"]}
 
 
 # ---------------------------------------------------------------------------- stream

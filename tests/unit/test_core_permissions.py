@@ -8,6 +8,7 @@ from mercury.core.permissions import (
     Permission,
     allowed,
     command_permission,
+    is_custom,
     known_roles,
     permissions_of,
     role_of,
@@ -28,6 +29,15 @@ def test_role_of() -> None:
     assert user_key("slack", "UADMIN") == "slack:UADMIN"
 
 
+def test_the_operator_is_admin_wherever_they_speak() -> None:
+    # An adapter that authenticated the owner of this Mercury (the web chat) says so: no
+    # space role, default role or missing config entry makes them less than an admin.
+    assert role_of("web:admin", {"web:admin": "member"}, set(), "nobody", operator=True) == "admin"
+    assert role_of("web:admin", {}, set(), "member") == "member"  # the key alone is not enough
+    # The documented config form works because adapters give bare platform ids.
+    assert role_of(user_key("web", "admin"), {}, {"web:admin"}, "nobody") == "admin"
+
+
 def test_builtin_roles() -> None:
     assert permissions_of("admin") == ALL_PERMISSIONS
     member = permissions_of("member")
@@ -44,6 +54,7 @@ def test_custom_roles() -> None:
     assert permissions_of("admin", custom) == ALL_PERMISSIONS  # may not
     assert permissions_of("stranger", custom) == frozenset()  # fail closed
     assert known_roles(custom) == {"admin", "member", "helper"}
+    assert is_custom("helper") and not is_custom("admin") and not is_custom("member")
 
 
 @pytest.mark.parametrize(
