@@ -24,8 +24,11 @@ class StartupError(Exception):
 
 
 class App:
-    def __init__(self, loaded: LoadedConfig) -> None:
+    def __init__(self, loaded: LoadedConfig, *, accept_empty_database: bool = False) -> None:
         self.loaded = loaded
+        # The operator confirmed that an empty database is meant (`--accept-empty-database`).
+        self.accept_empty_database = accept_empty_database
+        self.db_watch: Any = None
         self.config = loaded.config
         self.docker: Any = None
         self.runner: Any = None
@@ -68,6 +71,7 @@ class App:
                 f"database_url: cannot migrate {safe_url(url)}: {first_line(exc)}"
             ) from exc
         self.db = Database(url)
+        await self._guard_database()
         await self._build_services()
         await self.pipeline.start()
         if self.scheduler is not None:
@@ -80,6 +84,7 @@ class App:
 
                 raise StartupError(f"adapters.{name}: {scrub_text(str(exc))}") from exc
             self._started_adapters.append(adapter)
+        self.pipeline.adapters_started()
         # Listen last: once /healthz answers, every adapter accepts messages.
         try:
             await self.http.start()
@@ -96,6 +101,8 @@ class App:
     async def _build_services(self) -> None:
         from mercury.api.space_routes import space_routes
         from mercury.pipeline.service import Pipeline, model_problem
+        from mercury.sandbox.agentimage import AgentImageBuilder, ensure_agent_image
+        from mercury.sandbox.engine import EngineUnavailable
         from mercury.sandbox.identity import host_owner_of
         from mercury.sandbox.runner import ContainerRunner
         from mercury.sandbox.service import RunHost, resources_dir
@@ -105,11 +112,11 @@ class App:
         secrets = self.loaded.secrets
         try:
             self.host = RunHost(cfg, secrets)
+            # The agent image is built (as `mercury image build` does) when the engine
+            # lacks it: now if missing, and again when a run finds it gone.
+            images = ImageBuildState(cfg.container.image, restorer=AgentImageBuilder(cfg.container))
             self.runner = ContainerRunner(
-                cfg,
-                ImageBuildState(cfg.container.image),
-                client=self.docker,
-                resources_dir=resources_dir(),
+                cfg, images, client=self.docker, resources_dir=resources_dir()
             )
         except (OSError, ValueError) as exc:  # container.user, disk.space_limit
             raise StartupError(str(exc)) from exc
@@ -129,6 +136,11 @@ class App:
         removed = await self.runner.cleanup_orphans()
         if removed:
             log.warning("removed orphaned containers", count=removed)
+        try:
+            # Built in the background: messages are accepted meanwhile and wait in the queue.
+            await ensure_agent_image(self.docker, images)
+        except EngineUnavailable as exc:
+            raise StartupError(str(exc)) from exc
         self.host.server.remove_stale()
         self._build_adapters()
         self.pipeline = Pipeline(cfg, secrets, self.db, self.runner, self.host, self.adapters)
@@ -147,6 +159,19 @@ class App:
         problem = model_problem(cfg, secrets)
         if problem:
             log.warning("no model configured: runs will answer with what to configure")
+
+    async def _guard_database(self) -> None:
+        """Refuse a database that lost everything; watch the file from now on."""
+        from mercury.dbguard import DatabaseWatch, emptied_database
+
+        problem = await emptied_database(self.db, self.config.data_dir)
+        if problem and not self.accept_empty_database:
+            raise StartupError(problem)
+        if problem:
+            log.warning("starting on an empty database, as the operator asked", problem=problem)
+        self.db_watch = DatabaseWatch(self.db)
+        self.db_watch.start()
+        self.http.add_health_check(self.db_watch.health)
 
     def _build_adapters(self) -> None:
         cfg = self.config
@@ -215,6 +240,10 @@ class App:
             with contextlib.suppress(Exception):
                 await self.host.stop()
             self.host = None
+        if self.db_watch is not None:
+            with contextlib.suppress(Exception):
+                await self.db_watch.stop()
+            self.db_watch = None
         if self.db is not None:
             with contextlib.suppress(Exception):
                 await self.db.dispose()

@@ -72,11 +72,21 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 # --------------------------------------------------------------------------- init
 
 
-def _prompt_answers() -> Any:
-    from mercury.scaffold import InitAnswers
+def _instance_name(value: str) -> str:
+    """click value_proc: a name the config accepts, else the question is asked again."""
+    from mercury.scaffold import instance_problem
 
-    a = InitAnswers()
-    a.instance = click.prompt("Instance name", default=a.instance)
+    name = value.strip()
+    problem = instance_problem(name)
+    if problem is not None:
+        raise click.BadParameter(problem)
+    return name
+
+
+def _prompt_answers(a: Any) -> Any:
+    """Ask for each answer; `a` holds the defaults shown (and is filled in)."""
+    # The default is the generated name --yes would write, unique to this install.
+    a.instance = click.prompt("Instance name", default=a.instance, value_proc=_instance_name)
     a.port = click.prompt("Dashboard and web chat port", default=a.port, type=int)
     a.provider = click.prompt(
         "Model provider", default=a.provider, type=click.Choice(["anthropic", "openai"])
@@ -115,16 +125,18 @@ def _prompt_answers() -> Any:
 @click.option("--force", is_flag=True, help="Overwrite an existing mercury.yaml and .env.")
 def init(directory: Path, yes: bool, force: bool) -> None:
     """Write mercury.yaml and .env (mode 0600) into DIRECTORY."""
-    from mercury.scaffold import InitAnswers, ScaffoldError, init_project
+    from mercury.scaffold import ScaffoldError, default_answers, init_project
 
     interactive = not yes and sys.stdin.isatty()
-    answers = _prompt_answers() if interactive else InitAnswers()
+    answers = default_answers(directory)
+    if interactive:
+        answers = _prompt_answers(answers)
     try:
         result = init_project(directory, answers, force=force)
     except ScaffoldError as exc:
         _fail(str(exc))
         return
-    out.print(f"wrote {result.config_path}")
+    out.print(f"wrote {result.config_path} (instance: {answers.instance})")
     out.print(f"wrote {result.env_path} (mode 0600)")
     out.print(
         f"dashboard login: admin / [bold]{result.dashboard_password}[/]  "
@@ -148,7 +160,15 @@ def init(directory: Path, yes: bool, force: bool) -> None:
     default=None,
     help="log.level",
 )
-def run(host: str | None, port: int | None, log_level: str | None) -> None:
+@click.option(
+    "--accept-empty-database",
+    is_flag=True,
+    help="Start even though the database is empty while spaces exist on disk "
+    "(it was deleted or replaced; history, queue and roles start empty).",
+)
+def run(
+    host: str | None, port: int | None, log_level: str | None, accept_empty_database: bool
+) -> None:
     """Migrate the database and run Mercury until SIGINT/SIGTERM."""
     from mercury.app import App, StartupError, serve
     from mercury.logging import configure_logging_for
@@ -162,7 +182,7 @@ def run(host: str | None, port: int | None, log_level: str | None) -> None:
     configure_logging_for(loaded)  # every configured secret is redacted from the logs
     os.umask(0o077)  # whatever Mercury creates from now on is its own (docs/security.md)
     try:
-        asyncio.run(serve(App(loaded)))
+        asyncio.run(serve(App(loaded, accept_empty_database=accept_empty_database)))
     except StartupError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:  # pragma: no cover - a signal before handlers were installed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -13,13 +14,25 @@ class ServerStartError(Exception):
     """The listener could not be opened; the message is one line naming the key."""
 
 
+# A health check says what is wrong (one short line, no paths or secrets) or None.
+HealthCheck = Callable[[], str | None]
+HEALTH_CHECKS = web.AppKey("health_checks", list[HealthCheck])
+
+
 def build_app() -> web.Application:
     app = web.Application()
+    app[HEALTH_CHECKS] = []
     app.router.add_get("/healthz", _healthz)
     return app
 
 
-async def _healthz(_request: web.Request) -> web.Response:
+async def _healthz(request: web.Request) -> web.Response:
+    """200 while every check passes; 503 naming the problems otherwise (for monitors)."""
+    problems = [p for check in request.app[HEALTH_CHECKS] if (p := check())]
+    if problems:
+        return web.json_response(
+            {"ok": False, "version": __version__, "problems": problems}, status=503
+        )
     return web.json_response({"ok": True, "version": __version__})
 
 
@@ -34,6 +47,9 @@ class HttpServer:
     def bound_port(self) -> int:
         assert self._runner is not None and self._runner.addresses
         return int(self._runner.addresses[0][1])
+
+    def add_health_check(self, check: HealthCheck) -> None:
+        self.app[HEALTH_CHECKS].append(check)
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)

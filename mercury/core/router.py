@@ -179,6 +179,27 @@ DISK_WAIT_NOTICE = (
     "and will be answered once the operator frees some space."
 )
 
+# Why a message was given up without a run, when only the operator can fix the cause: the
+# Docker engine stayed down past container.engine_outage_limit, or the agent image is gone
+# and rebuilding it failed. (Short outages and rebuilds are waited out in silence.)
+Unavailable = Literal["engine", "image"]
+_UNAVAILABLE: dict[str, str] = {
+    "engine": (
+        "Sorry — I can't work on this: the server's container engine (Docker) has been down "
+        "for too long. The operator must get it running again; then please send your "
+        "message again."
+    ),
+    "image": (
+        "Sorry — I can't work on this: my agent image is missing and rebuilding it failed. "
+        "The operator must fix it (mercury image build); then please send your message again."
+    ),
+}
+
+
+def unavailable_notice(what: Unavailable) -> str:
+    """The plain notice for a message given up because runs cannot work (see Unavailable)."""
+    return _UNAVAILABLE[what]
+
 
 def _duration_words(seconds: float) -> str:
     if seconds >= 60 and seconds % 60 == 0:
@@ -186,16 +207,61 @@ def _duration_words(seconds: float) -> str:
     return format_wait(seconds)
 
 
+# What the agent's result.json `error_class` means for the user, in plain words; where the
+# user cannot fix the cause, the notice says that the operator must.
+_ERROR_NOTICES: dict[str, str] = {
+    "auth": (
+        "Sorry — the AI model provider refused Mercury's API key, so I can't answer. "
+        "Trying again won't help: the operator must fix the key (mercury doctor checks it)."
+    ),
+    "model": (
+        "Sorry — the AI model couldn't be reached (every configured model failed). Please try "
+        "again in a few minutes; if it keeps happening, the operator should check the model "
+        "settings."
+    ),
+    "bad_input": (
+        "Sorry — something went wrong on my side before I could start. Trying again won't "
+        "help: the operator must look at Mercury's log."
+    ),
+    "internal": (
+        "Sorry — something went wrong on my side while I was working on that. Please try "
+        "again; if it keeps happening, the operator must look at Mercury's log."
+    ),
+    "agent_cli": (
+        "Sorry — the agent program failed while working on that. Please try again; if it "
+        "keeps happening, the operator must look at Mercury's log."
+    ),
+}
+
+
+def _error_notice(error_class: object, limit: float | None) -> str:
+    if error_class == "budget":
+        within = f" within its time budget ({_duration_words(limit)})" if limit else " in time"
+        return f"Sorry — the model didn't finish{within}, so I stopped. Try a smaller request."
+    if error_class == "max_turns":
+        steps = f" ({int(limit)})" if limit else ""
+        return (
+            f"Sorry — that needed more steps than I'm allowed{steps}. Try splitting it into "
+            "smaller requests."
+        )
+    if isinstance(error_class, str) and error_class in _ERROR_NOTICES:
+        return _ERROR_NOTICES[error_class]
+    return "Sorry — I couldn't finish that. Please try again in a moment."
+
+
 def failure_notice(
     reason: FailureReason,
     detail: float | datetime | str | None = None,
     *,
     now: datetime | None = None,
+    limit: float | None = None,
 ) -> str:
     """A short, plain message for the user; internals stay in the log and the run record.
 
-    `detail`: timeout -> the limit in seconds; rate_limited -> seconds until a retry makes
-    sense; paused -> the pause's end (None = until /resume; pass `now` for "in 25 m").
+    `detail`: timeout -> the limit in seconds; error -> result.json's error_class (with
+    `limit`: the model's time budget for "budget", model.max_turns for "max_turns");
+    rate_limited -> seconds until a retry makes sense; paused -> the pause's end (None =
+    until /resume; pass `now` for "in 25 m").
     Other reasons ignore it on purpose: error details are not for chat.
     """
     if reason == "timeout":
@@ -206,7 +272,7 @@ def failure_notice(
     if reason == "crashed":
         return "Sorry — something went wrong while I was working on that. Please try again."
     if reason == "error":
-        return "Sorry — I couldn't finish that. Please try again in a moment."
+        return _error_notice(detail, limit)
     if reason == "aborted":
         return "Stopped."
     if reason == "disk":

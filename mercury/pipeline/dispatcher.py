@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import Awaitable, Callable
 
 from mercury.logging import get_logger
+from mercury.pipeline.outbox import until_stored
 from mercury.storage import Database, JobRecord, JobStatus, StaleJobs, repo
 
 log = get_logger("mercury.dispatcher")
@@ -160,8 +162,13 @@ class Dispatcher:
                 with contextlib.suppress(Exception):
                     await repo.requeue_job(self.db, job.id, not_started=True)
             elif not interrupted:
-                with contextlib.suppress(Exception):
-                    await repo.finish_job(self.db, job.id, status, error)
+                # Retried until stored: a job left `running` would hold its space until a
+                # restart. A job whose reply went out is already done (the outbox finished
+                # it with the send), so a later failure cannot turn it into a failed one.
+                await until_stored(
+                    functools.partial(repo.finish_job, self.db, job.id, status, error),
+                    "job end",
+                )
             self._running.pop(job.id, None)
             self._wake.set()
 

@@ -7,21 +7,33 @@ import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mercury.adapters.base import Adapter
 from mercury.api.usage import UsageTotals
 from mercury.config import Config
 from mercury.core.history import HistoryItem, select_history
-from mercury.core.messages import ConversationRef, OutboundFile, Reply
-from mercury.core.router import DISK_WAIT_NOTICE, failure_notice
+from mercury.core.messages import ConversationRef, Reply
+from mercury.core.router import DISK_WAIT_NOTICE, failure_notice, unavailable_notice
 from mercury.logging import first_line, get_logger
 from mercury.pipeline.dispatcher import JobDeferred
-from mercury.sandbox.outputs import DroppedFile, remove_outputs
+from mercury.pipeline.outbox import ReplyOutbox, keep_files, reply_payload, until_stored
+from mercury.sandbox.outputs import DroppedFile, outputs_root, remove_outputs
 from mercury.sandbox.runner import ContainerRunner
 from mercury.sandbox.service import RunHost, build_input, model_input, new_run_id
 from mercury.sandbox.types import RunReason, RunRequest, RunResult
-from mercury.storage import Database, JobRecord, JobStatus, MessageRole, repo, utcnow
+from mercury.storage import (
+    Database,
+    JobRecord,
+    JobStatus,
+    MessageRole,
+    Store,
+    replies,
+    repo,
+    utcnow,
+)
+from mercury.storage.replies import ReplyRecord
 
 log = get_logger("mercury.runs")
 
@@ -107,6 +119,8 @@ class RunExecutor:
         self._last_usage: dict[str, Any] = {}
         # Jobs already told that the disk is too full to start them.
         self._disk_noticed: set[int] = set()
+        # Every answer goes out through the outbox: stored first, sent once.
+        self.outbox = ReplyOutbox(db, adapters, config.data_dir)
 
     async def send_interim(self, run_id: str, space_id: str, text: str) -> None:
         conv = self._conversations.get(run_id)
@@ -118,7 +132,7 @@ class RunExecutor:
         payload = JobPayload.from_dict(job.payload)
         conv = payload.conversation
         if self.model_problem:
-            await self._send(Reply(conv, self.model_problem, reply_to=payload.reply_to))
+            await self._answer(job, payload, self.model_problem, JobStatus.FAILED)
             return JobStatus.FAILED
         low = self.runner.disk_low()
         if low:
@@ -128,6 +142,18 @@ class RunExecutor:
                 await self._send(Reply(conv, DISK_WAIT_NOTICE, reply_to=payload.reply_to))
             raise JobDeferred(low)
         self._disk_noticed.discard(job.id)
+        held = self.runner.hold_reason()
+        if held:
+            # Claimed just as the engine went down or the agent image began a rebuild: back
+            # in the queue, unrun, in silence (both are usually over in seconds).
+            raise JobDeferred(held)
+        unavailable = await self.runner.unavailable()
+        if unavailable:
+            # The engine has been down too long, or the image cannot be rebuilt: only the
+            # operator can help, so the message fails with a notice instead of waiting.
+            notice = unavailable_notice(unavailable)
+            await self._answer(job, payload, notice, JobStatus.FAILED)
+            return JobStatus.FAILED
         space = await repo.get_or_create_space(self.db, job.space_id)
         data = await self._input(job, payload, space.profile, space.context_reset_at)
         run_id = new_run_id()
@@ -135,32 +161,44 @@ class RunExecutor:
         result: RunResult | None = None
         usage: Any = None
         deferred = False
+        recorded = False
         try:
             result = await self._run(job, payload, data, run_id)
-            if result.reason is RunReason.DISK and result.container_name is None:
-                # The disk ran low between our check and the runner's: not run, not lost.
-                deferred = True
-                raise JobDeferred(result.error or "low disk")
+            if result.retry:
+                # Not run (low disk, engine down, image being rebuilt since our check) or cut
+                # short by the engine: back in the queue, not counted as an attempt. A run
+                # whose container started is still recorded below, with its model usage.
+                deferred = result.container_name is None
+                raise JobDeferred(result.error or "not run")
             if self.stopping and result.reason is RunReason.ABORTED:
                 return JobStatus.ABORTED  # killed by shutdown: requeued, no notice
-            await self._deliver(job, payload, result)
-        finally:
-            # Whatever happened above (even an exception or a cancellation), the run and the
-            # model usage it caused are recorded, and its file copies go.
+            status = job_status_of(result)
             usage = self._last_usage.pop(run_id, None)
-            if not deferred:
+            # The answer is stored with the run record before anything is sent: from here
+            # on the job is never run again, and a crash only delays its delivery.
+            stored = await until_stored(
+                lambda: self._store_outcome(job, payload, result, usage, started),
+                "run outcome",
+            )
+            recorded = True
+            if stored is not None:
+                await self.outbox.deliver(stored)
+            return status
+        finally:
+            # On any other way out (an exception, a cancellation, a shutdown abort) the run
+            # and the model usage it caused are still recorded, and its file copies go.
+            if not deferred and not recorded:
+                usage = self._last_usage.pop(run_id, None) or usage
                 record = result or RunResult(
                     run_id=run_id,
                     space_id=job.space_id,
                     reason=RunReason.CRASHED,
                     error="the host failed before the run ended",
                 )
-                await self._record(job, record, usage, started)
+                with contextlib.suppress(Exception):
+                    await self._record(self.db, job, record, usage, started)
             if result is not None and result.files:
                 await asyncio.to_thread(remove_outputs, self.config.data_dir, run_id)
-        if result.ok:
-            return JobStatus.DONE
-        return JobStatus.ABORTED if result.reason is RunReason.ABORTED else JobStatus.FAILED
 
     async def _run(
         self, job: JobRecord, payload: JobPayload, data: dict[str, Any], run_id: str
@@ -208,7 +246,16 @@ class RunExecutor:
         self, job: JobRecord, payload: JobPayload, profile: str, reset_at: Any
     ) -> dict[str, Any]:
         hist_cfg = self.config.history
-        rows = await repo.recent_messages(self.db, job.space_id, limit=hist_cfg.turns + 1)
+        rows = await repo.recent_messages(
+            self.db,
+            job.space_id,
+            limit=hist_cfg.turns + 1,
+            # Accepted requests, our replies and overheard chatter; never a refused message.
+            roles=(MessageRole.USER, MessageRole.ASSISTANT, MessageRole.AMBIENT),
+            # The history ends at the message this run answers: what was said after it is
+            # the future (a scheduled task answers no message and sees everything).
+            answering=payload.message_id,
+        )
         items = [
             HistoryItem(
                 id=str(m.id),
@@ -281,27 +328,56 @@ class RunExecutor:
 
     # ------------------------------------------------------------------ after it ran
 
-    async def _deliver(self, job: JobRecord, payload: JobPayload, result: RunResult) -> None:
-        conv = payload.conversation
+    async def _store_outcome(
+        self,
+        job: JobRecord,
+        payload: JobPayload,
+        result: RunResult,
+        usage: Any,
+        started: Any,
+    ) -> ReplyRecord | None:
+        """In one transaction: the run record, the history entry and the outbox reply.
+
+        Returns the stored reply, or None when there is nothing to say (a run stopped by
+        /stop: the command itself answered).
+        """
+        text = self._reply_text(job, result)
+        files: list[tuple[Path, str]] = []
+        if text is not None and result.ok and result.files:
+            outputs = outputs_root(self.config.data_dir) / result.run_id
+            kept = await asyncio.to_thread(keep_files, self.config.data_dir, outputs, job.id)
+            if kept is not None:
+                files = [(kept / f.path.relative_to(outputs), f.name) for f in result.files]
+        async with self.db.transaction() as s:
+            await self._record(s, job, result, usage, started)
+            if text is None:
+                return None
+            if result.ok:
+                await repo.add_message(
+                    s,
+                    space_id=job.space_id,
+                    platform=payload.platform,
+                    role=MessageRole.ASSISTANT,
+                    text=text,
+                    author_name="mercury",
+                    is_bot=True,
+                    attachments=[name for _, name in files],
+                )
+            return await replies.add_reply(
+                s,
+                job_id=job.id,
+                space_id=job.space_id,
+                job_status=job_status_of(result),
+                payload=reply_payload(payload.conversation, text, files, payload.reply_to),
+            )
+
+    def _reply_text(self, job: JobRecord, result: RunResult) -> str | None:
+        """The answer for the chat: the agent's reply, or a plain notice of what went wrong."""
         if result.ok:
-            # Host-owned copies made by the runner after the container stopped: never a
-            # path inside the space.
-            files = tuple(OutboundFile(path=f.path, name=f.name) for f in result.files)
-            text = result.reply or ("(sent a file)" if files else "(no reply)")
+            text = result.reply or ("(sent a file)" if result.files else "(no reply)")
             if result.dropped_files:
                 text += "\n\n" + dropped_note(result.dropped_files)
-            await self._send(Reply(conv, text, files, reply_to=payload.reply_to))
-            await repo.add_message(
-                self.db,
-                space_id=job.space_id,
-                platform=payload.platform,
-                role=MessageRole.ASSISTANT,
-                text=text,
-                author_name="mercury",
-                is_bot=True,
-                attachments=[f.name for f in result.files],
-            )
-            return
+            return text
         log.warning(
             "run failed",
             job_id=job.id,
@@ -311,9 +387,31 @@ class RunExecutor:
             error=result.error,
             log_tail=result.log_tail,
         )
+        if result.reason is RunReason.ABORTED:
+            return None  # /stop answered already ("Stopped the running request.")
         error_class = (result.result or {}).get("error_class")
-        notice = failure_notice(result.reason.value, self._notice_detail(result, error_class))
-        await self._send(Reply(conv, notice, reply_to=payload.reply_to))
+        limits = {"budget": self.config.model.budget, "max_turns": self.config.model.max_turns}
+        return failure_notice(
+            result.reason.value,
+            self._notice_detail(result, error_class),
+            limit=limits.get(error_class) if isinstance(error_class, str) else None,
+        )
+
+    async def _answer(
+        self, job: JobRecord, payload: JobPayload, text: str, status: JobStatus
+    ) -> None:
+        """A job answered without a run (e.g. no model configured), through the outbox."""
+        reply = await until_stored(
+            lambda: replies.add_reply(
+                self.db,
+                job_id=job.id,
+                space_id=job.space_id,
+                job_status=status,
+                payload=reply_payload(payload.conversation, text, [], payload.reply_to),
+            ),
+            "notice",
+        )
+        await self.outbox.deliver(reply)
 
     def _notice_detail(self, result: RunResult, error_class: Any) -> Any:
         if result.reason is RunReason.TIMEOUT:
@@ -321,10 +419,8 @@ class RunExecutor:
         if result.reason is RunReason.DISK:
             # Stopped for the host's free disk, or (the host has room) for its space's size.
             return "host" if self.runner.disk_low() else "space"
-        if error_class == "auth":
-            return "the model provider refused the API key; the operator must check it"
-        if error_class == "budget":
-            return "the model took longer than the time budget"
+        if isinstance(error_class, str):
+            return error_class
         return None
 
     async def _send(self, reply: Reply) -> None:
@@ -337,39 +433,45 @@ class RunExecutor:
         except Exception:
             log.exception("sending failed", platform=reply.conversation.platform)
 
-    async def _record(self, job: JobRecord, result: RunResult, usage: Any, started: Any) -> None:
+    async def _record(
+        self, store: Store, job: JobRecord, result: RunResult, usage: Any, started: Any
+    ) -> None:
         model = recorded_model(self.config, (result.usage or {}).get("model"))
         if usage is None:
             usage = UsageTotals()
-        try:
-            await repo.record_run(
-                self.db,
-                space_id=job.space_id,
-                reason=repo.RunReason(result.reason.value),
-                job_id=job.id,
-                exit_code=result.exit_code,
-                duration_ms=result.duration_ms,
-                image=result.image,
-                container_name=result.container_name,
+        await repo.record_run(
+            store,
+            space_id=job.space_id,
+            reason=repo.RunReason(result.reason.value),
+            job_id=job.id,
+            exit_code=result.exit_code,
+            duration_ms=result.duration_ms,
+            image=result.image,
+            container_name=result.container_name,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cost_usd=usage.cost_usd,
+            model=model,
+            error=result.error,
+            started_at=started,
+            finished_at=utcnow(),
+        )
+        if usage.requests:
+            await repo.add_usage(
+                store,
+                job.space_id,
+                model=model,
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
-                cost_usd=usage.cost_usd,
-                model=model,
-                error=result.error,
-                started_at=started,
-                finished_at=utcnow(),
+                cost_usd=usage.cost_usd or 0.0,
             )
-            if usage.requests:
-                await repo.add_usage(
-                    self.db,
-                    job.space_id,
-                    model=model,
-                    input_tokens=usage.input_tokens,
-                    output_tokens=usage.output_tokens,
-                    cost_usd=usage.cost_usd or 0.0,
-                )
-        except Exception:
-            log.exception("recording the run failed", job_id=job.id)
+
+
+def job_status_of(result: RunResult) -> JobStatus:
+    """How a job ends after its run: done, aborted (/stop) or failed."""
+    if result.ok:
+        return JobStatus.DONE
+    return JobStatus.ABORTED if result.reason is RunReason.ABORTED else JobStatus.FAILED
 
 
 def recorded_model(config: Config, reported: Any) -> str:

@@ -18,7 +18,14 @@ from mercury.storage.migrate import (
     is_up_to_date,
     upgrade,
 )
-from mercury.storage.models import FINAL_JOB_STATUSES, JobStatus, MessageRole, RunReason, utcnow
+from mercury.storage.models import (
+    FINAL_JOB_STATUSES,
+    JobStatus,
+    MessageRole,
+    ReplyStatus,
+    RunReason,
+    utcnow,
+)
 from mercury.storage.repo import (
     ConversationRecord,
     JobRecord,
@@ -93,6 +100,7 @@ __all__ = [
     "MessageRole",
     "MuteRecord",
     "NotFound",
+    "ReplyStatus",
     "RoleRecord",
     "RunReason",
     "RunRecord",

@@ -90,6 +90,7 @@ class Database:
 
     def __init__(self, url: str | URL, *, echo: bool = False) -> None:
         self.url: URL = parse_database_url(url)
+        self._pinned: tuple[int, int] | None = None
         engine_kwargs: dict[str, Any] = {"echo": echo}
         if self.url.drivername == SQLITE_DRIVER:
             if _is_sqlite_memory(self.url):
@@ -138,6 +139,42 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+    # ------------------------------------------------------------------ the file itself
+
+    @property
+    def file(self) -> Path | None:
+        """The SQLite database file, or None (PostgreSQL, in-memory)."""
+        if self.url.drivername != SQLITE_DRIVER or _is_sqlite_memory(self.url):
+            return None
+        return Path(str(self.url.database)).expanduser().resolve()
+
+    def pin_file(self) -> None:
+        """Remember which file is the database, so that losing it can be noticed.
+
+        SQLite keeps writing to a file deleted under it (its open descriptors still work):
+        every message from then on would vanish at the next start. `file_problem` tells.
+        """
+        path = self.file
+        if path is not None:
+            st = path.stat()
+            self._pinned = (st.st_dev, st.st_ino)
+
+    def file_problem(self) -> str | None:
+        """Why the pinned database file is not the database any more, or None."""
+        pinned = self._pinned
+        path = self.file
+        if pinned is None or path is None:
+            return None
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return "the database file was deleted while Mercury was running"
+        except OSError as exc:
+            return f"the database file cannot be checked: {exc.strerror}"
+        if (st.st_dev, st.st_ino) != pinned:
+            return "the database file was replaced while Mercury was running"
+        return None
 
     def __repr__(self) -> str:
         return f"Database({self.safe_url!r})"

@@ -80,11 +80,15 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class MessageRole(enum.StrEnum):
-    """Who wrote a message: a user who addressed the bot, the bot, or chatter it only overheard."""
+    """Who wrote a message: a user who addressed the bot, the bot, or chatter it only overheard
+    (and a user's message the bot turned away)."""
 
     USER = "user"
     ASSISTANT = "assistant"
     AMBIENT = "ambient"
+    # Turned away (rate limit, permission, pause): kept so that a redelivered platform
+    # event is still known as a duplicate, but never part of a run's history.
+    REFUSED = "refused"
 
 
 class JobStatus(enum.StrEnum):
@@ -237,6 +241,47 @@ class Job(Base):
     # The process (instance + pid + boot id) that claimed it; tells stale jobs from live ones.
     owner: Mapped[str | None] = mapped_column(String(128))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ReplyStatus(enum.StrEnum):
+    """An outbox reply: pending -> sending -> sent | failed.
+
+    `sending` is written before the platform call and `sent` after it, so a process that
+    dies in between leaves a record that the reply may already be out (it is not sent
+    twice, and its job is not run again).
+    """
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Reply(Base):
+    """The outbox: a job's answer, stored before it is sent (exactly-once delivery).
+
+    Stored in the same transaction that records the run, sent, then marked sent in the
+    same transaction that finishes the job. A job with a reply is never run again; a reply
+    produced but not sent before a crash is delivered at the next start.
+    """
+
+    __tablename__ = "replies"
+    __table_args__ = (Index("ix_replies_status", "status"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    space_id: Mapped[str] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"))
+    status: Mapped[ReplyStatus] = mapped_column(
+        _str_enum(ReplyStatus, "reply_status"), default=ReplyStatus.PENDING
+    )
+    # The job's final status once the reply is out: a failure notice finishes it failed.
+    job_status: Mapped[JobStatus] = mapped_column(_str_enum(JobStatus, "reply_job_status"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=sql_text("0"))
+    # Where and what: platform, chat_id, thread_id, reply_to, text, files [{path, name}].
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class Run(Base):

@@ -38,6 +38,7 @@ from mercury.storage.models import (
     MessageRole,
     Mute,
     Preference,
+    Reply,
     Role,
     RolePermission,
     Run,
@@ -415,10 +416,20 @@ async def recent_messages(
     since: datetime | None = None,
     *,
     include_before_reset: bool = False,
+    roles: Collection[MessageRole] | None = None,
+    answering: int | None = None,
 ) -> list[MessageRecord]:
     """The last `limit` messages of a space, oldest first, newer than `since`.
 
     Messages from before the space's last /reset are left out unless include_before_reset.
+    `roles`: only messages with one of these roles (a run's history names the roles it
+    takes, so a refused message, or any role added later, stays out unless asked for).
+    `answering`: the history of the run that answers message id `answering` ends there:
+    any later message is left out, except the bot's own replies. Ids grow in arrival
+    order, and a space's jobs run one at a time in FIFO order, so every reply that exists
+    when the run starts answers an earlier message; anything else newer is the future.
+    The filters are in the query, not applied afterwards, so that `limit` counts only
+    messages that are kept (a flood of refused messages cannot push the real ones out).
     """
     async with _tx(store) as s:
         cutoff = since
@@ -427,6 +438,10 @@ async def recent_messages(
             if reset_at is not None and (cutoff is None or reset_at > cutoff):
                 cutoff = reset_at
         q = select(Message).where(Message.space_id == space_id)
+        if roles is not None:
+            q = q.where(Message.role.in_(list(roles)))
+        if answering is not None:
+            q = q.where((Message.id <= answering) | (Message.role == MessageRole.ASSISTANT))
         if cutoff is not None:
             q = q.where(Message.created_at >= cutoff)
         q = q.order_by(Message.created_at.desc(), Message.id.desc()).limit(limit)
@@ -572,7 +587,12 @@ async def requeue_job(store: Store, job_id: int, *, not_started: bool = False) -
     async with _tx(store) as s:
         result = await s.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status.in_([JobStatus.RUNNING, JobStatus.ABORTED]))
+            .where(
+                Job.id == job_id,
+                Job.status.in_([JobStatus.RUNNING, JobStatus.ABORTED]),
+                # Its answer is in the outbox: it is delivered, never run again.
+                Job.id.not_in(select(Reply.job_id)),
+            )
             .values(**values)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -598,8 +618,11 @@ async def requeue_or_fail_stale_running(
     otherwise it is failed. Callers tell the chat about both, so nothing is silently lost.
     """
     now = utcnow()
-    stale_filter: ColumnElement[bool] = (Job.status == JobStatus.RUNNING) & (
-        Job.owner.is_(None) | (Job.owner != owner)
+    stale_filter: ColumnElement[bool] = (
+        (Job.status == JobStatus.RUNNING)
+        & (Job.owner.is_(None) | (Job.owner != owner))
+        # A job whose answer is in the outbox is never run again: the outbox delivers it.
+        & Job.id.not_in(select(Reply.job_id))
     )
     async with _tx(store) as s:
         requeued = (

@@ -13,6 +13,8 @@ download under `/file/bot<TOKEN>/<path>`, setWebhook, deleteWebhook. A wrong tok
 holds them decoded. Every call is recorded in `fake.calls`.
 
 `fake.fail_get_updates(n, status=502)` makes the next n getUpdates calls fail.
+`fake.on_call` (async, optional) sees every call first; a response it returns is sent
+instead of the method's (fault injection: refuse a send, kill the client mid-call).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import contextlib
 import itertools
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -78,6 +81,7 @@ class FakeTelegram:
         self._update_ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.on_call: Callable[[Call], Awaitable[web.Response | None]] | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -206,6 +210,11 @@ class FakeTelegram:
         params, files = await _read_params(request)
         call = Call(method, params, files)
         self.calls.append(call)
+        if self.on_call is not None:
+            early = await self.on_call(call)
+            if early is not None:
+                call.status = early.status
+                return early
         handler = getattr(self, f"_m_{method}", None)
         if handler is None:
             return _error(404, "Not Found: method not found")

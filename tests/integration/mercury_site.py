@@ -87,11 +87,15 @@ class Mercury:
             f"MERCURY_DASHBOARD_PASSWORD={PASSWORD}\nANTHROPIC_API_KEY=sk-ant-pipeline-test-000\n"
         )
 
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MERCURY_")}
+    def env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if not k.startswith("MERCURY_")}
+
+    def start(self, *args: str) -> None:
+        """Start `mercury run` (with extra command-line `args`); wait until it is healthy."""
+        env = self.env()
         self.log = open(self.root / f"mercury-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mercury.cli", "run"],
+            [sys.executable, "-m", "mercury.cli", "run", *args],
             cwd=self.root, env=env, stdout=self.log, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         deadline = time.monotonic() + 60

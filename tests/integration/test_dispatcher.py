@@ -85,3 +85,40 @@ async def test_a_deferred_job_goes_back_unrun_and_runs_later(db: Database) -> No
         await dispatcher.stop(1, on_timeout=asyncio.sleep)  # type: ignore[arg-type]
     # Claimed twice, but the deferred claim did not count as an attempt.
     assert calls == [1, 1]
+
+
+async def test_finishing_a_job_is_retried_while_the_database_is_locked(
+    db: Database, tmp_path: Path
+) -> None:
+    """A locked database when the job ends must not leave it `running` (its space stuck)."""
+    import sqlite3
+
+    locker = sqlite3.connect(tmp_path / "m.db", timeout=0, isolation_level=None)
+    release = asyncio.Event()
+
+    async def handler(job: JobRecord) -> JobStatus:
+        # Another process takes the write lock just as the run ends, for longer than
+        # SQLite's busy_timeout (5 s): the first attempt to finish the job fails.
+        locker.execute("BEGIN EXCLUSIVE")
+        asyncio.get_running_loop().call_later(6.5, release.set)
+        return JobStatus.DONE
+
+    dispatcher = Dispatcher(db, handler, max_concurrency=1, poll_interval=0.05)
+    job = await repo.enqueue_job(db, "s1", payload={"prompt": "x"})
+    dispatcher.start()
+    try:
+        await release.wait()
+        locker.execute("COMMIT")
+
+        async def done() -> bool:
+            found = await repo.get_job(db, job.id)
+            return found is not None and found.status is JobStatus.DONE
+
+        await wait_for(done, timeout=30)
+    finally:
+        locker.close()
+        await dispatcher.stop(1.0, on_timeout=_nothing)
+
+
+async def _nothing() -> None:
+    return None

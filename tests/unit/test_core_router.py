@@ -180,3 +180,16 @@ def test_status_text() -> None:
     assert "for 1 m 15 s" in busy and "2 requests waiting" in busy
     assert "paused" in busy and "claude-sonnet" in busy
     assert "1 request waiting" in status_text(running=False, queue_length=1, model="m", now=NOW)
+
+
+def test_error_notices_say_what_happened_and_who_must_act() -> None:
+    auth = failure_notice("error", "auth")
+    assert "API key" in auth and "operator must" in auth and "try again" not in auth.lower()
+    assert "(5 min)" in failure_notice("error", "budget", limit=300)
+    assert "(40)" in failure_notice("error", "max_turns", limit=40)
+    assert "operator" in failure_notice("error", "model")
+    assert "operator must" in failure_notice("error", "bad_input")
+    # An error class the host does not know gets the generic notice, never its own text.
+    assert failure_notice("error", "weird<b>") == failure_notice("error")
+    for cls in ("auth", "budget", "max_turns", "model", "bad_input", "internal", "agent_cli"):
+        assert len(failure_notice("error", cls, limit=60)) < 220
