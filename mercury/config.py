@@ -30,6 +30,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from mercury.core.durations import DurationError
+from mercury.core.durations import parse_duration as core_parse_duration
+
 ENV_PREFIX = "MERCURY_"
 ENV_NESTING = "__"
 DEFAULT_CONFIG_NAME = "mercury.yaml"
@@ -57,33 +60,14 @@ def parse_size(value: Any) -> int:
     raise PydanticCustomError("size", 'expected a size like 512m or 2g, got "{v}"', {"v": value})
 
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
-_DURATION_FACTORS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def parse_duration(value: Any) -> float:
-    """`30s`, `10m`, `1h30m`, `250ms` or plain seconds -> seconds (float)."""
-    if isinstance(value, bool):
+    """A duration in the one grammar (mercury/core/durations.py) -> seconds, for pydantic."""
+    try:
+        return core_parse_duration(value)
+    except DurationError:
         raise PydanticCustomError(
             "duration", 'expected a duration like 30s, 10m or 2h, got "{v}"', {"v": value}
-        )
-    if isinstance(value, int | float) and value > 0:
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        parts = _DURATION_RE.findall(text)
-        if parts and "".join(n + u for n, u in parts).lower() == text.lower():
-            seconds = sum(float(n) * _DURATION_FACTORS[u.lower()] for n, u in parts)
-            if seconds > 0:
-                return seconds
-        try:
-            if float(text) > 0:
-                return float(text)
-        except ValueError:
-            pass
-    raise PydanticCustomError(
-        "duration", 'expected a duration like 30s, 10m or 2h, got "{v}"', {"v": value}
-    )
+        ) from None
 
 
 ByteSize = Annotated[int, BeforeValidator(parse_size)]

@@ -37,6 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from mercury.api.auth import grant_of, http_error, require_role
+from mercury.core import durations
 from mercury.logging import get_logger
 from mercury.storage import (
     Database,
@@ -82,9 +83,6 @@ _MAX_TRACKED_RUNS = 10_000
 
 _PREF_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 _ROLE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_DURATION = re.compile(r"^(?:\d+[smhdw])+$")
-_DURATION_PART = re.compile(r"(\d+)([smhdw])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 INVALID = "invalid_request_error"
 NOT_FOUND = "not_found_error"
@@ -94,21 +92,15 @@ NOT_FOUND = "not_found_error"
 
 
 def parse_duration(text: str) -> timedelta:
-    """'90s', '30m', '1h30m', '2d', '1w' -> timedelta; ValueError otherwise."""
-    value = text.strip().lower()
-    if not _DURATION.match(value):
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 1h, 1h30m, 2d)")
-    seconds = sum(int(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(value))
-    if seconds <= 0:
-        raise ValueError(f"duration must be positive: {text!r}")
-    return timedelta(seconds=seconds)
+    """A duration in the one grammar (core/durations.py) -> timedelta; ValueError otherwise."""
+    return timedelta(seconds=durations.parse_duration(text))
 
 
 def parse_time(text: str, *, now: datetime | None = None) -> datetime:
     """An ISO 8601 time (naive means UTC) or a duration from now -> aware UTC datetime."""
     now = now or utcnow()
     value = text.strip()
-    if _DURATION.match(value.lower()):
+    if durations.is_duration(value):
         return now + parse_duration(value)
     try:
         when = datetime.fromisoformat(value)

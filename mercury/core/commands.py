@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
+
+from mercury.core import durations
 
 
 class CommandKind(StrEnum):
@@ -40,49 +41,16 @@ Commands:
   clear — start a fresh conversation (earlier messages are forgotten)
   /help — this text"""
 
-_UNITS = {
-    "s": 1,
-    "sec": 1,
-    "secs": 1,
-    "second": 1,
-    "seconds": 1,
-    "m": 60,
-    "min": 60,
-    "mins": 60,
-    "minute": 60,
-    "minutes": 60,
-    "h": 3600,
-    "hr": 3600,
-    "hrs": 3600,
-    "hour": 3600,
-    "hours": 3600,
-    "d": 86400,
-    "day": 86400,
-    "days": 86400,
-    "w": 604800,
-    "week": 604800,
-    "weeks": 604800,
-}
-_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)")
 # A pause longer than this is almost certainly a typo; "until /resume" is the open-ended form.
 MAX_PAUSE_S = 365 * 86400
 
 
 def parse_duration(text: str) -> float | None:
-    """ "30m", "2h", "1d", "1h30m", "90 min" -> seconds; None when unreadable or not > 0."""
-    s = text.strip().lower().replace(" ", "")
-    if not s:
+    """A duration (core/durations.py's grammar) -> seconds; None when unreadable."""
+    try:
+        return durations.parse_duration(text)
+    except durations.DurationError:
         return None
-    total = 0.0
-    pos = 0
-    for m in _PART.finditer(s):
-        if m.start() != pos or m.group(2) not in _UNITS:
-            return None
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(s) or total <= 0:
-        return None
-    return total
 
 
 _BARE = {"stop": CommandKind.STOP, "clear": CommandKind.CLEAR}
@@ -130,7 +98,8 @@ def _pause(args: list[str]) -> Command:
     if not args:
         return Command(CommandKind.PAUSE)
     raw = " ".join(args)
-    seconds = parse_duration(raw)
+    # In chat a bare number is ambiguous ("/pause 30": seconds? minutes?): ask for a unit.
+    seconds = None if raw.replace(".", "", 1).isdigit() else parse_duration(raw)
     if seconds is None:
         return Command(
             CommandKind.PAUSE,
