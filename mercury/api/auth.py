@@ -54,14 +54,15 @@ def grant_of(request: web.Request) -> RunGrant:
     return request[GRANT_KEY]
 
 
-def require_role(request: web.Request, *roles: str) -> RunGrant:
-    """The caller's grant if its role is one of `roles`; else 403 (for admin-only calls)."""
+def require_permission(request: web.Request, permission: str) -> RunGrant:
+    """The caller's grant if it holds `permission` (core.permissions decides); else 403."""
     grant = grant_of(request)
-    if grant.role not in roles:
+    if not grant.may(permission):
         raise http_error(
             web.HTTPForbidden,
             "permission_error",
-            f"this call needs role {' or '.join(roles)}; the run's caller is {grant.role}",
+            f"this call needs the {permission!s} permission, which the run's caller "
+            f"(role {grant.role}) does not have in this space",
         )
     return grant
 

@@ -142,7 +142,7 @@ class HostApiServer:
         """Register more endpoints (e.g. a `web.RouteTableDef`); only before `start()`.
 
         Handlers get the caller with `mercury.api.auth.grant_of(request)`; use
-        `require_role(request, "admin")` for admin-only calls.
+        `require_permission(request, Permission.ADMIN)` for admin-only calls.
         """
         if self._runner is not None:
             raise RuntimeError("add routes before HostApiServer.start()")

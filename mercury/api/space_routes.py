@@ -36,8 +36,9 @@ from typing import Any
 
 from aiohttp import web
 
-from mercury.api.auth import grant_of, http_error, require_role
+from mercury.api.auth import grant_of, http_error, require_permission
 from mercury.core import durations
+from mercury.core.permissions import Permission
 from mercury.logging import get_logger
 from mercury.storage import (
     Database,
@@ -68,7 +69,6 @@ SendInterim = Callable[[str, str, str], Awaitable[None]]
 NextCronRun = Callable[[str, datetime], datetime]
 """next_cron_run(expr, after): the first time after `after` that a cron expression matches."""
 
-ADMIN = "admin"
 MAX_PROMPT_CHARS = 8_000
 MAX_PREF_KEY_CHARS = 128  # the column's size
 MAX_PREF_VALUE_CHARS = 4_000
@@ -414,12 +414,12 @@ def space_routes(
     # ---------------------------------------------------------------- roles (admin)
 
     async def get_roles(request: web.Request) -> web.Response:
-        grant = require_role(request, ADMIN)
+        grant = require_permission(request, Permission.ADMIN)
         roles = await list_roles(db, grant.space_id)
         return web.json_response({"roles": [_role_json(r) for r in roles]})
 
     async def get_user_role(request: web.Request) -> web.Response:
-        grant = require_role(request, ADMIN)
+        grant = require_permission(request, Permission.ADMIN)
         platform, user_id = _user(request)
         role = await get_role(db, grant.space_id, platform, user_id)
         if role is None:
@@ -427,7 +427,7 @@ def space_routes(
         return web.json_response({"platform": platform, "user_id": user_id, "role": role})
 
     async def put_role(request: web.Request) -> web.Response:
-        grant = require_role(request, ADMIN)
+        grant = require_permission(request, Permission.ADMIN)
         platform, user_id = _user(request)
         role = _string(await _body(request), "role", max_chars=32)
         assert role is not None
@@ -439,7 +439,7 @@ def space_routes(
         return web.json_response({"platform": platform, "user_id": user_id, "role": role})
 
     async def delete_role(request: web.Request) -> web.Response:
-        grant = require_role(request, ADMIN)
+        grant = require_permission(request, Permission.ADMIN)
         platform, user_id = _user(request)
         if not await remove_role(db, grant.space_id, platform, user_id):
             raise _not_found(f"{platform}/{user_id} has no stored role in this space")
@@ -448,12 +448,12 @@ def space_routes(
     # ---------------------------------------------------------------- mutes (admin)
 
     async def get_mutes(request: web.Request) -> web.Response:
-        grant = require_role(request, ADMIN)
+        grant = require_permission(request, Permission.ADMIN)
         mutes = await list_mutes(db, grant.space_id)
         return web.json_response({"mutes": [_mute_json(m) for m in mutes]})
 
     async def get_user_mute(request: web.Request) -> web.Response:
-        grant = require_role(request, ADMIN)
+        grant = require_permission(request, Permission.ADMIN)
         platform, user_id = _user(request)
         for m in await list_mutes(db, grant.space_id):
             if (m.platform, m.user_id) == (platform, user_id):
@@ -461,7 +461,7 @@ def space_routes(
         raise _not_found(f"{platform}/{user_id} is not muted in this space")
 
     async def put_mute(request: web.Request) -> web.Response:
-        grant = require_role(request, ADMIN)
+        grant = require_permission(request, Permission.ADMIN)
         platform, user_id = _user(request)
         data = await _body(request)
         unknown = set(data) - {"until", "reason"}
@@ -486,7 +486,7 @@ def space_routes(
         )
 
     async def delete_mute(request: web.Request) -> web.Response:
-        grant = require_role(request, ADMIN)
+        grant = require_permission(request, Permission.ADMIN)
         platform, user_id = _user(request)
         if not await unmute(db, grant.space_id, platform, user_id):
             raise _not_found(f"{platform}/{user_id} is not muted in this space")

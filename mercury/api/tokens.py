@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from mercury.core.permissions import permissions_of
+
 TOKEN_BYTES = 32
 
 
@@ -22,7 +24,15 @@ class RunGrant:
     run_id: str
     space_id: str
     role: str
+    # What the role may do in this space, resolved by core.permissions when the run began
+    # (a custom role's set comes from the space); None = the built-in role's permissions.
+    permissions: frozenset[str] | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def may(self, permission: str) -> bool:
+        """Whether the run's caller holds `permission` (never a comparison of role names)."""
+        granted = self.permissions if self.permissions is not None else permissions_of(self.role)
+        return permission in granted
 
 
 class TokenStore:
@@ -32,13 +42,22 @@ class TokenStore:
         self._grants: dict[str, RunGrant] = {}
         self._lock = threading.Lock()
 
-    def mint(self, run_id: str, space_id: str, role: str) -> str:
-        """A fresh random token for `run_id`; a run may hold several (all die on revoke)."""
+    def mint(
+        self,
+        run_id: str,
+        space_id: str,
+        role: str,
+        permissions: frozenset[str] | None = None,
+    ) -> str:
+        """A fresh random token for `run_id`; a run may hold several (all die on revoke).
+
+        `permissions`: the caller's, from core.permissions (needed for a custom role)."""
         if not run_id or not space_id or not role:
             raise ValueError("run_id, space_id and role must be non-empty")
         token = secrets.token_urlsafe(TOKEN_BYTES)
+        grant = RunGrant(run_id=run_id, space_id=space_id, role=role, permissions=permissions)
         with self._lock:
-            self._grants[token] = RunGrant(run_id=run_id, space_id=space_id, role=role)
+            self._grants[token] = grant
         return token
 
     def lookup(self, token: str | None) -> RunGrant | None:

@@ -15,6 +15,7 @@ from mercury.api.usage import UsageTotals
 from mercury.config import Config
 from mercury.core.history import HistoryItem, select_history
 from mercury.core.messages import ConversationRef, Reply
+from mercury.core.permissions import is_custom, permissions_of
 from mercury.core.router import DISK_WAIT_NOTICE, failure_notice, unavailable_notice
 from mercury.logging import first_line, get_logger
 from mercury.pipeline.dispatcher import JobDeferred
@@ -208,7 +209,12 @@ class RunExecutor:
         self._conversations[run_id] = conv
         indicator = asyncio.get_running_loop().create_task(self._indicate(conv))
         try:
-            access = await self.host.open_run(run_id, job.space_id, payload.role)
+            access = await self.host.open_run(
+                run_id,
+                job.space_id,
+                payload.role,
+                await self._permissions(job.space_id, payload.role),
+            )
             full = build_input(
                 self.config, data, run_id=run_id, space_id=job.space_id, token=access.token
             )
@@ -239,6 +245,13 @@ class RunExecutor:
                 self._last_usage[run_id] = await self.host.close_run(run_id)
             except Exception:
                 log.exception("closing the run's host access failed", run_id=run_id)
+
+    async def _permissions(self, space_id: str, role: str) -> frozenset[str]:
+        """The caller's permissions in the space, as core.permissions resolves them."""
+        custom = None
+        if is_custom(role):
+            custom = {role: await repo.role_permissions(self.db, space_id, role)}
+        return permissions_of(role, custom)
 
     # ------------------------------------------------------------------ input
 

@@ -146,10 +146,19 @@ class RunHost:
     async def stop(self) -> None:
         await self.server.stop()
 
-    async def open_run(self, run_id: str, space_id: str, role: str) -> RunAccess:
-        """A token and a socket of its own for one run (close it with `close_run`)."""
+    async def open_run(
+        self,
+        run_id: str,
+        space_id: str,
+        role: str,
+        permissions: frozenset[str] | None = None,
+    ) -> RunAccess:
+        """A token and a socket of its own for one run (close it with `close_run`).
+
+        `permissions`: the caller's in this space (core.permissions), which a custom role
+        needs; None gives a built-in role its own."""
         folder = await self.server.open_run(run_id)
-        return RunAccess(self.tokens.mint(run_id, space_id, role), folder)
+        return RunAccess(self.tokens.mint(run_id, space_id, role, permissions), folder)
 
     async def close_run(self, run_id: str) -> Any:
         """End a run's access: token revoked, model calls cut, connections closed.

@@ -24,7 +24,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from mercury.api.auth import grant_of, require_role
+from mercury.api.auth import grant_of, require_permission
 from mercury.api.server import SOCKET_NAME, HostApiServer
 from mercury.api.tokens import TokenStore
 from mercury.api.usage import UsageMeter, UsageRecord
@@ -234,7 +234,7 @@ async def test_routes_added_by_later_features(start_host: StartHost, fake: FakeM
 
     @routes.get("/v1/admin-only")
     async def admin_only(request: web.Request) -> web.Response:
-        return web.json_response({"role": require_role(request, "admin").role})
+        return web.json_response({"role": require_permission(request, "admin").role})
 
     host = await start_host(make_config(fake.url, None), routes=routes)
     with pytest.raises(RuntimeError):
@@ -254,7 +254,7 @@ async def test_routes_added_by_later_features(start_host: StartHost, fake: FakeM
         assert resp.status == 403
     async with http.get(f"{BASE}/v1/admin-only", headers={"x-api-key": member}) as resp:
         assert resp.status == 403
-        assert "needs role admin" in (await resp.json())["error"]["message"]
+        assert "needs the admin permission" in (await resp.json())["error"]["message"]
     async with http.get(f"{BASE}/v1/admin-only", headers={"x-api-key": admin}) as resp:
         assert await resp.json() == {"role": "admin"}
 

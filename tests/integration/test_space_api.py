@@ -513,3 +513,32 @@ def test_parsers() -> None:
     for bad in ("* * * * * *", "5-1 * * * *", "* 24 * * *", "* * 0 * *", "a b c d e"):
         with pytest.raises(ValueError):
             validate_cron(bad)
+
+
+async def test_a_custom_role_holding_the_admin_permission_may_manage_roles(api: Api) -> None:
+    """Checks ask core.permissions, never compare role names: a custom role that holds
+    `admin` passes, and one that does not is refused."""
+    from mercury.core.permissions import permissions_of
+
+    keeper = api.tokens.mint(
+        "run-keeper", "space-a", "keeper", permissions_of("keeper", {"keeper": {"admin"}})
+    )
+    helper = api.tokens.mint(
+        "run-helper", "space-a", "helper", permissions_of("helper", {"helper": {"run"}})
+    )
+    status, body = await api.call("GET", "/spaces/space-a/roles", keeper)
+    assert status == 200, body
+    status, body = await api.call("GET", "/spaces/space-a/roles", helper)
+    assert_error(status, body, 403, "permission_error", "admin")
+
+
+async def test_the_executor_gives_a_run_its_custom_roles_permissions(db: Database) -> None:
+    from mercury.config import Config
+    from mercury.pipeline.runs import RunExecutor
+    from mercury.storage import grant_permission
+
+    await grant_permission(db, "space-a", "keeper", "admin")
+    executor = RunExecutor(Config(), db, runner=None, host=None, adapters={})  # type: ignore[arg-type]
+    assert "admin" in await executor._permissions("space-a", "keeper")
+    assert await executor._permissions("space-a", "nobody") == frozenset()
+    assert "admin" not in await executor._permissions("space-a", "member")

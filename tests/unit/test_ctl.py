@@ -186,9 +186,9 @@ async def test_say(relay: Relay) -> None:
 
 async def test_roles_and_mutes_need_admin(relay: Relay) -> None:
     r = await relay.run("roles", "set", "slack", "U1", "admin")
-    assert r.code == 1 and "needs role admin" in r.err
+    assert r.code == 1 and "needs the admin permission" in r.err
     r = await relay.run("mutes", "add", "slack", "U1")
-    assert r.code == 1 and "needs role admin" in r.err
+    assert r.code == 1 and "needs the admin permission" in r.err
     assert await get_role(relay.db, "space-a", "slack", "U1") is None
     assert not await is_muted(relay.db, "space-a", "slack", "U1")
 
