@@ -54,6 +54,12 @@ class Adapter(Protocol):
     async def send(self, reply: Reply) -> SentMessage:
         """Post a reply (split as needed) with its files."""
 
+    async def send_status(self, conversation: ConversationRef, text: str) -> SentMessage:
+        """Post a status update ("still working (30s)"), later edited and deleted.
+
+        Its own kind of outbound event: an adapter that shows statuses apart from replies
+        (the web chat) never has to guess from a message's text which one it is."""
+
     async def set_typing(self, conversation: ConversationRef) -> None:
         """Show that a run is going (typing indicator, reaction or nothing)."""
 

@@ -342,6 +342,10 @@ class DiscordAdapter:
             int(conversation.thread_id or conversation.chat_id)
         )
 
+    async def send_status(self, conversation: ConversationRef, text: str) -> SentMessage:
+        """A status is a plain message here, edited in place and deleted at the end."""
+        return await self.send(Reply(conversation, text))
+
     async def send(self, reply: Reply) -> SentMessage:
         """Post `reply`: text chunks of at most 2000 characters, then files 10 at a time.
 

@@ -175,6 +175,10 @@ class SlackAdapter:
             await asyncio.gather(*tasks, return_exceptions=True)
         log.info("slack adapter stopped")
 
+    async def send_status(self, conversation: ConversationRef, text: str) -> SentMessage:
+        """A status is a plain message here, edited in place and deleted at the end."""
+        return await self.send(Reply(conversation, text))
+
     async def send(self, reply: Reply) -> SentMessage:
         """Post the reply in the thread of the message it answers, split, then its files."""
         conv = reply.conversation

@@ -424,6 +424,10 @@ class TelegramAdapter:
             raise RuntimeError("telegram adapter is not running")
         return self._application.bot
 
+    async def send_status(self, conversation: ConversationRef, text: str) -> SentMessage:
+        """A status is a plain message here, edited in place and deleted at the end."""
+        return await self.send(Reply(conversation, text))
+
     async def send(self, reply: Reply) -> SentMessage:
         """Send the text (Markdown -> HTML, split at 4096) and then the files."""
         bot = self._bot()

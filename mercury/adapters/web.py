@@ -170,8 +170,9 @@ class WebChatAdapter:
                 log.warning(
                     "web chat reply file missing", space=space, file=out.name, error=str(exc)
                 )
-        role = "status" if _looks_like_status(reply.text) else "assistant"
-        entry = self._new_entry(space, uuid.uuid4().hex, role, self.bot_name, reply.text, files)
+        entry = self._new_entry(
+            space, uuid.uuid4().hex, "assistant", self.bot_name, reply.text, files
+        )
         entry["reply_to"] = reply.reply_to
         self._append(space, entry)
         return SentMessage(platform_message_ids=(entry["id"],))
@@ -604,12 +605,6 @@ class WebChatAdapter:
             content_type="application/javascript",
             headers={"Cache-Control": "no-store"},
         )
-
-
-def _looks_like_status(text: str) -> bool:
-    # The pipeline's progress note goes through send() like any reply; keep it apart so
-    # clients waiting for the answer do not take "still working (30s)" for it.
-    return text.lower().startswith("still working")
 
 
 async def _json_body(request: web.Request) -> Any:

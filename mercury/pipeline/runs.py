@@ -327,7 +327,7 @@ class RunExecutor:
                     text = f"still working ({int(elapsed)}s)"
                     with contextlib.suppress(Exception):
                         if status_id is None:
-                            sent = await adapter.send(Reply(conv, text))
+                            sent = await adapter.send_status(conv, text)
                             status_id = (sent.platform_message_ids or (None,))[0]
                         else:
                             await adapter.edit(conv, status_id, text)

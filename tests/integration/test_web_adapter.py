@@ -417,7 +417,7 @@ async def test_the_stream_carries_messages_typing_status_edits_and_deletes_in_or
         async with http.post("/api/chat/messages", json={"space": "main", "text": "go"}) as r:
             sent = await r.json()
         await chat.adapter.set_typing(conv)
-        status = await chat.adapter.send(Reply(conv, "still working (30s)"))
+        status = await chat.adapter.send_status(conv, "still working (30s)")
         [status_id] = status.platform_message_ids
         await chat.adapter.edit(conv, status_id, "still working (60s)")
         await chat.adapter.delete(conv, status_id)
@@ -633,7 +633,7 @@ async def test_mercury_chat_prints_the_reply_from_a_running_instance(
     async def bot(msg: InboundMessage) -> None:
         async def answer() -> None:
             conv = msg.conversation
-            status = await h.adapter.send(Reply(conv, "still working (30s)"))
+            status = await h.adapter.send_status(conv, "still working (30s)")
             await asyncio.sleep(0.2)
             await h.adapter.delete(conv, status.platform_message_ids[0])
             await h.adapter.send(
@@ -734,3 +734,13 @@ async def test_mercury_chat_without_a_password_says_what_to_set(tmp_path: Path) 
     code, _out, err = await _mercury_chat(tmp_path, "hi", "--url", "http://127.0.0.1:9")
     assert code == 1
     assert "MERCURY_DASHBOARD_PASSWORD" in err
+
+
+async def test_a_reply_that_reads_like_a_status_is_still_a_reply(chat: Harness) -> None:
+    """Statuses are their own outbound event (send_status): never guessed from text."""
+    conv = ConversationRef("web", "main")
+    sent = await chat.adapter.send(Reply(conv, "Still working through the list: 3 of 5 done."))
+    async with chat.client() as http, http.get("/api/chat/messages?space=main") as r:
+        entries = (await r.json())["messages"]
+    [entry] = [e for e in entries if e["id"] == sent.platform_message_ids[0]]
+    assert entry["role"] == "assistant"

@@ -31,6 +31,10 @@ class RecordingAdapter:
         self.events.append(("send", reply.text))
         return SentMessage(("status-1",))
 
+    async def send_status(self, conversation: ConversationRef, text: str) -> SentMessage:
+        self.events.append(("send", text))
+        return SentMessage(("status-1",))
+
     async def set_typing(self, conversation: ConversationRef) -> None:
         self.events.append(("typing", None))
 
