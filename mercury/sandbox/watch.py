@@ -28,10 +28,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import docker
 import docker.errors
@@ -47,7 +47,6 @@ from mercury.sandbox.types import RunReason, RunRequest, RunResult
 
 log = get_logger("mercury.sandbox.runner")
 
-T = TypeVar("T")
 
 LOG_TAIL_LINES = 40
 _ALIVE = ("created", "running", "paused", "restarting")
@@ -93,29 +92,18 @@ class ActiveRun:
 class RunWatching:
     """ContainerRunner's part that watches a started run (see the module docstring)."""
 
-    # Provided by ContainerRunner.
+    # Provided by ContainerRunner (declared here, defined there: this class is a part of
+    # it, not a base anything else extends).
     config: Config
     health: EngineHealth
     spaces: SpaceStore
     poll_interval: float
     probe_interval: float
-
-    def disk_low(self) -> str | None:
-        raise NotImplementedError
-
-    def _result(
-        self, run: ActiveRun, reason: RunReason, *, retry: bool = False, **fields: Any
-    ) -> RunResult:
-        raise NotImplementedError
-
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        raise NotImplementedError
-
-    def _read_result(self, io_dir: Path) -> ResultFile | None:
-        raise NotImplementedError
-
-    async def _call_run(self, run: ActiveRun, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        raise NotImplementedError
+    disk_low: Callable[[], str | None]
+    _result: Callable[..., RunResult]
+    _call: Callable[..., Awaitable[Any]]
+    _call_run: Callable[..., Awaitable[Any]]
+    _read_result: Callable[[Path], ResultFile | None]
 
     def _cut_by_engine(self, run: ActiveRun) -> bool:
         """Whether an engine outage was noticed since the run began: a container that ended

@@ -96,38 +96,35 @@ async def back_to_pending(store: Store, reply_id: int, error: str) -> None:
 
 async def mark_sent(store: Store, reply_id: int, *, note: str | None = None) -> None:
     """The reply is out: mark it sent and finish its job, in one transaction."""
-    async with _tx(store) as s:
-        reply = await s.get(Reply, reply_id, populate_existing=True)
-        if reply is None:
-            return
-        now = utcnow()
-        reply.status = ReplyStatus.SENT
-        reply.sent_at = now
-        reply.error = note
-        await s.execute(
-            update(Job)
-            .where(Job.id == reply.job_id, Job.status.in_(FINISHABLE))
-            .values(status=reply.job_status, finished_at=now)
-        )
+    await _settle(store, reply_id, ReplyStatus.SENT, note, failed=False)
 
 
 async def mark_failed(store: Store, reply_id: int, error: str) -> None:
     """The reply could not be delivered: it and its job end failed, with the reason."""
+    await _settle(store, reply_id, ReplyStatus.FAILED, error, failed=True)
+
+
+async def _settle(
+    store: Store, reply_id: int, status: ReplyStatus, error: str | None, *, failed: bool
+) -> None:
+    """Give the reply its final status and end its job with it, in one transaction."""
     async with _tx(store) as s:
         reply = await s.get(Reply, reply_id, populate_existing=True)
         if reply is None:
             return
         now = utcnow()
-        reply.status = ReplyStatus.FAILED
+        reply.status = status
         reply.error = error
-        await s.execute(
-            update(Job)
-            .where(Job.id == reply.job_id, Job.status.in_(FINISHABLE))
-            .values(
+        job: dict[str, Any] = {"status": reply.job_status, "finished_at": now}
+        if failed:
+            job.update(
                 status=JobStatus.FAILED,
-                finished_at=now,
                 error=f"the reply could not be delivered: {error}"[:2000],
             )
+        else:
+            reply.sent_at = now
+        await s.execute(
+            update(Job).where(Job.id == reply.job_id, Job.status.in_(FINISHABLE)).values(**job)
         )
 
 
