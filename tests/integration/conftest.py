@@ -176,7 +176,9 @@ def agent_image(docker_client: docker.DockerClient, base_image: str) -> Iterator
     context = agent_context_dir()
     digest = hashlib.sha256()
     for path in sorted(context.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and ".egg-info" not in str(path):
+        skip = "__pycache__" in path.parts or ".egg-info" in str(path)
+        # The agent's own tests are not in the image (container/.dockerignore).
+        if path.is_file() and not skip and "tests" not in path.relative_to(context).parts:
             digest.update(str(path.relative_to(context)).encode())
             digest.update(path.read_bytes())
     digest.update(base_image.encode())

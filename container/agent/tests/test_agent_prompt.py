@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-AGENT_SRC = Path(__file__).resolve().parents[2] / "container" / "agent" / "src"
-if str(AGENT_SRC) not in sys.path:
-    sys.path.insert(0, str(AGENT_SRC))
-
-from mercury_agent.contract import parse_input  # noqa: E402
-from mercury_agent.conversation import TextBlock  # noqa: E402
-from mercury_agent.prompt import (  # noqa: E402
+from mercury_agent.contract import parse_input
+from mercury_agent.conversation import TextBlock
+from mercury_agent.prompt import (
     FALLBACK_PROFILE,
     Skill,
     build_messages,
@@ -27,7 +21,7 @@ from mercury_agent.prompt import (  # noqa: E402
     render_transcript,
 )
 
-RESOURCES = Path(__file__).resolve().parents[2] / "resources"
+RESOURCES = Path(__file__).resolve().parents[3] / "resources"
 
 
 def make_input(**fields: Any) -> Any:

@@ -13,9 +13,7 @@ from typing import Any
 
 import pytest
 
-AGENT_SRC = Path(__file__).resolve().parents[2] / "container" / "agent" / "src"
-if str(AGENT_SRC) not in sys.path:
-    sys.path.insert(0, str(AGENT_SRC))
+AGENT_SRC = Path(__file__).resolve().parents[1] / "src"
 
 from mercury_agent.cli_backend import (  # noqa: E402
     build_invocation,
@@ -313,7 +311,6 @@ def test_agent_command_through_the_runtime(tmp_path: Path) -> None:
         if not k.startswith(("MERCURY_", "ANTHROPIC_", "OPENAI_"))
     }
     env |= {
-        "PYTHONPATH": str(AGENT_SRC),
         "MERCURY_SPACE_DIR": str(space),
         "MERCURY_RESOURCES_DIR": str(AGENT_SRC.parents[2] / "resources"),
     }

@@ -3,19 +3,10 @@ talking to the fake model server on 127.0.0.1."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.fakes.model_server import FakeModelServer, Text, ToolCall, Turn
-
-AGENT_SRC = Path(__file__).resolve().parents[2] / "container" / "agent" / "src"
-if str(AGENT_SRC) not in sys.path:
-    sys.path.insert(0, str(AGENT_SRC))
-
-from mercury_agent.conversation import (  # noqa: E402
+from mercury_agent.conversation import (
     Message,
     ModelRequest,
     TextBlock,
@@ -23,7 +14,7 @@ from mercury_agent.conversation import (  # noqa: E402
     ToolResult,
     ToolUse,
 )
-from mercury_agent.providers import (  # noqa: E402
+from mercury_agent.providers import (
     AnthropicBackend,
     MalformedReply,
     OpenAIBackend,
@@ -32,6 +23,8 @@ from mercury_agent.providers import (  # noqa: E402
     parse_anthropic,
     parse_openai,
 )
+
+from tests.fakes.model_server import FakeModelServer, Text, ToolCall, Turn
 
 TOOL = ToolDef(
     "bash", "Run a command.", {"type": "object", "properties": {"command": {"type": "string"}}}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,13 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-
-AGENT_SRC = Path(__file__).resolve().parents[2] / "container" / "agent" / "src"
-if str(AGENT_SRC) not in sys.path:
-    sys.path.insert(0, str(AGENT_SRC))
-
-from mercury_agent.relay import Relay  # noqa: E402
-from mercury_agent.settings import apply_env, relay_env, subprocess_env  # noqa: E402
+from mercury_agent.relay import Relay
+from mercury_agent.settings import apply_env, relay_env, subprocess_env
 
 
 @dataclass

@@ -4,34 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
-from pathlib import Path
 from typing import Any
 
 import anthropic
 import httpx2
 import openai
 import pytest
-
-AGENT_SRC = Path(__file__).resolve().parents[2] / "container" / "agent" / "src"
-if str(AGENT_SRC) not in sys.path:
-    sys.path.insert(0, str(AGENT_SRC))
-
-from mercury_agent.chain import (  # noqa: E402
+from mercury_agent.chain import (
     ActionKind,
     Chain,
     ChainError,
     backoff,
     classify,
 )
-from mercury_agent.contract import LegSpec  # noqa: E402
-from mercury_agent.conversation import (  # noqa: E402
+from mercury_agent.contract import LegSpec
+from mercury_agent.conversation import (
     Message,
     ModelReply,
     ModelRequest,
     TextBlock,
 )
-from mercury_agent.providers import MalformedReply  # noqa: E402
+from mercury_agent.providers import MalformedReply
 
 RETRY, NEXT, FAIL = ActionKind.RETRY, ActionKind.NEXT_LEG, ActionKind.FAIL
 

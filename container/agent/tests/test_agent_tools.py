@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-AGENT_SRC = Path(__file__).resolve().parents[2] / "container" / "agent" / "src"
-if str(AGENT_SRC) not in sys.path:
-    sys.path.insert(0, str(AGENT_SRC))
-
-from mercury_agent.tools import (  # noqa: E402
+from mercury_agent.tools import (
     TOOLS,
     ToolContext,
     ToolError,

@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 
-AGENT_SRC = Path(__file__).resolve().parents[2] / "container" / "agent" / "src"
-
 GOOD_INPUT: dict[str, Any] = {
     "run_id": "run-1",
     "space_id": "space-1",
@@ -52,7 +50,6 @@ def run_agent(
     io_dir: Path | None, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MERCURY_")}
-    full_env["PYTHONPATH"] = str(AGENT_SRC)
     full_env.update(env or {})
     argv = [sys.executable, "-m", "mercury_agent", *args]
     if io_dir is not None:
@@ -214,8 +211,7 @@ def test_version_flag() -> None:
 
 
 @pytest.fixture
-def agent(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(AGENT_SRC))
+def agent() -> ModuleType:
     import mercury_agent.main
 
     return mercury_agent.main

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.fakes.model_server import Error, FakeModelServer, Text, ToolCall, Turn
-
-AGENT_SRC = Path(__file__).resolve().parents[2] / "container" / "agent" / "src"
-if str(AGENT_SRC) not in sys.path:
-    sys.path.insert(0, str(AGENT_SRC))
-
-from mercury_agent.chain import Chain  # noqa: E402
-from mercury_agent.contract import AgentError, LegSpec  # noqa: E402
-from mercury_agent.conversation import (  # noqa: E402
+from mercury_agent.chain import Chain
+from mercury_agent.contract import AgentError, LegSpec
+from mercury_agent.conversation import (
     Message,
     ModelReply,
     ModelRequest,
@@ -24,9 +16,11 @@ from mercury_agent.conversation import (  # noqa: E402
     ToolResult,
     ToolUse,
 )
-from mercury_agent.loop import run_loop  # noqa: E402
-from mercury_agent.providers import AnthropicBackend, Backend, OpenAIBackend  # noqa: E402
-from mercury_agent.tools import TOOLS, ToolContext  # noqa: E402
+from mercury_agent.loop import run_loop
+from mercury_agent.providers import AnthropicBackend, Backend, OpenAIBackend
+from mercury_agent.tools import TOOLS, ToolContext
+
+from tests.fakes.model_server import Error, FakeModelServer, Text, ToolCall, Turn
 
 PROMPT = [Message("user", [TextBlock("Ada: go")])]
 
