@@ -1,7 +1,8 @@
 """Mercury's storage layer: async SQLAlchemy engine, models, Alembic migrations, repositories.
 
 Callers use `Database`, the `migrate` functions and the repository functions re-exported
-here; nothing outside this package writes SQL.
+here (one module per aggregate: spaces.py, jobs.py, ...; see repo.py); nothing outside
+this package writes SQL.
 """
 
 from mercury.storage.db import (
@@ -38,6 +39,7 @@ from mercury.storage.repo import (
     Store,
     TaskRecord,
     UsageRecord,
+    UserJob,
     abort_queued_jobs,
     add_message,
     add_task,
@@ -71,12 +73,14 @@ from mercury.storage.repo import (
     mark_task_ran,
     mute,
     pause_space,
+    pause_until_resumed,
     recent_messages,
     record_run,
     remove_role,
     requeue_job,
     requeue_or_fail_stale_running,
     reset_context,
+    resume_space,
     revoke_permission,
     role_permissions,
     set_extension_state,
@@ -87,6 +91,7 @@ from mercury.storage.repo import (
     unlink_conversation,
     unmute,
     usage_for_space,
+    user_jobs_since,
 )
 
 __all__ = [
@@ -110,6 +115,7 @@ __all__ = [
     "Store",
     "TaskRecord",
     "UsageRecord",
+    "UserJob",
     "abort_queued_jobs",
     "add_message",
     "add_task",
@@ -149,12 +155,14 @@ __all__ = [
     "mute",
     "parse_database_url",
     "pause_space",
+    "pause_until_resumed",
     "recent_messages",
     "record_run",
     "remove_role",
     "requeue_job",
     "requeue_or_fail_stale_running",
     "reset_context",
+    "resume_space",
     "revoke_permission",
     "role_permissions",
     "safe_url",
@@ -167,5 +175,6 @@ __all__ = [
     "unmute",
     "upgrade",
     "usage_for_space",
+    "user_jobs_since",
     "utcnow",
 ]

@@ -9,7 +9,7 @@ The life of a reply and why each step is its own write::
 A process that dies before `mark_sending` leaves a `pending` reply: it is delivered at the
 next start. One that dies after it leaves `sending`: the platform may have it already, so
 it is not sent again (unless the adapter can repeat a send harmlessly). Either way the job
-is never run again: `repo.requeue_or_fail_stale_running` skips jobs that have a reply.
+is never run again: `jobs.requeue_or_fail_stale_running` skips jobs that have a reply.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from mercury.storage.models import Job, JobStatus, Reply, ReplyStatus, utcnow
-from mercury.storage.repo import Store, _columns, _rec, _tx
+from mercury.storage.session import Store, all_columns, rowcount, to_record, tx
 
 # The outcome a reply stands for: the job ends with this status once the reply is out.
 FINISHABLE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -50,7 +50,7 @@ async def add_reply(
     payload: dict[str, Any],
 ) -> ReplyRecord:
     """Store a job's answer, unsent. A job has at most one reply (unique job_id)."""
-    async with _tx(store) as s:
+    async with tx(store) as s:
         row = Reply(
             job_id=job_id,
             space_id=space_id,
@@ -62,31 +62,32 @@ async def add_reply(
         )
         s.add(row)
         await s.flush()
-        return _rec(ReplyRecord, row)
+        return to_record(ReplyRecord, row)
 
 
 async def reply_for_job(store: Store, job_id: int) -> ReplyRecord | None:
-    async with _tx(store) as s:
+    """The job's reply, or None: a job with one is delivered from the outbox, not run."""
+    async with tx(store) as s:
         row = (
-            await s.execute(select(*_columns(Reply)).where(Reply.job_id == job_id))
+            await s.execute(select(*all_columns(Reply)).where(Reply.job_id == job_id))
         ).one_or_none()
-        return None if row is None else _rec(ReplyRecord, row)
+        return None if row is None else to_record(ReplyRecord, row)
 
 
 async def mark_sending(store: Store, reply_id: int) -> bool:
     """pending -> sending, before the platform call. False if it is not pending any more."""
-    async with _tx(store) as s:
+    async with tx(store) as s:
         result = await s.execute(
             update(Reply)
             .where(Reply.id == reply_id, Reply.status == ReplyStatus.PENDING)
             .values(status=ReplyStatus.SENDING, attempts=Reply.attempts + 1)
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return bool(rowcount(result))
 
 
 async def back_to_pending(store: Store, reply_id: int, error: str) -> None:
     """sending -> pending: the platform refused the send, so it is known not to be out."""
-    async with _tx(store) as s:
+    async with tx(store) as s:
         await s.execute(
             update(Reply)
             .where(Reply.id == reply_id, Reply.status == ReplyStatus.SENDING)
@@ -108,7 +109,7 @@ async def _settle(
     store: Store, reply_id: int, status: ReplyStatus, error: str | None, *, failed: bool
 ) -> None:
     """Give the reply its final status and end its job with it, in one transaction."""
-    async with _tx(store) as s:
+    async with tx(store) as s:
         reply = await s.get(Reply, reply_id, populate_existing=True)
         if reply is None:
             return
@@ -130,13 +131,13 @@ async def _settle(
 
 async def unfinished_replies(store: Store) -> list[ReplyRecord]:
     """Replies not yet known to be out (pending or sending), oldest first."""
-    async with _tx(store) as s:
+    async with tx(store) as s:
         rows = await s.execute(
-            select(*_columns(Reply))
+            select(*all_columns(Reply))
             .where(Reply.status.in_([ReplyStatus.PENDING, ReplyStatus.SENDING]))
             .order_by(Reply.id)
         )
-        return [_rec(ReplyRecord, r) for r in rows]
+        return [to_record(ReplyRecord, r) for r in rows]
 
 
 __all__ = [

@@ -22,7 +22,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, text, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, StatementError
 
@@ -71,11 +71,13 @@ from mercury.storage import (
     mark_task_ran,
     mute,
     pause_space,
+    pause_until_resumed,
     recent_messages,
     record_run,
     remove_role,
     requeue_or_fail_stale_running,
     reset_context,
+    resume_space,
     revoke_permission,
     role_permissions,
     safe_url,
@@ -88,9 +90,10 @@ from mercury.storage import (
     unmute,
     upgrade,
     usage_for_space,
+    user_jobs_since,
 )
 from mercury.storage.migrate import alembic_config
-from mercury.storage.models import Base
+from mercury.storage.models import Base, Job
 
 MERCURY_TABLES = set(Base.metadata.tables)
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -395,6 +398,28 @@ async def test_spaces(db: Database) -> None:
         await pause_space(db, "nope", None)
 
 
+async def test_pause_until_resumed_and_resume(db: Database, space: str) -> None:
+    now = datetime.now(UTC)
+    paused = await pause_until_resumed(db, space)
+    assert paused.is_paused(now) and paused.is_paused(now + timedelta(days=3650))
+    assert paused.pause_ends is None  # no end to show: it waits for /resume
+    fetched = await get_space(db, space)  # stored, so it survives a restart
+    assert fetched is not None and fetched.is_paused(now) and fetched.pause_ends is None
+
+    resumed = await resume_space(db, space)
+    assert not resumed.is_paused(now) and resumed.pause_ends is None
+    assert resumed.paused_until is None
+
+    timed = await pause_space(db, space, now + timedelta(hours=1))
+    assert timed.is_paused(now) and timed.pause_ends == now + timedelta(hours=1)
+    assert not timed.is_paused(now + timedelta(hours=2))  # a timed pause ends by itself
+    assert not (await resume_space(db, space)).is_paused(now)
+    with pytest.raises(NotFound):
+        await pause_until_resumed(db, "nope")
+    with pytest.raises(NotFound):
+        await resume_space(db, "nope")
+
+
 async def test_timestamps_round_trip_as_aware_utc(db: Database) -> None:
     await get_or_create_space(db, "tz")
     plus_two = datetime(2026, 5, 6, 9, 0, tzinfo=timezone(timedelta(hours=2)))
@@ -548,6 +573,35 @@ async def test_enqueue_and_finish_job(db: Database, space: str) -> None:
     assert (done.status, done.error) == (JobStatus.FAILED, "model unreachable")
     assert done.finished_at is not None
     assert await get_job(db, 999_999) is None
+
+
+async def test_user_jobs_since_filters_in_the_database(db: Database) -> None:
+    for sid in ("a", "b"):
+        await get_or_create_space(db, sid)
+    since = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    old = await enqueue_job(db, "a", payload={"user_key": "slack:U1", "prompt": "yesterday"})
+    a1 = await enqueue_job(db, "a", payload={"user_key": "slack:U1", "prompt": "hi"})
+    await enqueue_job(db, "a", payload={"prompt": "a scheduled task names no user"})
+    await enqueue_job(db, "a", payload={"user_key": "", "prompt": "empty key"})
+    b1 = await enqueue_job(db, "b", payload={"user_key": "web:op", "task_id": 7})
+    await enqueue_job(db, "b")  # no payload at all
+    [claimed] = await claim_next_jobs(db, owner="p", max_total=1, busy_spaces={"a"})
+    assert claimed.id == b1.id
+    assert await finish_job(db, b1.id, JobStatus.DONE)  # finished jobs count too
+    at = {a1.id: since + timedelta(minutes=1), b1.id: since + timedelta(minutes=2)}
+    async with db.transaction() as s:
+        await s.execute(
+            update(Job).where(Job.id == old.id).values(enqueued_at=since - timedelta(seconds=1))
+        )
+        for job_id, when in at.items():
+            await s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=when))
+
+    rows = await user_jobs_since(db, since)
+    assert rows == [("a", "slack:U1", at[a1.id]), ("b", "web:op", at[b1.id])]
+    assert rows[0].user_key == "slack:U1" and rows[0].enqueued_at.tzinfo is not None
+    # `since` is inclusive; the job from before it is in only when asked from earlier.
+    assert len(await user_jobs_since(db, since - timedelta(seconds=1))) == 3
+    assert await user_jobs_since(db, since + timedelta(hours=1)) == []
 
 
 async def test_claim_is_fifo_per_space_and_one_running_per_space(db: Database) -> None:
