@@ -134,8 +134,11 @@ def cost_usd(
 
 
 @dataclass(frozen=True)
-class UsageRecord:
+class MeteredCall:
     """One metered model call of one run.
+
+    Not the usage table's row (`mercury.storage.UsageRecord`: a space's tokens and cost
+    per day and model); the run executor adds a run's calls up into one of those.
 
     `status` is the upstream's HTTP status, None when it never answered (unreachable, timed
     out or cancelled before its headers). `incomplete` is True when the answer was not read
@@ -176,7 +179,7 @@ class UsageTotals:
     failed_requests: int = 0
     incomplete_requests: int = 0
 
-    def add(self, record: UsageRecord) -> None:
+    def add(self, record: MeteredCall) -> None:
         self.requests += 1
         self.input_tokens += record.input_tokens
         self.output_tokens += record.output_tokens
@@ -191,7 +194,7 @@ class UsageTotals:
         return UsageTotals(**vars(self))
 
 
-UsageHook = Callable[[UsageRecord], Awaitable[None] | None]
+UsageHook = Callable[[MeteredCall], Awaitable[None] | None]
 
 # How many popped run ids the meter remembers, to tell a late record from a new run.
 _POPPED_MEMORY = 4096
@@ -235,9 +238,9 @@ class UsageMeter:
         *,
         status: int | None = None,
         incomplete: bool = False,
-    ) -> UsageRecord:
+    ) -> MeteredCall:
         """Price `usage`: by the model asked for (the price table's names), else as reported."""
-        return UsageRecord(
+        return MeteredCall(
             run_id=run_id,
             space_id=space_id,
             provider=provider,
@@ -249,7 +252,7 @@ class UsageMeter:
             incomplete=incomplete,
         )
 
-    def add(self, rec: UsageRecord) -> asyncio.Future[None]:
+    def add(self, rec: MeteredCall) -> asyncio.Future[None]:
         """Count `rec` now and start the hooks; the future is done when its hooks are.
 
         Synchronous up to the returned future, so it is safe in the `finally` of a task
@@ -287,7 +290,7 @@ class UsageMeter:
         return asyncio.gather(*pending)
 
     @staticmethod
-    async def _run_hook(result: Awaitable[None], rec: UsageRecord) -> None:
+    async def _run_hook(result: Awaitable[None], rec: MeteredCall) -> None:
         try:
             await result
         except Exception:
@@ -303,7 +306,7 @@ class UsageMeter:
         *,
         status: int | None = None,
         incomplete: bool = False,
-    ) -> UsageRecord:
+    ) -> MeteredCall:
         """Add one call's usage to its run and space, then wait for the hooks."""
         rec = self.make_record(
             run_id, space_id, provider, usage, requested_model, status=status, incomplete=incomplete

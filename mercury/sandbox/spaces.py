@@ -6,14 +6,15 @@ symlinks to host files where the host expects folders or files. So every host-si
 into a space is made relative to a directory handle, never follows a symlink at any
 component, creates files exclusively, and sets ownership on the open file, not by path.
 
-The folder is created whole, once, for the container's uid: `inbox/` (the users' uploads),
-`outbox/` (files to send back) and `MEMORY.md`. A space has a size limit (`disk.space_size`)
-enforced while the agent writes, in one of two ways (`disk.space_limit`):
+`SpaceStore.ensure` is the one place that makes the folder, whole, for the container's uid
+(`container.user`): `inbox/` (the users' uploads, saved through `save_inbox_file`),
+`outbox/` (files to send back) and `MEMORY.md`. Before every run it hands these back to
+that uid, so a space made for another one (an older Mercury's fixed uid 1000, or a
+`container.user` changed since) stays writable by the agent. A space has a size limit
+(`disk.space_size`) enforced while the agent writes, in one of two ways (`disk.space_limit`):
 
-- image: the folder is an ext4 filesystem image (`data_dir/space-images/<id>.img`, sparse)
-  loop-mounted at `data_dir/spaces/<id>`; the kernel refuses writes past the size, so the
-  agent sees "No space left on device" and the host's disk is untouched. Needs root, loop
-  devices, mkfs.ext4 and mount. A space that already has files is copied into its image.
+- image: the folder is an ext4 filesystem image, loop-mounted (space_images.py); the
+  kernel refuses writes past the size. Needs root, loop devices, mkfs.ext4 and mount.
 - watch: a plain folder, measured while a run goes (`measure`); the runner stops the run
   when the folder is over the limit. Used where images cannot be mounted.
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 import subprocess
 import threading
@@ -36,6 +36,7 @@ from mercury.config import Config
 from mercury.logging import get_logger
 from mercury.sandbox.hardening import check_id
 from mercury.sandbox.identity import ContainerIdentity
+from mercury.sandbox.space_images import image_support, images_root, mount_image
 
 log = get_logger("mercury.sandbox.spaces")
 
@@ -65,22 +66,6 @@ class SpaceInfo:
 
 def spaces_root(data_dir: Path) -> Path:
     return data_dir / "spaces"
-
-
-def images_root(data_dir: Path) -> Path:
-    return data_dir / "space-images"
-
-
-def image_support() -> str | None:
-    """Why per-space images cannot be used here, or None when they can."""
-    if os.geteuid() != 0:
-        return "Mercury does not run as root (mounting needs it)"
-    for tool in ("mkfs.ext4", "mount", "umount"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    if not Path("/dev/loop-control").exists():
-        return "the kernel offers no loop devices (/dev/loop-control)"
-    return None
 
 
 def free_bytes(path: Path) -> int:
@@ -269,13 +254,22 @@ class SpaceStore:
         return new
 
     def _populate(self, path: Path, space_id: str, profile: str, *, new: bool) -> None:
-        """inbox/ and outbox/ whenever missing; MEMORY.md in a new space. All the agent's."""
+        """inbox/ and outbox/ whenever missing; MEMORY.md in a new space. All the agent's.
+
+        Existing ones are handed (back) to the container's uid too: made for another uid,
+        the agent could not write its outbox or its memory.
+        """
         root = _open_dir(path)
         try:
             self._give(root, 0o750)  # an image's root comes from mkfs as 0755
             for sub in (INBOX, OUTBOX):
-                os.close(self._open_subdir(root, sub))
+                fd = self._open_subdir(root, sub)
+                try:
+                    self._give(fd, 0o750)
+                finally:
+                    os.close(fd)
             if not new:
+                self._give_memory(root)
                 return
             text = (
                 f"# Memory of space {space_id}\n\nProfile: {profile}. The agent keeps notes here.\n"
@@ -284,6 +278,25 @@ class SpaceStore:
                 self._create_file(root, MEMORY, text.encode(), exclusive_name=True)
         finally:
             os.close(root)
+
+    def _give_memory(self, root: int) -> None:
+        """Hand an existing MEMORY.md to the container's uid; its mode is the agent's.
+
+        Only a regular file with one link: a link the agent planted is not followed, and
+        a hard link's other names are not the space's to give away.
+        """
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        try:
+            fd = os.open(MEMORY, flags, dir_fd=root)
+        except OSError:
+            return  # none (the agent may delete it), or a link: left as it is
+        try:
+            st = os.fstat(fd)
+            wrong = (st.st_uid, st.st_gid) != (self.identity.uid, self.identity.gid)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and wrong and os.geteuid() == 0:
+                os.fchown(fd, self.identity.uid, self.identity.gid)
+        finally:
+            os.close(fd)
 
     def _give(self, fd: int, mode: int) -> None:
         """Hand an open file or folder to the container's uid (no path, so no link)."""
@@ -348,59 +361,16 @@ class SpaceStore:
             return candidate
         raise SpaceError(f"too many files named like {name!r} in the inbox")
 
-    # ------------------------------------------------------------------ images
-
     def _ensure_image(self, space_id: str, path: Path) -> bool:
         """Mount the space's image (made on first use); True when the space is new."""
-        if os.path.ismount(path):
+        if not os.path.ismount(path):
+            assert self.size is not None
+            image = private_dir(images_root(self.data_dir)) / f"{space_id}.img"
+            new = mount_image(space_id, path, image, self.size, self.identity)
             self._mounted.add(space_id)
-            return False
-        assert self.size is not None
-        images = private_dir(images_root(self.data_dir))
-        image = images / f"{space_id}.img"
-        fresh = not image.exists()
-        if fresh:
-            _make_image(image, self.size, self.identity)
-        elif image.stat().st_size < self.size:
-            _grow_image(image, self.size)
-        elif image.stat().st_size > self.size:
-            log.warning(
-                "space image is larger than disk.space_size; it is not shrunk",
-                space_id=space_id,
-                image_bytes=image.stat().st_size,
-            )
-        moved: Path | None = None
-        if path.is_symlink() or (path.exists() and not path.is_dir()):
-            raise SpaceError(f"{path} exists and is not a folder")
-        if path.is_dir() and any(path.iterdir()):
-            # Files from before images were used: copy them in after mounting.
-            moved = path.with_name(f".{space_id}.migrating")
-            os.rename(path, moved)
-        path.mkdir(mode=0o700, exist_ok=True)
-        try:
-            _run(["mount", "-o", "loop,nosuid,nodev", str(image), str(path)])
-        except BaseException:
-            if moved is not None:
-                path.rmdir()
-                os.rename(moved, path)
-            raise
+            return new
         self._mounted.add(space_id)
-        if fresh:
-            with contextlib.suppress(OSError):
-                (path / "lost+found").rmdir()
-        if moved is not None:
-            try:
-                _copy_tree_into(moved, path)
-            except OSError:
-                subprocess.run(["umount", str(path)], capture_output=True, check=False)
-                self._mounted.discard(space_id)
-                path.rmdir()
-                os.rename(moved, path)
-                image.unlink()
-                raise
-            shutil.rmtree(moved)
-            log.info("space moved into its size-limited image", space_id=space_id)
-        return fresh and moved is None
+        return False
 
 
 def _scan(fd: int) -> tuple[list[str], int, int]:
@@ -428,55 +398,3 @@ def _open_dir(path: Path) -> int:
         return os.open(path, _DIR_FLAGS)
     except OSError as exc:
         raise SpaceError(f"cannot open the space folder {path}: {exc.strerror}") from exc
-
-
-def _run(cmd: list[str]) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        raise SpaceError(f"{cmd[0]} failed: {detail[-1] if detail else done.returncode}")
-
-
-def _make_image(image: Path, size: int, ident: ContainerIdentity) -> None:
-    tmp = image.with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        fh.truncate(size)  # sparse: disk is used as the agent writes
-    try:
-        _run(
-            [
-                "mkfs.ext4", "-q", "-F", "-m", "0", "-J", "size=4",
-                "-E", f"root_owner={ident.uid}:{ident.gid}", str(tmp),
-            ]
-        )  # fmt: skip
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.rename(tmp, image)
-
-
-def _grow_image(image: Path, size: int) -> None:
-    with open(image, "r+b") as fh:
-        fh.truncate(size)
-    if shutil.which("resize2fs"):
-        _run(["resize2fs", "-f", str(image)])
-
-
-def _copy_tree_into(src: Path, dst: Path) -> None:
-    """Copy a space's old files into its image: links copied as links, owners kept."""
-    for root, dirs, files in os.walk(src):
-        rel = Path(root).relative_to(src)
-        for name in dirs + files:
-            s, d = Path(root) / name, dst / rel / name
-            st = s.lstat()
-            if stat.S_ISDIR(st.st_mode):
-                d.mkdir(exist_ok=True)
-            elif stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(s), d)
-            elif stat.S_ISREG(st.st_mode):
-                shutil.copyfile(s, d, follow_symlinks=False)
-            else:
-                continue  # sockets, fifos, devices: not worth keeping
-            os.chown(d, st.st_uid, st.st_gid, follow_symlinks=False)
-            if not stat.S_ISLNK(st.st_mode):
-                os.chmod(d, stat.S_IMODE(st.st_mode))

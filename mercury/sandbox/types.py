@@ -4,26 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from mercury.core.run_reason import RunReason
 from mercury.sandbox.imagestate import ImageBuildState
 from mercury.sandbox.outputs import DroppedFile, OutputFile
 
 __all__ = ["ImageBuildState", "RunReason", "RunRequest", "RunResult"]
-
-
-class RunReason(StrEnum):
-    OK = "ok"
-    ERROR = "error"  # the agent reported ok:false (or wrote an unreadable result)
-    CRASHED = "crashed"  # exited without a result, or could not be started
-    OOM = "oom"
-    TIMEOUT = "timeout"
-    ABORTED = "aborted"
-    # Stopped because the space outgrew disk.space_size (watched spaces) or the host's
-    # free disk fell below disk.min_free while it ran.
-    DISK = "disk"
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from mercury.core.run_reason import RunReason  # the runs table stores the runner's
+
 sql_text = text  # `text` is also a column name below; this alias avoids the shadowing
 
 # Deterministic constraint names, so migrations can drop or alter them on every database.
@@ -102,18 +104,6 @@ class JobStatus(enum.StrEnum):
 
 
 FINAL_JOB_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.ABORTED})
-
-
-class RunReason(enum.StrEnum):
-    """How one container execution ended."""
-
-    OK = "ok"
-    ERROR = "error"
-    CRASHED = "crashed"
-    OOM = "oom"
-    TIMEOUT = "timeout"
-    ABORTED = "aborted"
-    DISK = "disk"
 
 
 def _str_enum(enum_cls: type[enum.StrEnum], name: str) -> Enum:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -239,6 +240,63 @@ async def test_fork_bomb_is_contained_by_the_pids_limit(
     # Forking stopped with EAGAIN at the limit (tini and the agent itself count too).
     assert got["errno"] == 11, got
     assert 10 <= got["count"] < pids_limit
+
+
+# --------------------------------------------------------------------------- space folder
+
+OTHER_USER = "2000:2000"  # container.user set by the operator, not the default
+
+
+async def test_a_configured_container_user_owns_the_whole_space(make_runner: MakeRunner) -> None:
+    """container.user is the one owner of the space: the top folder, inbox/, outbox/ and
+    MEMORY.md, so the agent reads uploads and writes its outbox and memory."""
+    if os.geteuid() != 0:
+        pytest.skip("handing files to another uid needs root")
+    runner = make_runner(user=OTHER_USER)
+    assert (runner.identity.uid, runner.identity.gid) == (2000, 2000)
+    # An upload before the first run, saved through the space store as inbound does.
+    runner.spaces.ensure("space-a")
+    saved = runner.spaces.save_inbox_file("space-a", "note.txt", b"from the user")
+
+    ids = reply_json(await runner.run(request("id")))
+    assert (ids["uid"], ids["gid"]) == (2000, 2000)
+    got = reply_json(await runner.run(request(f"read /space/{saved}")))
+    assert got == {"exists": True, "content": "from the user"}
+    wrote = await runner.run(request("outbox made.txt"))
+    assert wrote.reason is RunReason.OK, wrote
+    assert [f.name for f in wrote.files] == ["made.txt"]
+    assert wrote.files[0].path.read_text().startswith("made by run")
+    space = runner.config.data_dir / "spaces" / "space-a"
+    for path in (space, space / "inbox", space / "outbox", space / "MEMORY.md", space / saved):
+        assert (path.stat().st_uid, path.stat().st_gid) == (2000, 2000), path
+
+
+async def test_a_space_made_for_another_uid_is_handed_to_the_configured_one(
+    make_runner: MakeRunner, tmp_path: Path
+) -> None:
+    """A space whose inbox/, outbox/ and MEMORY.md belong to uid 1000 (what Mercury made
+    before container.user was honoured, or a container.user changed since) is handed over
+    before the next run: the agent can write its outbox and its memory."""
+    if os.geteuid() != 0:
+        pytest.skip("handing files to another uid needs root")
+    data = tmp_path / "data"
+    space = data / "spaces" / "space-a"
+    for folder in (space / "inbox", space / "outbox"):
+        folder.mkdir(parents=True)
+    (space / "MEMORY.md").write_text("# Memory\n")
+    for path in (space, space / "inbox", space / "outbox", space / "MEMORY.md"):
+        os.chown(path, 1000, 1000)
+        path.chmod(0o640 if path.is_file() else 0o750)
+    (data / "spaces").chmod(0o700)
+    data.chmod(0o700)
+    runner = make_runner(user=OTHER_USER, data_dir=data)
+
+    wrote = await runner.run(request("outbox made.txt"))
+    assert wrote.reason is RunReason.OK, wrote
+    assert [f.name for f in wrote.files] == ["made.txt"]
+    for path in (space, space / "inbox", space / "outbox", space / "MEMORY.md"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (2000, 2000), path
+    assert (space / "MEMORY.md").read_text() == "# Memory\n"  # handed over, not replaced
 
 
 async def test_root_filesystem_is_read_only(runner: ContainerRunner) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from mercury.api.usage import (
+    MeteredCall,
     TokenUsage,
     UsageMeter,
-    UsageRecord,
     anthropic_usage_from_json,
     cost_usd,
     openai_usage_from_json,
@@ -406,13 +406,13 @@ async def test_meter_totals_per_run_and_per_space() -> None:
 
 
 async def test_meter_hooks_get_each_record_and_a_failing_hook_is_contained() -> None:
-    seen_sync: list[UsageRecord] = []
-    seen_async: list[UsageRecord] = []
+    seen_sync: list[MeteredCall] = []
+    seen_async: list[MeteredCall] = []
 
-    async def store(rec: UsageRecord) -> None:
+    async def store(rec: MeteredCall) -> None:
         seen_async.append(rec)
 
-    def broken(_rec: UsageRecord) -> None:
+    def broken(_rec: MeteredCall) -> None:
         raise RuntimeError("database down")
 
     meter = UsageMeter(PRICES, on_record=seen_sync.append)
@@ -448,10 +448,10 @@ async def test_failed_and_incomplete_calls_are_counted_with_zero_tokens() -> Non
 async def test_add_counts_at_once_and_its_hooks_survive_the_callers_cancellation() -> None:
     """Recording in a cancelled task's finally: totals before any await, hooks in tasks of
     the meter's own, so cancelling the proxy's handler cannot lose the record."""
-    stored: list[UsageRecord] = []
+    stored: list[MeteredCall] = []
     release = asyncio.Event()
 
-    async def slow_store(rec: UsageRecord) -> None:
+    async def slow_store(rec: MeteredCall) -> None:
         await release.wait()
         stored.append(rec)
 
@@ -478,7 +478,7 @@ async def test_add_counts_at_once_and_its_hooks_survive_the_callers_cancellation
 
 
 async def test_a_record_after_pop_run_is_not_lost_silently_nor_leaked() -> None:
-    seen: list[UsageRecord] = []
+    seen: list[MeteredCall] = []
     meter = UsageMeter(on_record=seen.append)
     await meter.record("r1", "s1", "openai", TokenUsage(1, 1), status=200)
     assert meter.pop_run("r1").requests == 1

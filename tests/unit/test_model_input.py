@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 from mercury.config import Config
-from mercury.sandbox.service import build_input, model_input
+from mercury.sandbox.contract import build_input, model_input
 
 CHAIN = {
     "model": {
