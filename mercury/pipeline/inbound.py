@@ -1,7 +1,8 @@
 """An inbound message: look up its space and author, ask the router, then act on the answer.
 
 The decision itself is `core.router.route` (pure); this module only does the I/O around
-it: storage lookups, storing the message, running commands, enqueueing the job.
+it: storage lookups, storing the message, enqueueing the job. A chat command is carried
+out by `pipeline.commands`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ import contextlib
 import errno
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import exc as sa_exc
 
 from mercury.adapters.base import Adapter, InboundUnavailable
 from mercury.config import Config
-from mercury.core.commands import HELP_TEXT, Command, CommandKind
 from mercury.core.messages import Attachment, InboundMessage, Reply
 from mercury.core.permissions import is_custom, permissions_of, role_of, user_key
 from mercury.core.ratelimit import RateLedger, RateRule
@@ -28,18 +27,17 @@ from mercury.core.router import (
     Decision,
     RouteContext,
     route,
-    status_text,
 )
 from mercury.core.spaces import default_space_id
 from mercury.core.triggers import TriggerMode, TriggerRule
 from mercury.logging import first_line, get_logger
+from mercury.pipeline.commands import ChatCommands
 from mercury.pipeline.dispatcher import Dispatcher
-from mercury.pipeline.runs import MODEL_PREF, JobPayload
+from mercury.pipeline.payload import JobPayload
 from mercury.sandbox.runner import ContainerRunner
 from mercury.storage import (
     Database,
     DuplicateMessage,
-    JobStatus,
     MessageRecord,
     MessageRole,
     Store,
@@ -148,19 +146,17 @@ class InboundHandler:
         self.rule = trigger_rule(config)
         self.ledger = RateLedger(rate_rule(config))
         self.admins = set(config.permissions.admins)
+        self.commands = ChatCommands(config, db, runner)
         # user key -> (lock, how many hold or wait for it): see _one_at_a_time.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def seed_ledger(self) -> None:
-        """Rate limits survive restarts: count today's accepted requests from the queue."""
-        now = utcnow()
-        since = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        jobs = await repo.list_jobs(self.db, limit=100_000)
-        self.ledger.seed(
-            (j.space_id, str(j.payload.get("user_key", "")), j.enqueued_at)
-            for j in jobs
-            if j.enqueued_at >= since and j.payload.get("user_key")
-        )
+        """Rate limits survive restarts: count today's accepted requests from the queue.
+
+        The database picks today's jobs that name a user; only those rows are read.
+        """
+        since = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+        self.ledger.seed(await repo.user_jobs_since(self.db, since))
 
     async def __call__(self, msg: InboundMessage) -> None:
         try:
@@ -211,10 +207,9 @@ class InboundHandler:
         custom: dict[str, set[str]] = {}
         if is_custom(role):
             custom[role] = await repo.role_permissions(self.db, space_id, role)
-        paused_until = space.paused_until
         rule = self.rule
         # Adapters that know the bot's handle ("@name_bot") let the router strip it.
-        handles = tuple(getattr(self.adapters.get(msg.platform), "bot_handles", ()) or ())
+        handles = self.adapters[msg.platform].bot_handles if msg.platform in self.adapters else ()
         if handles:
             rule = replace(rule, bot_handles=handles)
         ctx = RouteContext(
@@ -224,10 +219,8 @@ class InboundHandler:
             rate_rule=self.ledger.rule,
             recent=self.ledger.recent(space_id, key, now),
             used_today=self.ledger.used_today(key, now),
-            paused=paused_until is not None,
-            paused_until=None
-            if paused_until is None or paused_until.year >= 9999
-            else paused_until,
+            paused=space.is_paused(now),
+            paused_until=space.pause_ends,
             muted=await repo.is_muted(self.db, space_id, msg.platform, msg.author_id, now=now),
         )
         decision = route(msg, ctx, now)
@@ -244,7 +237,7 @@ class InboundHandler:
             # told to try again, and a command done twice (pause, stop, a model switch)
             # changes nothing more. Stored the other way round, the retry would be taken
             # for a redelivery and the command never done.
-            text = await self._command(decision.command, space_id, msg)
+            text = await self.commands.run(decision.command, space_id)
             if await self._store(self.db, msg, space_id, conv_id, MessageRole.USER):
                 await self._notify(msg, text)
             return
@@ -307,9 +300,11 @@ class InboundHandler:
                         author_name=msg.author_name,
                         role=role,
                         attachments=tuple(attachments),
-                    ).to_dict()
-                    payload["user_key"] = key
-                    await repo.enqueue_job(s, space_id, payload=payload, message_id=stored.id)
+                        user_key=key,
+                    )
+                    await repo.enqueue_job(
+                        s, space_id, payload=payload.to_dict(), message_id=stored.id
+                    )
             if verdict.allowed:
                 self.ledger.record(space_id, key, now)
         if not verdict.allowed:
@@ -401,72 +396,6 @@ class InboundHandler:
             except Exception as exc:
                 log.warning("attachment not saved", name=att.name, error=str(exc))
         return saved
-
-    async def _command(self, cmd: Command, space_id: str, msg: InboundMessage) -> str:
-        kind = cmd.kind
-        if kind is CommandKind.STOP:
-            cleared = await repo.abort_queued_jobs(self.db, space_id, "stopped by /stop")
-            stopped = await self.runner.abort(space_id)
-            parts = ["Stopped the running request." if stopped else "Nothing was running."]
-            if cleared:
-                parts.append(f"Cleared {cleared} waiting message(s).")
-            return " ".join(parts)
-        if kind is CommandKind.PAUSE:
-            until = (
-                utcnow() + timedelta(seconds=cmd.duration_s)
-                if cmd.duration_s
-                else datetime(9999, 1, 1, tzinfo=UTC)  # until /resume; survives restarts
-            )
-            await repo.pause_space(self.db, space_id, until)
-            if cmd.duration_s:
-                return f"Paused until {until:%Y-%m-%d %H:%M} UTC. /resume to continue sooner."
-            return "Paused. Send /resume to continue."
-        if kind is CommandKind.RESUME:
-            await repo.pause_space(self.db, space_id, None)
-            return "Resumed."
-        if kind is CommandKind.HELP:
-            return HELP_TEXT
-        if kind is CommandKind.CLEAR:
-            await repo.reset_context(self.db, space_id)
-            return "Cleared: the next message starts a fresh conversation."
-        if kind is CommandKind.STATUS:
-            space = await repo.get_space(self.db, space_id)
-            queued = await repo.list_jobs(self.db, status=JobStatus.QUEUED, space_id=space_id)
-            prefs = await repo.get_preferences(self.db, space_id)
-            paused_until = space.paused_until if space else None
-            return status_text(
-                running=space_id in self.runner.active_spaces(),
-                queue_length=len(queued),
-                model=prefs.get(MODEL_PREF) or self.config.model.chain[0].model,
-                paused=paused_until is not None and paused_until > utcnow(),
-                paused_until=None
-                if paused_until is None or paused_until.year >= 9999
-                else paused_until,
-                now=utcnow(),
-            )
-        if kind is CommandKind.MODEL_LIST:
-            prefs = await repo.get_preferences(self.db, space_id)
-            current = prefs.get(MODEL_PREF) or self.config.model.chain[0].model
-            return "Models:\n" + "\n".join(
-                f"{i + 1}. {leg.provider}/{leg.model}"
-                + (" (current)" if leg.model == current else "")
-                for i, leg in enumerate(self.config.model.chain)
-            )
-        if kind is CommandKind.MODEL_SWITCH:
-            chain = self.config.model.chain
-            wanted = (cmd.model or "").strip()
-            leg = None
-            if wanted.isdigit() and 1 <= int(wanted) <= len(chain):
-                leg = chain[int(wanted) - 1]
-            else:
-                leg = next(
-                    (x for x in chain if wanted in (x.model, f"{x.provider}/{x.model}")), None
-                )
-            if leg is None:
-                return f"No model {wanted!r} in the chain; /model list shows them."
-            await repo.set_preference(self.db, space_id, MODEL_PREF, leg.model)
-            return f"This space now uses {leg.provider}/{leg.model} first."
-        return HELP_TEXT
 
 
 def _safe_name(att: Attachment, index: int) -> str:

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mercury.adapters.base import Adapter
+from mercury.api.runhost import RunHost
 from mercury.api.usage import UsageTotals
 from mercury.config import Config
 from mercury.core.history import HistoryItem, select_history
@@ -20,9 +21,10 @@ from mercury.core.router import DISK_WAIT_NOTICE, failure_notice, unavailable_no
 from mercury.logging import first_line, get_logger
 from mercury.pipeline.dispatcher import JobDeferred
 from mercury.pipeline.outbox import ReplyOutbox, keep_files, reply_payload, until_stored
+from mercury.pipeline.payload import JobPayload
+from mercury.sandbox.contract import Caller, RunInput, new_run_id, run_input
 from mercury.sandbox.outputs import DroppedFile, outputs_root, remove_outputs
 from mercury.sandbox.runner import ContainerRunner
-from mercury.sandbox.service import RunHost, build_input, model_input, new_run_id
 from mercury.sandbox.types import RunReason, RunRequest, RunResult
 from mercury.storage import (
     Database,
@@ -42,55 +44,6 @@ STATUS_AFTER_S = 30.0  # past this, a "still working" status message appears
 STATUS_EVERY_S = 15.0
 TYPING_EVERY_S = 5.0
 MODEL_PREF = "_model"  # the space's chosen chain leg (/model switch)
-
-
-@dataclass(frozen=True)
-class JobPayload:
-    """What the inbound handler stores with a job: enough to run it after a restart."""
-
-    platform: str
-    chat_id: str
-    thread_id: str | None
-    reply_to: str | None
-    message_id: int | None
-    prompt: str
-    author_id: str
-    author_name: str
-    role: str
-    attachments: tuple[str, ...] = ()
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> JobPayload:
-        return cls(
-            platform=str(d["platform"]),
-            chat_id=str(d["chat_id"]),
-            thread_id=d.get("thread_id"),
-            reply_to=d.get("reply_to"),
-            message_id=d.get("message_id"),
-            prompt=str(d.get("prompt", "")),
-            author_id=str(d.get("author_id", "")),
-            author_name=str(d.get("author_name", "")),
-            role=str(d.get("role", "member")),
-            attachments=tuple(d.get("attachments") or ()),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "platform": self.platform,
-            "chat_id": self.chat_id,
-            "thread_id": self.thread_id,
-            "reply_to": self.reply_to,
-            "message_id": self.message_id,
-            "prompt": self.prompt,
-            "author_id": self.author_id,
-            "author_name": self.author_name,
-            "role": self.role,
-            "attachments": list(self.attachments),
-        }
-
-    @property
-    def conversation(self) -> ConversationRef:
-        return ConversationRef(self.platform, self.chat_id, self.thread_id)
 
 
 class RunExecutor:
@@ -156,8 +109,8 @@ class RunExecutor:
             await self._answer(job, payload, notice, JobStatus.FAILED)
             return JobStatus.FAILED
         space = await repo.get_or_create_space(self.db, job.space_id)
-        data = await self._input(job, payload, space.profile, space.context_reset_at)
         run_id = new_run_id()
+        data = await self._input(job, payload, run_id, space.profile, space.context_reset_at)
         started = utcnow()
         result: RunResult | None = None
         usage: Any = None
@@ -202,7 +155,7 @@ class RunExecutor:
                 await asyncio.to_thread(remove_outputs, self.config.data_dir, run_id)
 
     async def _run(
-        self, job: JobRecord, payload: JobPayload, data: dict[str, Any], run_id: str
+        self, job: JobRecord, payload: JobPayload, data: RunInput, run_id: str
     ) -> RunResult:
         """One run with its own host API access; never raises for a failure of the run."""
         conv = payload.conversation
@@ -215,14 +168,11 @@ class RunExecutor:
                 payload.role,
                 await self._permissions(job.space_id, payload.role),
             )
-            full = build_input(
-                self.config, data, run_id=run_id, space_id=job.space_id, token=access.token
-            )
             return await self.runner.run(
                 RunRequest(
                     run_id=run_id,
                     space_id=job.space_id,
-                    input=full,
+                    input=replace(data, token=access.token).to_dict(),
                     api_socket_dir=access.socket_dir,
                 )
             )
@@ -256,8 +206,9 @@ class RunExecutor:
     # ------------------------------------------------------------------ input
 
     async def _input(
-        self, job: JobRecord, payload: JobPayload, profile: str, reset_at: Any
-    ) -> dict[str, Any]:
+        self, job: JobRecord, payload: JobPayload, run_id: str, profile: str, reset_at: Any
+    ) -> RunInput:
+        """The run's input.json but for its host API token (set once its access opens)."""
         hist_cfg = self.config.history
         rows = await repo.recent_messages(
             self.db,
@@ -286,28 +237,20 @@ class RunExecutor:
             items, turns=hist_cfg.turns, max_chars=hist_cfg.max_chars, since=reset_at
         )
         prefs = await repo.get_preferences(self.db, job.space_id)
-        return {
-            # /model switch: the space's chosen leg goes first.
-            "model": model_input(self.config, prefs.get(MODEL_PREF)),
-            "platform": payload.platform,
-            "prompt": payload.prompt,
-            "messages": [
-                {
-                    "id": h.id,
-                    "author_id": h.author_id,
-                    "author_name": h.author_name,
-                    "text": h.text,
-                    "ts": h.ts.isoformat(),
-                    "is_bot": h.is_bot,
-                    "attachments": list(h.attachments),
-                }
-                for h in window
-            ],
-            "caller": {"id": payload.author_id, "name": payload.author_name, "role": payload.role},
-            "attachments": [f"/space/{a}" for a in payload.attachments],
-            "preferences": {k: v for k, v in prefs.items() if not k.startswith("_")},
-            "profile": profile,
-        }
+        return run_input(
+            self.config,
+            run_id=run_id,
+            space_id=job.space_id,
+            token="",
+            prompt=payload.prompt,
+            model_first=prefs.get(MODEL_PREF),  # /model switch: the chosen leg goes first
+            profile=profile,
+            platform=payload.platform,
+            messages=tuple(window),
+            caller=Caller(payload.author_id, payload.author_name, payload.role),
+            attachments=payload.attachments,
+            preferences={k: v for k, v in prefs.items() if not k.startswith("_")},
+        )
 
     # ------------------------------------------------------------------ while it runs
 
@@ -455,7 +398,7 @@ class RunExecutor:
         await repo.record_run(
             store,
             space_id=job.space_id,
-            reason=repo.RunReason(result.reason.value),
+            reason=result.reason,
             job_id=job.id,
             exit_code=result.exit_code,
             duration_ms=result.duration_ms,

@@ -16,7 +16,7 @@ from croniter import croniter
 
 from mercury.logging import get_logger
 from mercury.pipeline.dispatcher import Dispatcher
-from mercury.pipeline.runs import JobPayload
+from mercury.pipeline.payload import JobPayload
 from mercury.storage import Database, TaskRecord, repo, utcnow
 
 log = get_logger("mercury.scheduler")
@@ -87,9 +87,9 @@ class Scheduler:
                 author_id="scheduler",
                 author_name=f"scheduled task {task.id}",
                 role="member",
-            ).to_dict()
-            payload["task_id"] = task.id
-            await repo.enqueue_job(self.db, task.space_id, payload=payload)
+                task_id=task.id,
+            )
+            await repo.enqueue_job(self.db, task.space_id, payload=payload.to_dict())
             enqueued += 1
         if enqueued:
             self.dispatcher.wake()

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mercury.adapters.base import Adapter
+from mercury.api.runhost import RunHost
 from mercury.config import Config, Secrets
-from mercury.core.messages import ConversationRef, Reply
+from mercury.core.messages import Reply
 from mercury.logging import get_logger
 from mercury.pipeline.dispatcher import Dispatcher
 from mercury.pipeline.inbound import InboundHandler
+from mercury.pipeline.payload import JobPayload, PayloadError
 from mercury.pipeline.runs import RunExecutor
 from mercury.sandbox.runner import ContainerRunner
-from mercury.sandbox.service import RunHost
 from mercury.storage import Database
 
 log = get_logger("mercury.pipeline")
@@ -67,13 +68,16 @@ class Pipeline:
     async def start(self) -> None:
         stale = await self.dispatcher.recover()
         for job in stale.failed:
-            p = job.payload
-            adapter = self.adapters.get(str(p.get("platform")))
+            try:
+                p = JobPayload.from_dict(job.payload)
+            except PayloadError as exc:
+                log.error("a failed job's payload is unreadable", job_id=job.id, error=str(exc))
+                continue
+            adapter = self.adapters.get(p.platform)
             if adapter is None:
                 continue
-            conv = ConversationRef(str(p["platform"]), str(p["chat_id"]), p.get("thread_id"))
             try:
-                await adapter.send(Reply(conv, RESTART_NOTICE, reply_to=p.get("reply_to")))
+                await adapter.send(Reply(p.conversation, RESTART_NOTICE, reply_to=p.reply_to))
             except Exception:
                 log.exception("could not tell the user about a failed job", job_id=job.id)
         await self.inbound.seed_ledger()
