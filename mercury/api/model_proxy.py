@@ -35,7 +35,7 @@ Redirects are never followed (a cross-origin redirect would re-send the key to a
 host): an upstream 3xx becomes a 502 for the agent, without its Location. The query string
 is forwarded (`?beta=true`). Answers stream back unbuffered.
 
-Every forwarded call produces exactly one `UsageRecord` - streamed or not, failed (4xx/5xx,
+Every forwarded call produces exactly one `MeteredCall` - streamed or not, failed (4xx/5xx,
 no usage in the body), upstream unreachable, cut off by the upstream or by the agent going
 away, or cancelled by `close_run` when its run ends - recorded synchronously in a `finally`,
 so cancellation cannot skip it.
@@ -84,7 +84,7 @@ class _Call:
     def __init__(self, run_id: str, task: asyncio.Task[Any] | None) -> None:
         self.run_id = run_id
         self.task = task
-        self.recorded = False  # its UsageRecord is counted (set in the exchange's finally)
+        self.recorded = False  # its MeteredCall is counted (set in the exchange's finally)
         self.hooks: asyncio.Future[None] | None = None  # the record's hooks, once started
         self.finished = asyncio.Event()  # out of the proxy, usage recorded and hooks done
 

@@ -16,8 +16,10 @@ Routes now:
     *    /model/anthropic/{tail}, /model/openai/{tail}   model proxy (see model_proxy.py)
     GET  /v1/whoami                                      {run_id, space_id, role}
     GET  /spaces/{space_id}/info                         {space_id, run_id}
-Later features register theirs with `add_routes` before `start()`; any route with a
-`{space_id}` segment is refused (403) to tokens of another space.
+    *    /spaces/{space_id}/...   preferences, tasks, messages, roles, mutes (api/routes/)
+Those and later features' routes are registered with `add_routes` before `start()` (the
+space endpoints through `api.routes.mount_space_api`); any route with a `{space_id}`
+segment is refused (403) to tokens of another space.
 """
 
 from __future__ import annotations

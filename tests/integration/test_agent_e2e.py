@@ -12,9 +12,11 @@ from typing import Any
 import docker
 import pytest
 
+from mercury.api.runhost import RunHost
 from mercury.config import Config, Secrets
+from mercury.sandbox.contract import build_input
+from mercury.sandbox.resources import resources_dir
 from mercury.sandbox.runner import ContainerRunner
-from mercury.sandbox.service import RunHost, build_input, resources_dir
 from mercury.sandbox.types import ImageBuildState, RunRequest, RunResult
 from tests.fakes.model_server import Error, FakeModelServer, Text, ToolCall, Turn
 

@@ -27,7 +27,7 @@ from aiohttp import web
 from mercury.api.auth import grant_of, require_permission
 from mercury.api.server import SOCKET_NAME, HostApiServer
 from mercury.api.tokens import TokenStore
-from mercury.api.usage import UsageMeter, UsageRecord
+from mercury.api.usage import MeteredCall, UsageMeter
 from mercury.config import Config, Secrets
 from tests.fakes.model_server import Error, FakeModelServer, Text, ToolCall, Turn
 
@@ -60,7 +60,7 @@ class Host:
     tokens: TokenStore
     meter: UsageMeter
     socket: Path
-    records: list[UsageRecord] = field(default_factory=list)
+    records: list[MeteredCall] = field(default_factory=list)
     _closers: list[Any] = field(default_factory=list)
 
     def http(self) -> aiohttp.ClientSession:
@@ -1017,9 +1017,9 @@ async def test_close_run_cancels_a_call_waiting_for_its_answer_and_waits_for_hoo
     host: Host, fake: FakeModelServer
 ) -> None:
     token = host.tokens.mint("run-1", "space-a", "member")
-    stored: list[UsageRecord] = []
+    stored: list[MeteredCall] = []
 
-    async def slow_store(rec: UsageRecord) -> None:
+    async def slow_store(rec: MeteredCall) -> None:
         await asyncio.sleep(0.2)
         stored.append(rec)
 

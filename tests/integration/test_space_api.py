@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from mercury.api.routes import SPACE_API, mount_space_api
 from mercury.api.server import SOCKET_NAME, HostApiServer
-from mercury.api.space_routes import parse_duration, parse_time, space_routes, validate_cron
 from mercury.api.tokens import TokenStore
 from mercury.api.usage import UsageMeter
 from mercury.config import Config, Secrets
@@ -91,7 +91,7 @@ async def api(tmp_path: Path, db: Database) -> AsyncIterator[Api]:
         secrets=Secrets(),
         meter=UsageMeter(),
     )
-    server.add_routes(space_routes(db, send_interim=send_interim, interim_per_run=3))
+    mount_space_api(server, db, send_interim=send_interim, interim_per_run=3)
     await server.start()
     folder = await server.open_run("test-run")
     session = aiohttp.ClientSession(
@@ -324,7 +324,7 @@ async def test_cron_task_gets_next_run_from_the_scheduler_hook(
         secrets=Secrets(),
         meter=UsageMeter(),
     )
-    server.add_routes(space_routes(db, send_interim=send, next_cron_run=next_cron_run))
+    mount_space_api(server, db, send_interim=send, next_cron_run=next_cron_run)
     async with server:
         folder = await server.open_run("r1")
         async with aiohttp.ClientSession(
@@ -496,25 +496,6 @@ async def test_writes_to_a_space_without_a_row_are_404(api: Api) -> None:
     assert_error(status, body, 404, "not_found_error", "does not exist")
 
 
-# --------------------------------------------------------------------------- parsers
-
-
-def test_parsers() -> None:
-    assert parse_duration("1h30m") == timedelta(minutes=90)
-    assert parse_duration("2D") == timedelta(days=2)
-    for bad in ("", "0m", "1.5x", "h", "10 m z", "-1h"):
-        with pytest.raises(ValueError):
-            parse_duration(bad)
-    now = datetime(2030, 1, 1, tzinfo=UTC)
-    assert parse_time("2h", now=now) == datetime(2030, 1, 1, 2, tzinfo=UTC)
-    assert parse_time("2030-01-02T10:00:00", now=now) == datetime(2030, 1, 2, 10, tzinfo=UTC)
-    assert parse_time("2030-01-02T10:00:00+02:00") == datetime(2030, 1, 2, 8, tzinfo=UTC)
-    assert validate_cron("*/15 0-6,22 1 jan-mar 0,7") == "*/15 0-6,22 1 jan-mar 0,7"
-    for bad in ("* * * * * *", "5-1 * * * *", "* 24 * * *", "* * 0 * *", "a b c d e"):
-        with pytest.raises(ValueError):
-            validate_cron(bad)
-
-
 async def test_a_custom_role_holding_the_admin_permission_may_manage_roles(api: Api) -> None:
     """Checks ask core.permissions, never compare role names: a custom role that holds
     `admin` passes, and one that does not is refused."""
@@ -542,3 +523,24 @@ async def test_the_executor_gives_a_run_its_custom_roles_permissions(db: Databas
     assert "admin" in await executor._permissions("space-a", "keeper")
     assert await executor._permissions("space-a", "nobody") == frozenset()
     assert "admin" not in await executor._permissions("space-a", "member")
+
+
+async def test_the_space_api_is_mounted_before_the_server_starts(
+    tmp_path: Path, db: Database
+) -> None:
+    """A started server's routes are frozen: mounting then fails loudly, not half-way."""
+
+    async def send(run_id: str, space_id: str, text: str) -> None:
+        return None
+
+    server = HostApiServer(
+        tmp_path / "api",
+        TokenStore(),
+        config=Config.model_validate({}),
+        secrets=Secrets(),
+        meter=UsageMeter(),
+    )
+    async with server:
+        with pytest.raises(RuntimeError, match="before"):
+            mount_space_api(server, db, send_interim=send)
+        assert SPACE_API not in server.app

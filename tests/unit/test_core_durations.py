@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from pydantic_core import PydanticCustomError
 
-from mercury.api.space_routes import parse_duration as api_duration
+from mercury.api.routes.timespec import parse_duration as api_duration
 from mercury.config import parse_duration as config_duration
 from mercury.core.commands import parse_duration as pause_duration
 from mercury.core.durations import DurationError, parse_duration

@@ -19,8 +19,8 @@ import pytest
 from aiohttp import web
 from mercury_agent import ctl
 
+from mercury.api.routes import mount_space_api
 from mercury.api.server import HostApiServer
-from mercury.api.space_routes import space_routes
 from mercury.api.tokens import TokenStore
 from mercury.api.usage import UsageMeter
 from mercury.config import Config, Secrets
@@ -95,7 +95,7 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
         secrets=Secrets(),
         meter=UsageMeter(),
     )
-    server.add_routes(space_routes(db, send_interim=send_interim))
+    mount_space_api(server, db, send_interim=send_interim)
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

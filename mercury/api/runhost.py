@@ -1,0 +1,83 @@
+"""What every run gets from the host: a host API socket of its own, a token, a usage meter.
+
+`RunHost` owns the host API server (one unix socket per run, mounted into that run's
+container), the per-run token store and the usage meter. The pipeline opens a run's
+access before starting its container and closes it when the container is gone; `mercury
+sandbox run` (api/oneshot.py) does the same for one run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mercury.api.server import HostApiServer
+from mercury.api.tokens import TokenStore
+from mercury.api.usage import UsageMeter, UsageTotals
+from mercury.config import Config, Secrets
+from mercury.sandbox.identity import container_identity
+
+
+def api_root(config: Config) -> Path:
+    """Where the runs' socket folders live: data_dir/api/<run_id>/api.sock."""
+    return config.data_dir / "api"
+
+
+@dataclass(frozen=True)
+class RunAccess:
+    """What one run gets to reach the host: its token and its own socket's folder."""
+
+    token: str
+    socket_dir: Path
+
+
+class RunHost:
+    """The host API server + tokens + usage meter that runs talk back to."""
+
+    def __init__(self, config: Config, secrets: Secrets) -> None:
+        self.config = config
+        self.root = api_root(config)
+        self.tokens = TokenStore()
+        self.meter = UsageMeter(config.model.prices)
+        ident = container_identity(config.container)
+        self.server = HostApiServer(
+            self.root,
+            self.tokens,
+            config=config,
+            secrets=secrets,
+            meter=self.meter,
+            socket_owner=(ident.uid, ident.gid),
+        )
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    async def open_run(
+        self,
+        run_id: str,
+        space_id: str,
+        role: str,
+        permissions: frozenset[str] | None = None,
+    ) -> RunAccess:
+        """A token and a socket of its own for one run (close it with `close_run`).
+
+        `permissions`: the caller's in this space (core.permissions), which a custom role
+        needs; None gives a built-in role its own."""
+        folder = await self.server.open_run(run_id)
+        return RunAccess(self.tokens.mint(run_id, space_id, role, permissions), folder)
+
+    async def close_run(self, run_id: str) -> UsageTotals:
+        """End a run's access: token revoked, model calls cut, connections closed.
+
+        Returns the usage the proxy metered for it, including calls that were still
+        going when the run ended (they are cut and metered before the totals are taken).
+        """
+        self.tokens.revoke(run_id)
+        try:
+            await self.server.proxy.close_run(run_id)
+        finally:
+            await self.server.close_run(run_id)
+        return self.meter.pop_run(run_id)
