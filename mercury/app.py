@@ -8,7 +8,7 @@ import signal
 from typing import Any
 
 from mercury.config import LoadedConfig
-from mercury.httpserver import HttpServer
+from mercury.http.server import HttpServer
 from mercury.logging import get_logger
 
 log = get_logger("mercury.app")
@@ -43,7 +43,7 @@ class App:
 
     async def start(self) -> None:
         from mercury.datadir import prepare_data_dir
-        from mercury.httpserver import ServerStartError
+        from mercury.http.server import ServerStartError
         from mercury.sandbox.engine import EngineUnavailable, connect_engine
         from mercury.storage import Database
         from mercury.storage.migrate import upgrade
@@ -99,13 +99,14 @@ class App:
         )
 
     async def _build_services(self) -> None:
-        from mercury.api.space_routes import space_routes
+        from mercury.api.routes import mount_space_api
+        from mercury.api.runhost import RunHost
         from mercury.pipeline.service import Pipeline, model_problem
         from mercury.sandbox.agentimage import AgentImageBuilder, ensure_agent_image
         from mercury.sandbox.engine import EngineUnavailable
         from mercury.sandbox.identity import host_owner_of
+        from mercury.sandbox.resources import resources_dir
         from mercury.sandbox.runner import ContainerRunner
-        from mercury.sandbox.service import RunHost, resources_dir
         from mercury.sandbox.types import ImageBuildState
 
         cfg = self.config
@@ -146,12 +147,11 @@ class App:
         self.pipeline = Pipeline(cfg, secrets, self.db, self.runner, self.host, self.adapters)
         from mercury.pipeline.scheduler import Scheduler, next_cron_run
 
-        self.host.server.add_routes(
-            space_routes(
-                self.db,
-                send_interim=self.pipeline.executor.send_interim,
-                next_cron_run=next_cron_run,
-            )
+        mount_space_api(
+            self.host.server,
+            self.db,
+            send_interim=self.pipeline.executor.send_interim,
+            next_cron_run=next_cron_run,
         )
         if cfg.scheduler.enabled:
             self.scheduler = Scheduler(self.db, self.pipeline.dispatcher, tick=cfg.scheduler.tick)
@@ -174,47 +174,16 @@ class App:
         self.http.add_health_check(self.db_watch.health)
 
     def _build_adapters(self) -> None:
-        cfg = self.config
-        if cfg.adapters.web.enabled:
-            from mercury.adapters.web import WebChatAdapter
+        """One adapter per enabled platform; their HTTP routes (webhooks, the web chat)
+        are mounted here, the one place, before the server listens."""
+        from mercury.adapters.registry import build_adapters
 
-            password = self.loaded.secrets.dashboard_password
-            web = WebChatAdapter(
-                username=cfg.dashboard.username,
-                password=password.get_secret_value() if password else None,
-                max_upload=cfg.adapters.web.max_upload,
-                upload_dir=cfg.data_dir / "webchat",
-                session_ttl=cfg.dashboard.session_ttl,
-                public_url=cfg.server.public_url,
-                trusted_proxies=cfg.server.trusted_proxies,
-            )
-            web.register(self.http.app)
-            self.adapters["web"] = web
-        secrets = self.loaded.secrets
-        # Each platform adapter's constructor checks its own tokens and names the missing
-        # variable; HTTP-mode adapters mount their webhook routes on the main server.
         try:
-            if cfg.adapters.slack.enabled:
-                from mercury.adapters.slack import SlackAdapter
-
-                self.adapters["slack"] = SlackAdapter(
-                    cfg.adapters.slack, secrets, http_app=self.http.app
-                )
-            if cfg.adapters.discord.enabled:
-                from mercury.adapters.discord import DiscordAdapter
-
-                self.adapters["discord"] = DiscordAdapter(cfg.adapters.discord, secrets)
-            if cfg.adapters.telegram.enabled:
-                from mercury.adapters.telegram import TelegramAdapter
-
-                self.adapters["telegram"] = TelegramAdapter(
-                    cfg.adapters.telegram,
-                    secrets,
-                    public_url=cfg.server.public_url,
-                    http_app=self.http.app,
-                )
-        except ValueError as exc:
+            self.adapters = dict(build_adapters(self.config, self.loaded.secrets))
+        except ValueError as exc:  # a missing token or setting, named in one line
             raise StartupError(str(exc)) from exc
+        for adapter in self.adapters.values():
+            self.http.app.add_routes(adapter.routes())
 
     async def stop(self) -> None:
         """Stop every service; each step runs even if an earlier one failed."""

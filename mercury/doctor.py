@@ -1,57 +1,28 @@
-"""`mercury doctor`: each check an operator needs before `mercury run`, with a fix hint."""
+"""`mercury doctor`: each check an operator needs before `mercury run`, with a fix hint.
+
+This module lists the checks and their order; each chat platform's live credential check
+lives in its adapter package (`mercury/adapters/<platform>/check.py`), found through
+`mercury.adapters.registry`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
-from urllib.parse import urlsplit
 
-import aiohttp
-
-from mercury.config import (
-    SECRET_ENV,
-    Config,
-    ConfigError,
-    DiscordConfig,
-    LoadedConfig,
-    Secrets,
-    SlackConfig,
-    TelegramConfig,
-    TriggerConfig,
-)
+from mercury.checks import CheckResult, Status
+from mercury.config import SECRET_ENV, Config, ConfigError, LoadedConfig, Secrets
 from mercury.logging import first_line
 
-# How long one platform credential check may take (connect + answer).
-PLATFORM_TIMEOUT = 10.0
+__all__ = ["CheckResult", "Status", "run_checks"]
+
 _SETUP_DOCS = {
     "slack": "docs/setup-slack.md",
     "discord": "docs/setup-discord.md",
     "telegram": "docs/setup-telegram.md",
     "web": "docs/web-chat.md",
 }
-
-
-class Status(StrEnum):
-    OK = "ok"
-    FAIL = "fail"
-    WARN = "warn"
-    SKIP = "skip"
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    status: Status
-    detail: str
-    hint: str = ""
-    required: bool = True
-
-    @property
-    def failed(self) -> bool:
-        return self.required and self.status is Status.FAIL
 
 
 def _env(secret: str) -> str:
@@ -267,277 +238,18 @@ def check_adapters(config: Config, secrets: Secrets) -> list[CheckResult]:
     return results
 
 
-# --------------------------------------------------------------------------- platforms
-
-
-class _Unreachable(Exception):
-    """The platform API could not be reached or did not speak its protocol."""
-
-
-def _host(url: str) -> str:
-    """`host[:port]` of a URL: never its path (a Telegram URL path holds the token)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "an invalid URL"
-    if not host:
-        return "an invalid URL"
-    return f"{host}:{port}" if port else host
-
-
-def _scrub(text: str, secrets: list[str]) -> str:
-    """`text` without any of `secrets` or anything shaped like a credential."""
-    from mercury.logging import REDACTED, scrub_text
-
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return scrub_text(text)
-
-
-def _network_reason(exc: BaseException, timeout: float | None) -> str:
-    """A short, token-free reason for a failed request."""
-    if isinstance(exc, TimeoutError):
-        return f"no answer in {timeout or PLATFORM_TIMEOUT:g} s"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return exc.os_error.strerror or type(exc.os_error).__name__
-    if isinstance(exc, aiohttp.InvalidURL):
-        return "invalid URL"
-    return type(exc).__name__
-
-
-async def _request_json(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    headers: dict[str, str],
-    secret: str,
-) -> tuple[int, object]:
-    """(HTTP status, decoded JSON body); _Unreachable with a token-free reason otherwise."""
-    host = _host(url)
-    if host == "an invalid URL":
-        raise _Unreachable("the API base URL is not a valid URL")
-    try:
-        async with session.request(method, url, headers=headers, allow_redirects=False) as resp:
-            status = resp.status
-            try:
-                body = await resp.json(content_type=None)
-            except ValueError:
-                raise _Unreachable(f"{host} answered HTTP {status} without JSON") from None
-    except _Unreachable:
-        raise
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise _Unreachable(
-            f"cannot reach {host}: {_scrub(_network_reason(exc, session.timeout.total), [secret])}"
-        ) from None
-    return status, body
-
-
-def _unreachable(name: str, setting: str, exc: _Unreachable, secret: str) -> CheckResult:
-    return CheckResult(
-        name,
-        Status.FAIL,
-        _scrub(str(exc), [secret]),
-        f"check adapters.{setting} and this machine's connection to it (DNS, proxy, firewall)",
-    )
-
-
-async def check_slack_credentials(
-    config: SlackConfig, secrets: Secrets, session: aiohttp.ClientSession
-) -> CheckResult:
-    """`auth.test` with the bot token; in Socket Mode also the app token's `xapp-` shape.
-
-    `apps.connections.open` is not called: it would open a Socket Mode session.
-    """
-    name = "slack credentials accepted"
-    assert secrets.slack_bot_token is not None
-    token = secrets.slack_bot_token.get_secret_value()
-    base = config.api_base_url if config.api_base_url.endswith("/") else config.api_base_url + "/"
-    try:
-        status, body = await _request_json(
-            session, "POST", base + "auth.test", {"Authorization": f"Bearer {token}"}, token
-        )
-    except _Unreachable as exc:
-        return _unreachable(name, "slack.api_base_url", exc, token)
-    if not isinstance(body, dict) or "ok" not in body:
-        return CheckResult(
-            name,
-            Status.FAIL,
-            f"{_host(base)} answered HTTP {status}, not like the Slack Web API",
-            "check adapters.slack.api_base_url (default https://slack.com/api/)",
-        )
-    if not body.get("ok"):
-        error = _scrub(str(body.get("error") or f"HTTP {status}"), [token])
-        return CheckResult(
-            name,
-            Status.FAIL,
-            f"auth.test: {error}",
-            f"MERCURY_SLACK_BOT_TOKEN was refused ({error}): copy the Bot User OAuth Token "
-            "(xoxb-…) from your app's OAuth & Permissions page (reinstall the app to the "
-            "workspace if it was removed)",
-        )
-    user = _scrub(str(body.get("user") or body.get("user_id") or "?"), [token])
-    team = _scrub(str(body.get("team") or "?"), [token])
-    team_id = _scrub(str(body.get("team_id") or "?"), [token])
-    if not body.get("bot_id"):
-        return CheckResult(
-            name,
-            Status.FAIL,
-            f"@{user} in team {team} ({team_id}) is a user, not a bot",
-            "MERCURY_SLACK_BOT_TOKEN must be the Bot User OAuth Token (xoxb-…), "
-            "not a user token (xoxp-…)",
-        )
-    detail = f"bot @{user} in team {team} ({team_id})"
-    if config.mode == "socket" and secrets.slack_app_token is not None:
-        if not secrets.slack_app_token.get_secret_value().startswith("xapp-"):
-            return CheckResult(
-                name,
-                Status.FAIL,
-                detail + "; MERCURY_SLACK_APP_TOKEN is not an app-level token",
-                "Socket Mode needs an app-level token (xapp-…) with connections:write: "
-                "Basic Information > App-Level Tokens in your app's settings",
-            )
-        detail += "; app token is xapp-… (mercury run opens the Socket Mode session)"
-    return CheckResult(name, Status.OK, detail)
-
-
-async def check_discord_credentials(
-    config: DiscordConfig, secrets: Secrets, session: aiohttp.ClientSession
-) -> CheckResult:
-    """`GET /users/@me` with the bot token."""
-    name = "discord credentials accepted"
-    assert secrets.discord_bot_token is not None
-    token = secrets.discord_bot_token.get_secret_value()
-    url = config.api_base_url.rstrip("/") + "/users/@me"
-    try:
-        status, body = await _request_json(
-            session, "GET", url, {"Authorization": f"Bot {token}"}, token
-        )
-    except _Unreachable as exc:
-        return _unreachable(name, "discord.api_base_url", exc, token)
-    if status == 401:
-        return CheckResult(
-            name,
-            Status.FAIL,
-            "users/@me: 401 Unauthorized",
-            "MERCURY_DISCORD_BOT_TOKEN was refused: in the Discord Developer Portal open your "
-            "application's Bot page, Reset Token, and copy the new token into .env "
-            "(the bare token, without a 'Bot ' prefix)",
-        )
-    if status != 200 or not isinstance(body, dict) or "id" not in body:
-        return CheckResult(
-            name,
-            Status.FAIL,
-            f"{_host(url)} answered HTTP {status}, not like the Discord API",
-            "check adapters.discord.api_base_url (default https://discord.com/api/v10)",
-        )
-    who = f"{_scrub(str(body.get('username', '?')), [token])}#{_scrub(str(body['id']), [token])}"
-    if not body.get("bot"):
-        return CheckResult(
-            name,
-            Status.FAIL,
-            f"{who} is not a bot account",
-            "use the token from your application's Bot page, not a user token",
-        )
-    return CheckResult(name, Status.OK, f"bot {who}")
-
-
-async def check_telegram_credentials(
-    config: TelegramConfig,
-    secrets: Secrets,
-    session: aiohttp.ClientSession,
-    trigger: TriggerConfig | None = None,
-) -> CheckResult:
-    """`getMe` with the bot token (which is part of the URL, so the URL is never shown).
-
-    Warns when privacy mode is on but `trigger.match` needs every group message.
-    """
-    name = "telegram credentials accepted"
-    assert secrets.telegram_bot_token is not None
-    token = secrets.telegram_bot_token.get_secret_value()
-    url = config.api_base_url + token + "/getMe"
-    try:
-        status, body = await _request_json(session, "GET", url, {}, token)
-    except _Unreachable as exc:
-        return _unreachable(name, "telegram.api_base_url", exc, token)
-    if status in (401, 404):
-        return CheckResult(
-            name,
-            Status.FAIL,
-            f"getMe: HTTP {status} ({'Unauthorized' if status == 401 else 'Not Found'})",
-            "MERCURY_TELEGRAM_BOT_TOKEN was refused: get the token from @BotFather "
-            "(/mybots > your bot > API Token; it looks like 123456789:AA…)",
-        )
-    result = body.get("result") if isinstance(body, dict) else None
-    if status != 200 or not isinstance(result, dict) or not result.get("username"):
-        return CheckResult(
-            name,
-            Status.FAIL,
-            f"{_host(url)} answered HTTP {status}, not like the Telegram Bot API",
-            "check adapters.telegram.api_base_url (default https://api.telegram.org/bot)",
-        )
-    handle = "@" + _scrub(str(result["username"]), [token])
-    if (
-        trigger is not None
-        and trigger.match != "mention"
-        and result.get("can_read_all_group_messages") is False
-    ):
-        return CheckResult(
-            name,
-            Status.WARN,
-            f"{handle}; privacy mode is on: in groups it sees only mentions, commands, replies",
-            f"trigger.match is {trigger.match}: send /setprivacy to @BotFather, pick "
-            f"{handle}, Disable, then remove and re-add the bot to each group",
-            required=False,
-        )
-    return CheckResult(name, Status.OK, handle)
-
-
-async def check_platform_credentials(
-    config: Config, secrets: Secrets, *, timeout: float = PLATFORM_TIMEOUT
-) -> list[CheckResult]:
-    """One live credential check per enabled Slack/Discord/Telegram adapter, concurrently.
+async def check_platform_credentials(config: Config, secrets: Secrets) -> list[CheckResult]:
+    """Each enabled platform's live credential check (its adapter package's
+    `check_credentials`), concurrently, rows in registry order.
 
     An enabled adapter without its token gets a skip row (the token row already fails);
     with no platform adapter enabled nothing touches the network.
     """
-    a = config.adapters
-    rows: list[CheckResult | None] = []
-    pending: list[str] = []
-    plan = (
-        ("slack", a.slack.enabled, secrets.slack_bot_token, "slack_bot_token"),
-        ("discord", a.discord.enabled, secrets.discord_bot_token, "discord_bot_token"),
-        ("telegram", a.telegram.enabled, secrets.telegram_bot_token, "telegram_bot_token"),
-    )
-    for platform, enabled, token, secret in plan:
-        if not enabled:
-            continue
-        if token is None:
-            rows.append(
-                CheckResult(
-                    f"{platform} credentials accepted",
-                    Status.SKIP,
-                    f"needs {_env(secret)}",
-                    "fix the token check above",
-                )
-            )
-        else:
-            rows.append(None)
-            pending.append(platform)
-    if not pending:
-        return [r for r in rows if r is not None]
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        calls = {
-            "slack": lambda: check_slack_credentials(a.slack, secrets, session),
-            "discord": lambda: check_discord_credentials(a.discord, secrets, session),
-            "telegram": lambda: check_telegram_credentials(
-                a.telegram, secrets, session, config.trigger
-            ),
-        }
-        done = iter(await asyncio.gather(*(calls[p]() for p in pending)))
-    return [r if r is not None else next(done) for r in rows]
+    from mercury.adapters.registry import credential_checks
+
+    checks = credential_checks(config)
+    groups = await asyncio.gather(*(check(config, secrets) for _, check in checks))
+    return [row for rows in groups for row in rows]
 
 
 def check_model(config: Config, secrets: Secrets) -> CheckResult:

@@ -3,13 +3,19 @@
 An adapter turns platform events into InboundMessage and hands them to the sink; it sends
 Replies back. It never touches the database and makes no routing decisions. The sink
 raises only InboundUnavailable, when it could not record a message.
+
+Each platform is a package `mercury/adapters/<platform>/` whose `__init__` exports
+`from_config(config, secrets) -> Adapter` and `check_credentials(config, secrets)` (its
+live check for `mercury doctor`); `mercury.adapters.registry` lists the packages. The
+App mounts every adapter's `routes()` on the main HTTP server in one place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+from aiohttp.web import AbstractRouteDef
 
 from mercury.core.messages import Attachment, ConversationRef, InboundMessage, Reply, SentMessage
 
@@ -32,18 +38,18 @@ class InboundUnavailable(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    max_message_length: int  # longer replies are split by the adapter
-    threads: bool
-    file_upload: bool
-    markup: str  # "markdown" | "mrkdwn" | "telegram-html" | "plain"
-
-
 @runtime_checkable
 class Adapter(Protocol):
     platform: str
-    capabilities: Capabilities
+
+    @property
+    def bot_handles(self) -> tuple[str, ...]:
+        """The literal ways the bot is addressed here ("<@U0BOT>", "@mercury_bot"), for
+        `trigger.match: mention`; () when the platform has none (or before start())."""
+
+    def routes(self) -> list[AbstractRouteDef]:
+        """The HTTP routes this adapter serves on Mercury's main public server (webhooks,
+        the web chat's pages and API); [] when none. Mounted by the App before it listens."""
 
     async def start(self, sink: InboundSink) -> None:
         """Connect and begin delivering inbound messages to `sink`."""

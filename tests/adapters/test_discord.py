@@ -19,8 +19,9 @@ from discord.http import Route
 from pydantic import SecretStr
 
 from mercury.adapters.base import Adapter
-from mercury.adapters.discord import DiscordAdapter, DiscordStartError
-from mercury.config import DiscordConfig, Secrets
+from mercury.adapters.discord import from_config
+from mercury.adapters.discord.adapter import DiscordAdapter, DiscordStartError
+from mercury.config import Config, DiscordConfig, Secrets
 from mercury.core.messages import (
     Attachment,
     ConversationRef,
@@ -116,8 +117,16 @@ async def test_start_logs_in_and_stop_restores_endpoints(
     finally:
         await a.stop()
     assert before == (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY)
-    assert a.capabilities.max_message_length == 2000
-    assert a.capabilities.threads and a.capabilities.file_upload
+    assert a.bot_handles == ()  # <@id> mentions need no handle
+    assert a.routes() == []  # the gateway is a websocket Mercury opens
+
+
+def test_from_config_names_the_missing_token() -> None:
+    config = Config.model_validate({"adapters": {"discord": {"enabled": True}}})
+    with pytest.raises(ValueError, match="MERCURY_DISCORD_BOT_TOKEN"):
+        from_config(config, Secrets())
+    adapter = from_config(config, Secrets(discord_bot_token=SecretStr(TOKEN)))
+    assert isinstance(adapter, DiscordAdapter) and adapter.config is config.adapters.discord
 
 
 async def test_bad_token_fails_start_with_one_clear_line(

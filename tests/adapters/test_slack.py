@@ -17,9 +17,10 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from mercury.adapters.base import Adapter
-from mercury.adapters.slack import MAX_MESSAGE_CHARS, TYPING_REACTION, SlackAdapter
-from mercury.adapters.slack_format import to_mrkdwn
-from mercury.config import Secrets, SlackConfig
+from mercury.adapters.slack import from_config
+from mercury.adapters.slack.adapter import MAX_MESSAGE_CHARS, TYPING_REACTION, SlackAdapter
+from mercury.adapters.slack.format import to_mrkdwn
+from mercury.config import Config, Secrets, SlackConfig
 from mercury.core.messages import Attachment, InboundMessage, OutboundFile, Reply
 from tests.fakes.slack_server import FakeSlack
 
@@ -99,8 +100,8 @@ async def http_bot_factory(
         adapter = SlackAdapter(
             SlackConfig(enabled=True, mode="http", api_base_url=fake.api_url),
             secrets(),
-            http_app=app,
         )
+        app.add_routes(adapter.routes())  # as the App mounts every adapter's routes
         runner = web.AppRunner(app, shutdown_timeout=0.1)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -122,8 +123,21 @@ async def http_bot_factory(
 async def test_is_an_adapter(socket_bot: tuple[SlackAdapter, Sink]) -> None:
     adapter, _ = socket_bot
     assert isinstance(adapter, Adapter)
-    assert adapter.capabilities.markup == "mrkdwn"
-    assert adapter.capabilities.threads and adapter.capabilities.file_upload
+    assert adapter.bot_handles == ()  # <@U…> mentions need no handle
+    assert adapter.routes() == []  # Socket Mode: nothing on Mercury's server
+
+
+def test_from_config_builds_the_mode_and_names_what_is_missing() -> None:
+    http = Config.model_validate({"adapters": {"slack": {"enabled": True, "mode": "http"}}})
+    adapter = from_config(http, secrets())
+    assert [(r.method, r.path) for r in adapter.routes()] == [("POST", "/slack/events")]
+    with pytest.raises(ValueError, match="MERCURY_SLACK_SIGNING_SECRET"):
+        from_config(http, Secrets(slack_bot_token=SecretStr(FakeSlack.BOT_TOKEN)))
+    socket = Config.model_validate({"adapters": {"slack": {"enabled": True}}})
+    with pytest.raises(ValueError, match="MERCURY_SLACK_APP_TOKEN"):
+        from_config(socket, Secrets(slack_bot_token=SecretStr(FakeSlack.BOT_TOKEN)))
+    with pytest.raises(ValueError, match="MERCURY_SLACK_BOT_TOKEN"):
+        from_config(socket, Secrets())
 
 
 async def test_dm_is_delivered_and_the_reply_lands_in_the_same_dm(
@@ -171,13 +185,16 @@ async def test_mention_in_channel_is_delivered_once_and_answered_in_its_thread(
     assert len(added) == 1
     assert added[0].params["timestamp"] == ts and added[0].params["name"] == TYPING_REACTION
 
-    status = await adapter.send(Reply(msg.conversation, "still working (30s)"))
-    assert (await fake.next_post())["thread_ts"] == ts
+    status = await adapter.send_status(msg.conversation, "still working (30s)")
+    assert (await fake.next_post())["thread_ts"] == ts  # next to the reply it announces
     await adapter.edit(msg.conversation, status.platform_message_ids[0], "still working (45s)")
     await adapter.delete(msg.conversation, status.platform_message_ids[0])
     status_ts = status.platform_message_ids[0].split(":")[1]
     assert fake.calls_to("chat.update")[0].params["ts"] == status_ts
     assert fake.calls_to("chat.delete")[0].params == {"channel": "C1", "ts": status_ts}
+    # A reply is never taken for a status by its words: no reply_to, no thread.
+    await adapter.send(Reply(msg.conversation, "still working on it, says the README"))
+    assert not (await fake.next_post()).get("thread_ts")
 
     await adapter.send(Reply(msg.conversation, "noon", reply_to=msg.platform_message_id))
     post = await fake.next_post()

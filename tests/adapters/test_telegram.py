@@ -18,14 +18,15 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from mercury.adapters.base import Adapter
-from mercury.adapters.telegram import WEBHOOK_PATH, TelegramAdapter
-from mercury.adapters.telegram_format import (
+from mercury.adapters.telegram import from_config
+from mercury.adapters.telegram.adapter import WEBHOOK_PATH, TelegramAdapter
+from mercury.adapters.telegram.format import (
     markdown_to_html,
     split_for_telegram,
     split_markdown,
     utf16_len,
 )
-from mercury.config import Secrets, TelegramConfig
+from mercury.config import Config, Secrets, TelegramConfig
 from mercury.core.messages import (
     Attachment,
     ConversationRef,
@@ -182,9 +183,8 @@ def test_split_counts_utf16_units_like_telegram() -> None:
 async def test_adapter_satisfies_protocol(adapter: tuple[TelegramAdapter, Recorder]) -> None:
     tg, _ = adapter
     assert isinstance(tg, Adapter)
-    assert tg.capabilities.max_message_length == 4096
-    assert tg.capabilities.markup == "telegram-html"
     assert tg.bot_handles == (f"@{BOT_USERNAME}",)
+    assert tg.routes() == []  # polling: nothing on Mercury's server
 
 
 async def test_private_message_is_dm_and_reply_lands_in_that_chat(
@@ -526,8 +526,8 @@ async def webhook(
         make_config(fake, "webhook"),
         secrets(telegram_webhook_secret=SecretStr(WEBHOOK_SECRET)),
         public_url="https://bot.example.org/",
-        http_app=app,
     )
+    app.add_routes(tg.routes())  # as the App mounts every adapter's routes
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -585,10 +585,19 @@ async def test_webhook_secret_checked_and_updates_delivered_once(
 def test_webhook_mode_requires_secret_and_public_url() -> None:
     config = TelegramConfig(enabled=True, mode="webhook")
     with pytest.raises(ValueError, match="WEBHOOK_SECRET"):
-        TelegramAdapter(config, secrets(), public_url="https://x", http_app=web.Application())
+        TelegramAdapter(config, secrets(), public_url="https://x")
     with pytest.raises(ValueError, match="public_url"):
-        TelegramAdapter(
-            config,
-            secrets(telegram_webhook_secret=SecretStr(WEBHOOK_SECRET)),
-            http_app=web.Application(),
-        )
+        TelegramAdapter(config, secrets(telegram_webhook_secret=SecretStr(WEBHOOK_SECRET)))
+
+
+def test_from_config_takes_the_public_url_and_names_what_is_missing() -> None:
+    webhook = {"adapters": {"telegram": {"enabled": True, "mode": "webhook"}}}
+    with_secret = secrets(telegram_webhook_secret=SecretStr(WEBHOOK_SECRET))
+    with pytest.raises(ValueError, match=r"server\.public_url"):
+        from_config(Config.model_validate(webhook), with_secret)
+    config = Config.model_validate({**webhook, "server": {"public_url": "https://bot.example"}})
+    tg = from_config(config, with_secret)
+    assert tg.webhook_url == "https://bot.example/telegram/webhook"
+    assert [(r.method, r.path) for r in tg.routes()] == [("POST", WEBHOOK_PATH)]
+    with pytest.raises(ValueError, match="MERCURY_TELEGRAM_BOT_TOKEN"):
+        from_config(config, Secrets())

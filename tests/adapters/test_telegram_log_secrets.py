@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from mercury.adapters.telegram import SECRET_HEADER, WEBHOOK_PATH, TelegramAdapter
+from mercury.adapters.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH, TelegramAdapter
 from mercury.config import Secrets, TelegramConfig
 from mercury.core.messages import InboundMessage
 from mercury.logging import REDACTED, clear_secret_values, configure_logging
@@ -68,8 +68,8 @@ async def test_the_webhook_secret_never_reaches_the_log(
                 telegram_webhook_secret=SecretStr(WEBHOOK_SECRET),
             ),
             public_url="https://bot.example.org/",
-            http_app=app,
         )
+        app.add_routes(tg.routes())
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

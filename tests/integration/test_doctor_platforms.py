@@ -17,12 +17,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
-import mercury.doctor as doctor
+from mercury.checks import CheckResult, Status
 from mercury.config import load_config
-from mercury.doctor import CheckResult, Status, run_checks
+from mercury.doctor import run_checks
 from tests.fakes.discord_server import BOT_ID, FakeDiscord
 from tests.fakes.discord_server import TOKEN as DISCORD_TOKEN
 from tests.fakes.slack_server import FakeSlack
@@ -309,7 +310,7 @@ async def test_no_platform_adapter_enabled_makes_no_network_call(
     def refuse(*_a: object, **_k: object) -> None:
         raise AssertionError("the doctor opened an HTTP session with no platform enabled")
 
-    monkeypatch.setattr(doctor.aiohttp, "ClientSession", refuse)
+    monkeypatch.setattr(aiohttp, "ClientSession", refuse)
     # Tokens present but the adapters disabled: still nothing to call.
     env = {"MERCURY_DISCORD_BOT_TOKEN": DISCORD_TOKEN, "MERCURY_TELEGRAM_BOT_TOKEN": "x"}
     results = await doctor_rows(tmp_path, {"discord": {"enabled": False}}, env)

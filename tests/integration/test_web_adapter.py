@@ -17,9 +17,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
 
+import mercury.adapters.web as web_package
 from mercury.adapters.base import Adapter, InboundUnavailable
-from mercury.adapters.web import SESSION_COOKIE, WebChatAdapter
+from mercury.adapters.web.adapter import SESSION_COOKIE, WebChatAdapter
+from mercury.config import Config, Secrets
 from mercury.core.messages import (
     Attachment,
     ConversationRef,
@@ -27,7 +30,7 @@ from mercury.core.messages import (
     OutboundFile,
     Reply,
 )
-from mercury.httpserver import HttpServer, build_app
+from mercury.http.server import HttpServer, build_app
 
 PASSWORD = "correct horse battery staple"
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +66,7 @@ async def _serve(tmp_path: Path, password: str | None, **kw: Any) -> AsyncIterat
         **kw,
     )
     app = build_app()
-    adapter.register(app)
+    app.add_routes(adapter.routes())  # as the App mounts every adapter's routes
     server = HttpServer("127.0.0.1", 0, app)
     await server.start()
     harness = Harness(adapter, server)
@@ -120,8 +123,63 @@ def test_the_adapter_satisfies_the_protocol(tmp_path: Path) -> None:
     adapter = WebChatAdapter(username="admin", password="x", max_upload=10, upload_dir=tmp_path)
     assert isinstance(adapter, Adapter)
     assert adapter.platform == "web"
-    assert adapter.capabilities.file_upload and not adapter.capabilities.threads
-    assert adapter.capabilities.markup == "markdown"
+    assert adapter.bot_handles == ()  # nothing to mention: every message is for the bot
+    paths = {(r.method, r.path) for r in adapter.routes()}
+    assert {("GET", "/chat"), ("POST", "/api/login"), ("POST", "/api/logout")} <= paths
+    assert ("GET", "/api/chat/stream") in paths and ("POST", "/api/chat/files") in paths
+
+
+async def test_from_config_builds_the_chat_the_config_describes(tmp_path: Path) -> None:
+    """The package's from_config: the dashboard's login, adapters.web and server settings."""
+    config = Config.model_validate(
+        {
+            "data_dir": str(tmp_path),
+            "dashboard": {"username": "operator", "session_ttl": "2h"},
+            "adapters": {"web": {"enabled": True, "max_upload": 1234}},
+            "server": {"public_url": "https://chat.example.org/", "trusted_proxies": ["10.0.0.1"]},
+        }
+    )
+    adapter = web_package.from_config(config, Secrets(dashboard_password=SecretStr(PASSWORD)))
+    assert isinstance(adapter, WebChatAdapter) and isinstance(adapter, Adapter)
+    assert adapter.username == "operator" and adapter.max_upload == 1234
+    assert adapter.upload_dir == tmp_path / "webchat"
+    assert adapter.sessions.ttl == 7200
+    assert adapter.auth.source.public_origin == "https://chat.example.org"
+    assert await web_package.check_credentials(config, Secrets()) == []
+    # Over real HTTP: the operator logs in with the configured name; the cookie is Secure
+    # because public_url is https.
+    app = build_app()
+    app.add_routes(adapter.routes())
+    server = HttpServer("127.0.0.1", 0, app)
+    await server.start()
+    try:
+        url = f"http://127.0.0.1:{server.bound_port}/api/login"
+        async with aiohttp.ClientSession() as http:
+            good = {"username": "operator", "password": PASSWORD}
+            async with http.post(url, json=good) as resp:
+                assert resp.status == 200, await resp.text()
+                assert "Secure" in resp.headers["Set-Cookie"]
+            async with http.post(url, json={"username": "admin", "password": PASSWORD}) as resp:
+                assert resp.status == 401
+    finally:
+        await server.stop()
+
+
+async def test_without_a_password_from_config_builds_a_locked_chat(tmp_path: Path) -> None:
+    config = Config.model_validate({"data_dir": str(tmp_path)})
+    adapter = web_package.from_config(config, Secrets())
+    app = build_app()
+    app.add_routes(adapter.routes())
+    server = HttpServer("127.0.0.1", 0, app)
+    await server.start()
+    try:
+        url = f"http://127.0.0.1:{server.bound_port}/api/chat/messages?space=main"
+        headers = {"Authorization": f"Bearer {PASSWORD}"}
+        async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as resp:
+            assert resp.status == 503
+            assert "MERCURY_DASHBOARD_PASSWORD" in (await resp.json())["error"]
+    finally:
+        await server.stop()
 
 
 async def test_no_credentials_and_wrong_password_are_refused(chat: Harness) -> None:
@@ -605,7 +663,8 @@ async def _mercury_chat(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "mercury.cli_chat",
+        "mercury.cli",
+        "chat",
         *args,
         cwd=cwd,
         env={**base_env, "PYTHONPATH": str(REPO), **(env or {})},

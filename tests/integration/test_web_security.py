@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mercury.adapters.web import SESSION_COOKIE
+from mercury.http.sessions import SESSION_COOKIE
 from tests.integration.test_web_adapter import PASSWORD, Harness, _serve
 
 GOOD = {"username": "admin", "password": PASSWORD}

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from mercury.adapters.base import Capabilities
 from mercury.config import Config
 from mercury.core.messages import Attachment, ConversationRef, Reply, SentMessage
 from mercury.pipeline import runs
@@ -18,7 +17,7 @@ from mercury.pipeline import runs
 
 class RecordingAdapter:
     platform = "web"
-    capabilities = Capabilities(1000, threads=False, file_upload=False, markup="plain")
+    bot_handles: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.events: list[tuple[str, Any]] = []

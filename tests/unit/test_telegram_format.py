@@ -14,7 +14,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from mercury.adapters.telegram_format import (
+from mercury.adapters.telegram.format import (
     TELEGRAM_LIMIT,
     markdown_to_html,
     split_for_telegram,

@@ -1,4 +1,4 @@
-"""Pure helpers of the web chat adapter and `mercury chat`."""
+"""Pure helpers of the web chat adapter, the login layer (mercury.http) and `mercury chat`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import time
 
 import pytest
 
-from mercury.adapters.web import SessionStore, safe_name, valid_space
-from mercury.adapters.web_auth import client_address, origin_of, parse_networks
-from mercury.cli_chat import _default_url, _is_reply
+from mercury.adapters.web.files import safe_name
+from mercury.adapters.web.spacelog import QUEUE_LIMIT, Event, SpaceLogs, valid_space
+from mercury.cli.chat import _default_url, _is_reply
+from mercury.http.addresses import client_address, origin_of, parse_networks
+from mercury.http.sessions import SessionStore
 
 
 @pytest.mark.parametrize("space", ["main", "a", "ops-1", "Team_2.x", "9" * 64])
@@ -137,3 +139,55 @@ def test_without_trusted_proxies_forwarded_for_is_ignored() -> None:
 )
 def test_origin_of_normalises(url: str | None, origin: str | None) -> None:
     assert origin_of(url) == origin
+
+
+# ------------------------------------------------------------------ the space logs
+
+
+def test_every_change_gets_a_new_cursor_and_pollers_see_tombstones() -> None:
+    logs = SpaceLogs(max_log=10)
+    first = logs.new_entry("main", "m1", "user", "admin", "hi", [])
+    logs.append("main", first)
+    logs.append("main", logs.new_entry("main", "s1", "status", "Mercury", "working", []))
+    posted = logs.current_cursor("main")
+    logs.edit("main", "s1", "still working (30s)")
+    [edited] = logs.after("main", posted)
+    assert edited["text"] == "still working (30s)" and edited["cursor"] > posted
+    logs.delete("main", "s1")
+    changes = logs.after("main", first["cursor"])
+    assert [(e["id"], e.get("deleted", False)) for e in changes] == [("s1", True)]
+    assert changes[0]["cursor"] > edited["cursor"]
+    # A fresh view shows no tombstone; a withdrawn message is not "live" any more.
+    assert [e["id"] for e in logs.after("main", None)] == ["m1"]
+    assert logs.find_live("main", "s1") is None and logs.find_live("main", "m1") == first
+    assert logs.current_cursor("main") == changes[0]["cursor"]
+    assert logs.after("other", None) == [] and logs.current_cursor("other") == 0
+
+
+def test_the_log_keeps_at_most_max_log_entries() -> None:
+    logs = SpaceLogs(max_log=2)
+    for i in range(3):
+        logs.append("main", logs.new_entry("main", f"m{i}", "user", "admin", str(i), []))
+    assert [e["id"] for e in logs.after("main", None)] == ["m1", "m2"]
+
+
+def test_a_subscriber_that_does_not_read_is_cut_off() -> None:
+    logs = SpaceLogs(max_log=10)
+    slow, fast = logs.subscribe("main"), logs.subscribe("main")
+    for _ in range(QUEUE_LIMIT):
+        logs.push("main", Event("typing", {"space": "main"}))
+        fast.get_nowait()
+    assert logs.subscriber_count("main") == 2
+    logs.push("main", Event("typing", {"space": "main"}))
+    assert logs.subscriber_count("main") == 1  # the slow one is gone, its stream ends
+    assert slow.qsize() == QUEUE_LIMIT + 1 and list(slow._queue)[-1] is None  # type: ignore[attr-defined]
+    logs.close_streams()
+    assert logs.subscriber_count("main") == 0 and fast.get_nowait() is not None
+    assert fast.get_nowait() is None
+
+
+def test_events_encode_as_server_sent_events() -> None:
+    assert (
+        Event("edit", {"a": "é"}, 7).encode() == 'id: 7\nevent: edit\ndata: {"a": "é"}\n\n'.encode()
+    )
+    assert Event("typing", {}).encode() == b"event: typing\ndata: {}\n\n"

@@ -36,14 +36,15 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from mercury.adapters.base import Capabilities, InboundSink
-from mercury.adapters.slack_format import to_mrkdwn
+from mercury.adapters.base import InboundSink
+from mercury.adapters.dedup import SeenIds
+from mercury.adapters.slack.format import to_mrkdwn
 from mercury.config import Secrets, SlackConfig
 from mercury.core.messages import Attachment, ConversationRef, InboundMessage, Reply, SentMessage
 from mercury.core.text import split_message
 from mercury.logging import get_logger
 
-log = get_logger(__name__)
+log = get_logger("mercury.adapters.slack")  # one logger per platform
 
 PLATFORM = "slack"
 EVENTS_PATH = "/slack/events"
@@ -63,19 +64,17 @@ class SlackAdapter:
     """Slack through slack-bolt; `platform_message_id` is `<channel>:<ts>`."""
 
     platform = PLATFORM
-    capabilities = Capabilities(
-        max_message_length=MAX_MESSAGE_CHARS, threads=True, file_upload=True, markup="mrkdwn"
-    )
+    # Mentions arrive as `<@U…>`, which the trigger rules recognise without a handle.
+    bot_handles: tuple[str, ...] = ()
 
     def __init__(
         self,
         config: SlackConfig,
         secrets: Secrets,
         *,
-        http_app: web.Application | None = None,
         ping_interval: float = 10.0,
     ) -> None:
-        """Build the Bolt app; in HTTP mode also mount `POST /slack/events` on `http_app`.
+        """Build the Bolt app (HTTP mode serves `routes()` on the main server).
 
         `ping_interval` is Socket Mode's health-check period; it is also the wait between
         reconnect attempts, so a dropped websocket comes back within about that long.
@@ -129,17 +128,15 @@ class SlackAdapter:
         self._socket: AsyncSocketModeHandler | None = None
         self._bot_user_id: str | None = None
         self._bot_id: str | None = None
-        self._delivered: OrderedDict[str, None] = OrderedDict()
+        self._delivered: SeenIds[str] = SeenIds(_MEMORY)
         self._inflight: set[str] = set()
-        self._sent_ts: OrderedDict[str, None] = OrderedDict()  # our messages (thread parents)
-        self._dm_channels: set[str] = set()
+        self._sent_ts: SeenIds[str] = SeenIds(_MEMORY)  # our messages (thread parents)
+        self._dm_channels: SeenIds[str] = SeenIds(_MEMORY)
         # Per conversation (chat, thread): the message a run most likely answers, for the
         # "working" reaction; set_typing only gets the conversation.
         self._anchors: OrderedDict[tuple[str, str | None], str] = OrderedDict()
-        self._reacted: OrderedDict[str, None] = OrderedDict()  # "<channel>:<ts>"
+        self._reacted: SeenIds[str] = SeenIds(_MEMORY)  # "<channel>:<ts>"
         self._users: dict[str, str] = {}
-        if http_app is not None and self.mode == "http":
-            self.register(http_app)
 
     # ---------------------------------------------------------------- Adapter protocol
 
@@ -176,8 +173,17 @@ class SlackAdapter:
         log.info("slack adapter stopped")
 
     async def send_status(self, conversation: ConversationRef, text: str) -> SentMessage:
-        """A status is a plain message here, edited in place and deleted at the end."""
-        return await self.send(Reply(conversation, text))
+        """A plain message, edited in place and deleted at the end; in a channel it sits
+        in the thread of the message being answered, next to the reply it announces."""
+        channel = conversation.chat_id
+        thread_ts = conversation.thread_id
+        if thread_ts is None and not self._is_dm(channel):
+            thread_ts = self._anchors.get((channel, None))
+        resp = await self.client.chat_postMessage(
+            channel=channel, text=to_mrkdwn(text)[:MAX_MESSAGE_CHARS], thread_ts=thread_ts
+        )
+        self._sent_ts.add(str(resp["ts"]))
+        return SentMessage(platform_message_ids=(f"{resp.get('channel') or channel}:{resp['ts']}",))
 
     async def send(self, reply: Reply) -> SentMessage:
         """Post the reply in the thread of the message it answers, split, then its files."""
@@ -192,7 +198,7 @@ class SlackAdapter:
             )
             ts = str(resp["ts"])
             ids.append(f"{resp.get('channel') or channel}:{ts}")
-            _remember(self._sent_ts, ts)
+            self._sent_ts.add(ts)
         uploads = []
         for out in reply.files:
             if not out.path.is_file():
@@ -215,7 +221,7 @@ class SlackAdapter:
         key = f"{conversation.chat_id}:{ts}"
         if key in self._reacted:
             return
-        _remember(self._reacted, key)
+        self._reacted.add(key)
         try:
             await self.client.reactions_add(
                 channel=conversation.chat_id, timestamp=ts, name=TYPING_REACTION
@@ -266,11 +272,8 @@ class SlackAdapter:
     # ------------------------------------------------------------------ HTTP mode
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post(EVENTS_PATH, self._http_events)]
-
-    def register(self, app: web.Application) -> None:
-        """Mount `POST /slack/events` on the main server's app (before it starts)."""
-        app.add_routes(self.routes())
+        """`POST /slack/events` in HTTP mode; Socket Mode needs no route."""
+        return [web.post(EVENTS_PATH, self._http_events)] if self.mode == "http" else []
 
     async def _http_events(self, request: web.Request) -> web.Response:
         if self._sink is None:
@@ -364,7 +367,7 @@ class SlackAdapter:
             raise TypeError("text is not a string")
         is_dm = event.get("channel_type") == "im" or channel.startswith("D")
         if is_dm:
-            _remember_set(self._dm_channels, channel)
+            self._dm_channels.add(channel)
         thread_ts = event.get("thread_ts")
         thread_id = str(thread_ts) if thread_ts and thread_ts != ts else None
         mentions_bot = mention or (bool(bot_user_id) and f"<@{bot_user_id}>" in text)
@@ -416,7 +419,7 @@ class SlackAdapter:
         finally:
             self._inflight.discard(key)
             if delivered:
-                _remember(self._delivered, key)
+                self._delivered.add(key)
 
     async def _user_name(self, user_id: str) -> str:
         """A display name for the author (users:read); the id if Slack will not say."""
@@ -444,23 +447,21 @@ class SlackAdapter:
         """thread_ts for a reply: the conversation's thread, else the answered message."""
         if conv.thread_id:
             return conv.thread_id
-        if conv.chat_id in self._dm_channels or conv.chat_id.startswith("D"):
+        if self._is_dm(conv.chat_id):
             return None  # a DM reads as a conversation; threads there only hide replies
         if reply.reply_to:
             channel, _, ts = reply.reply_to.partition(":")
             if channel == conv.chat_id and _TS_RE.fullmatch(ts):
                 return ts
-            return None
-        if reply.text.lower().startswith("still working"):
-            # The pipeline's progress note carries no reply_to: keep it next to the
-            # reply it announces rather than in the channel.
-            return self._anchors.get((conv.chat_id, None))
         return None
+
+    def _is_dm(self, channel: str) -> bool:
+        return channel in self._dm_channels or channel.startswith("D")
 
     async def _clear_reaction(self, message_id: str) -> None:
         if message_id not in self._reacted:
             return
-        self._reacted.pop(message_id, None)
+        self._reacted.discard(message_id)
         channel, ts = _split_id(message_id, "")
         with contextlib.suppress(SlackApiError):
             await self.client.reactions_remove(channel=channel, timestamp=ts, name=TYPING_REACTION)
@@ -496,9 +497,3 @@ def _remember(store: OrderedDict[Any, Any], key: Any, value: Any = None) -> None
     store.move_to_end(key)
     while len(store) > _MEMORY:
         store.popitem(last=False)
-
-
-def _remember_set(store: set[str], key: str) -> None:
-    if len(store) > _MEMORY:
-        store.clear()
-    store.add(key)

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import discord
 import yarl
+from aiohttp import web
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from mercury.adapters.base import Capabilities, InboundSink
+from mercury.adapters.base import InboundSink
+from mercury.adapters.dedup import SeenIds
 from mercury.config import DiscordConfig, Secrets
 from mercury.core.messages import (
     Attachment,
@@ -40,7 +41,7 @@ from mercury.core.messages import (
 from mercury.core.text import split_message
 from mercury.logging import get_logger
 
-log = get_logger(__name__)
+log = get_logger("mercury.adapters.discord")  # one logger per platform
 
 PLATFORM = "discord"
 MAX_MESSAGE = 2000
@@ -53,33 +54,12 @@ class DiscordStartError(RuntimeError):
     """The adapter could not connect; the message is one line an operator can act on."""
 
 
-class _BoundedSet:
-    """An insertion-ordered set that forgets its oldest entries past `limit`."""
-
-    def __init__(self, limit: int) -> None:
-        self._items: OrderedDict[int, None] = OrderedDict()
-        self._limit = limit
-
-    def add(self, item: int) -> bool:
-        """Add `item`; False when it was already there."""
-        if item in self._items:
-            return False
-        self._items[item] = None
-        while len(self._items) > self._limit:
-            self._items.popitem(last=False)
-        return True
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._items
-
-
 class DiscordAdapter:
     """Discord through a discord.py Client running in a background task."""
 
     platform = PLATFORM
-    capabilities = Capabilities(
-        max_message_length=MAX_MESSAGE, threads=True, file_upload=True, markup="markdown"
-    )
+    # Mentions arrive as `<@id>`, which the trigger rules recognise without a handle.
+    bot_handles: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -100,9 +80,13 @@ class DiscordAdapter:
         self._sink: InboundSink | None = None
         self._http: aiohttp.ClientSession | None = None
         self._saved_globals: tuple[str, yarl.URL] | None = None
-        self._seen = _BoundedSet(_SEEN_LIMIT)
-        self._sent = _BoundedSet(_SENT_LIMIT)
+        self._seen: SeenIds[int] = SeenIds(_SEEN_LIMIT)
+        self._sent: SeenIds[int] = SeenIds(_SENT_LIMIT)
         self._stopping = False
+
+    def routes(self) -> list[web.RouteDef]:
+        """None: the gateway is a websocket Mercury opens."""
+        return []
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -1,7 +1,9 @@
-"""Who may use the web chat API, and from where: sessions, login, throttling, origins.
+"""Who may use Mercury's public HTTP API, and from where: login, throttling, origins.
 
-Two ways in: a bearer token (the dashboard password, for scripts and `mercury chat`) or
-the session cookie from `POST /api/login` (for the browser page). Each has its own risk:
+One login layer for every browser-facing page on the main server (the web chat today,
+the operator dashboard next): the operator's name and the dashboard password. Two ways
+in: a bearer token (the password, for scripts and `mercury chat`) or the session cookie
+from `POST /api/login` (for the browser pages). Each has its own risk:
 
 - Guessing the password, through the login route or as a bearer token. Every password
   check goes through `LoginThrottle` (mercury.core.login_throttle): per client address, a
@@ -17,23 +19,18 @@ the session cookie from `POST /api/login` (for the browser page). Each has its o
 - A cookie sent in clear behind a TLS proxy: it is `Secure` whenever the request came over
   https, a trusted proxy says it did, or `server.public_url` is https.
 
-The client address is the TCP peer, unless the peer is one of `server.trusted_proxies`:
-then it is the right-most X-Forwarded-For entry that is not a trusted proxy (entries to
-its left were written by the client and prove nothing).
+Client addresses and origins are worked out in mercury.http.origin (on top of the pure
+rules in mercury.http.addresses); the sessions live in mercury.http.sessions.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import ipaddress
 import math
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -45,11 +42,22 @@ from mercury.core.login_throttle import (
     refusal_message,
     throttle_key,
 )
+from mercury.http.origin import RequestSource
+from mercury.http.sessions import SESSION_COOKIE, SessionStore
 from mercury.logging import get_logger
 
-log = get_logger("mercury.adapters.web")
+log = get_logger(__name__)
 
-SESSION_COOKIE = "mercury_session"
+__all__ = [
+    "SESSION_COOKIE",
+    "Caller",
+    "PasswordCheck",
+    "SessionStore",
+    "WebAuth",
+    "Write",
+    "json_error",
+]
+
 # The chat page sends this on uploads; a cross-origin form cannot send custom headers, and
 # a cross-origin fetch with one needs a CORS preflight that Mercury never answers.
 REQUEST_HEADER = "X-Mercury-Request"
@@ -66,128 +74,17 @@ UPLOAD_HEADER_ERROR = (
     f"uploads made with the session cookie need the header {REQUEST_HEADER}: 1 "
     "(the chat page sends it; another site's form cannot)"
 )
-NO_ORIGIN_ERROR = (
-    "cross-site request refused: a request made with the session cookie that changes "
-    "something must carry an Origin header or Sec-Fetch-Site: same-origin (browsers send "
-    "them; scripts should use a bearer token instead)"
-)
 
 Write = Literal["json", "upload"] | None
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def json_error(status: int, message: str, **extra: Any) -> web.Response:
+    """The public server's error answer: `{"error": message, ...extra}`."""
     return web.json_response({"error": message, **extra}, status=status)
 
 
-class SessionStore:
-    """Login sessions in memory. Random ids; only their SHA-256 is kept as the key."""
-
-    def __init__(self, ttl: float, max_sessions: int = 1000) -> None:
-        self.ttl = ttl
-        self.max_sessions = max_sessions
-        self._sessions: dict[str, tuple[str, float]] = {}  # digest -> (username, expiry)
-
-    @staticmethod
-    def _key(session_id: str) -> str:
-        return hashlib.sha256(session_id.encode()).hexdigest()
-
-    def create(self, username: str) -> str:
-        self._prune()
-        while len(self._sessions) >= self.max_sessions:  # oldest first (dict order)
-            self._sessions.pop(next(iter(self._sessions)))
-        session_id = secrets.token_urlsafe(32)
-        self._sessions[self._key(session_id)] = (username, time.monotonic() + self.ttl)
-        return session_id
-
-    def get(self, session_id: str | None) -> str | None:
-        if not session_id:
-            return None
-        found = self._sessions.get(self._key(session_id))
-        if found is None:
-            return None
-        if found[1] < time.monotonic():
-            self._sessions.pop(self._key(session_id), None)
-            return None
-        return found[0]
-
-    def drop(self, session_id: str | None) -> None:
-        if session_id:
-            self._sessions.pop(self._key(session_id), None)
-
-    def _prune(self) -> None:
-        now = time.monotonic()
-        for key in [k for k, (_, exp) in self._sessions.items() if exp < now]:
-            del self._sessions[key]
-
-
 # ------------------------------------------------------------------ pure helpers
-
-
-def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
-    """`server.trusted_proxies` entries (addresses or CIDR networks) as networks."""
-    return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values)
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """An address from a header entry: `1.2.3.4`, `1.2.3.4:5678`, `[::1]:80`, `::1`."""
-    text = text.strip()
-    if text.startswith("["):
-        text = text[1 : text.find("]")] if "]" in text else text[1:]
-    elif text.count(":") == 1:
-        text = text.split(":", 1)[0]
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def _trusted(address: str | None, networks: tuple[IPNetwork, ...]) -> bool:
-    ip = _ip(address) if address else None
-    return ip is not None and any(ip in net for net in networks)
-
-
-def client_address(
-    remote: str | None, forwarded_for: Iterable[str], trusted: tuple[IPNetwork, ...]
-) -> str:
-    """The address a request is counted against (see the module docstring).
-
-    An X-Forwarded-For entry that is not an address stops the walk at the hop that
-    forwarded it: garbage cannot mint a fresh identity for every request.
-    """
-    peer = remote or "unknown"
-    if not _trusted(peer, trusted):
-        return peer
-    hops = [h.strip() for line in forwarded_for for h in line.split(",") if h.strip()]
-    current = peer
-    for hop in reversed(hops):
-        ip = _ip(hop)
-        if ip is None:
-            return current
-        current = str(ip)
-        if not any(ip in net for net in trusted):
-            return current
-    return current
-
-
-def origin_of(url: str | None) -> str | None:
-    """`scheme://host[:port]` normalised (lower case, default port dropped), or None."""
-    if not url:
-        return None
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    scheme, host = parts.scheme.lower(), parts.hostname
-    if scheme not in ("http", "https") or not host:
-        return None
-    if ":" in host:
-        host = f"[{host}]"
-    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
 
 
 def _media_type(value: str | None) -> str:
@@ -216,7 +113,7 @@ class PasswordCheck:
 
 
 class WebAuth:
-    """Authentication and request checks for the web chat's routes."""
+    """Authentication and request checks for the routes of the public server."""
 
     def __init__(
         self,
@@ -232,70 +129,9 @@ class WebAuth:
         self.username = username
         self._password = password or None
         self.sessions = SessionStore(session_ttl)
-        self.public_url = public_url
-        self.public_origin = origin_of(public_url)
-        self.trusted = parse_networks(trusted_proxies)
+        self.source = RequestSource(public_url, trusted_proxies)
         self.throttle = LoginThrottle(throttle)
         self._clock = clock
-
-    # ------------------------------------------------------------ request facts
-
-    def client(self, request: web.Request) -> str:
-        """The client address of `request` (through trusted proxies)."""
-        return client_address(
-            request.remote, request.headers.getall("X-Forwarded-For", []), self.trusted
-        )
-
-    def _via_trusted_proxy(self, request: web.Request) -> bool:
-        return bool(self.trusted) and _trusted(request.remote, self.trusted)
-
-    def _forwarded(self, request: web.Request, name: str) -> str | None:
-        """The first value of a proxy header, only when a trusted proxy sent the request."""
-        if not self._via_trusted_proxy(request):
-            return None
-        value = request.headers.get(name, "").split(",", 1)[0].strip()
-        return value or None
-
-    def scheme(self, request: web.Request) -> str:
-        forwarded = self._forwarded(request, "X-Forwarded-Proto")
-        return forwarded.lower() if forwarded else request.scheme
-
-    def own_origins(self, request: web.Request) -> set[str]:
-        """Origins this request may come from: the URL it was sent to, and public_url."""
-        host = self._forwarded(request, "X-Forwarded-Host") or request.host
-        found = {origin_of(f"{self.scheme(request)}://{host}"), self.public_origin}
-        return {o for o in found if o}
-
-    def cookie_secure(self, request: web.Request) -> bool:
-        """Mark the cookie Secure when the browser talks https to us or to our proxy."""
-        return (
-            request.secure
-            or self.scheme(request) == "https"
-            or (self.public_origin or "").startswith("https://")
-        )
-
-    def origin_problem(self, request: web.Request) -> str | None:
-        """Why `request` is not a same-origin browser request, or None if it is."""
-        origin = request.headers.get("Origin")
-        fetch_site = request.headers.get("Sec-Fetch-Site")
-        if origin is None and fetch_site is None:
-            return NO_ORIGIN_ERROR
-        if fetch_site is not None and fetch_site.strip().lower() != "same-origin":
-            return (
-                f"cross-site request refused: the browser marks it Sec-Fetch-Site: "
-                f"{fetch_site.strip()[:20]}; only Mercury's own pages may use the session "
-                "cookie to change things"
-            )
-        if origin is not None:
-            allowed = self.own_origins(request)
-            if origin_of(origin) not in allowed:
-                return (
-                    f"cross-site request refused: Origin {origin.strip()[:100]!r} is not this "
-                    f"server ({', '.join(sorted(allowed)) or 'unknown'}); only Mercury's own "
-                    "pages may use the session cookie to change things. Behind a reverse "
-                    "proxy, set server.public_url to the address browsers use"
-                )
-        return None
 
     # --------------------------------------------------------- authentication
 
@@ -309,7 +145,7 @@ class WebAuth:
         counted. A waiting address's password is not compared at all.
         """
         assert self._password is not None
-        key = throttle_key(self.client(request))
+        key = throttle_key(self.source.client(request))
         now = self._clock()
         verdict = self.throttle.check(key, now)
         if not verdict.allowed:
@@ -322,7 +158,7 @@ class WebAuth:
         if not after.allowed:
             log.warning(
                 "web chat login throttled",
-                remote=self.client(request),
+                remote=self.source.client(request),
                 failures=after.failures,
                 wait_s=round(after.retry_after_s, 3),
             )
@@ -373,7 +209,7 @@ class WebAuth:
 
     def write_problem(self, request: web.Request, write: Write) -> web.Response | None:
         """Refuse a browser request that another site could have made."""
-        problem = self.origin_problem(request)
+        problem = self.source.origin_problem(request)
         if problem is not None:
             log.warning(
                 "web chat cross-site request refused",
@@ -390,12 +226,16 @@ class WebAuth:
 
     # ------------------------------------------------------------ login/logout
 
+    def routes(self) -> list[web.RouteDef]:
+        """`POST /api/login` and `POST /api/logout`, shared by every page behind this login."""
+        return [web.post("/api/login", self.login), web.post("/api/logout", self.logout)]
+
     async def login(self, request: web.Request) -> web.Response:
         if self._password is None:
             return json_error(503, NO_PASSWORD_ERROR)
         # Scripts send no Origin; a browser that does must be on our own page.
         if "Origin" in request.headers or "Sec-Fetch-Site" in request.headers:
-            problem = self.origin_problem(request)
+            problem = self.source.origin_problem(request)
             if problem is not None:
                 return json_error(403, problem)
         if _media_type(request.content_type) != "application/json":
@@ -403,7 +243,7 @@ class WebAuth:
                 415, "Content-Type must be application/json: send {username, password} as JSON"
             )
         # Refuse a waiting address before reading its body, and again after (below).
-        early = self.throttle.check(throttle_key(self.client(request)), self._clock())
+        early = self.throttle.check(throttle_key(self.source.client(request)), self._clock())
         if not early.allowed:
             return self._refused(PasswordCheck(False, False, early), "")
         try:
@@ -419,10 +259,10 @@ class WebAuth:
         if not check.ok:
             if check.compared:
                 # The attempted name is not logged: people type passwords into it.
-                log.warning("web chat login refused", remote=self.client(request))
+                log.warning("web chat login refused", remote=self.source.client(request))
             return self._refused(check, "wrong username or password")
         session_id = self.sessions.create(self.username)
-        log.info("web chat login", username=self.username, remote=self.client(request))
+        log.info("web chat login", username=self.username, remote=self.source.client(request))
         resp = web.json_response({"username": self.username})
         resp.set_cookie(
             SESSION_COOKIE,
@@ -431,7 +271,7 @@ class WebAuth:
             path="/",
             httponly=True,
             samesite="Strict",
-            secure=self.cookie_secure(request),
+            secure=self.source.cookie_secure(request),
         )
         return resp
 
@@ -450,6 +290,6 @@ class WebAuth:
             path="/",
             httponly=True,
             samesite="Strict",
-            secure=self.cookie_secure(request),
+            secure=self.source.cookie_secure(request),
         )
         return resp

@@ -1,4 +1,8 @@
-"""The main aiohttp server: one listener for the dashboard, web chat and webhooks."""
+"""The main aiohttp server: one listener for the dashboard, web chat and webhooks.
+
+It knows no adapter: the App mounts each adapter's `routes()` on `HttpServer.app` before
+`start()`, and adds health checks (`/healthz`) for the services that have one.
+"""
 
 from __future__ import annotations
 

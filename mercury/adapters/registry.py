@@ -1,0 +1,51 @@
+"""Which chat platforms exist and where each one's package is: the one list the App
+builds adapters from and `mercury doctor` takes credential checks from.
+
+Each package exports `from_config(config, secrets)` and `check_credentials(config,
+secrets)` (see mercury/adapters/base.py). Packages are imported only when their platform
+is enabled, so a disabled platform's library (slack_sdk, discord.py, ...) is never loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from importlib import import_module
+from types import ModuleType
+
+from mercury.adapters.base import Adapter
+from mercury.checks import CheckResult
+from mercury.config import Config, Secrets
+
+# Platform name (the `adapters.<name>` config section) -> its package. The order is the
+# order adapters start in and doctor rows are printed in.
+PLATFORMS: dict[str, str] = {
+    "web": "mercury.adapters.web",
+    "slack": "mercury.adapters.slack",
+    "discord": "mercury.adapters.discord",
+    "telegram": "mercury.adapters.telegram",
+}
+
+CredentialCheck = Callable[..., Awaitable[list[CheckResult]]]
+
+
+def enabled_platforms(config: Config) -> list[str]:
+    """The platforms whose `adapters.<name>.enabled` is true, in PLATFORMS order."""
+    return [name for name in PLATFORMS if getattr(config.adapters, name).enabled]
+
+
+def _package(name: str) -> ModuleType:
+    return import_module(PLATFORMS[name])
+
+
+def build_adapters(config: Config, secrets: Secrets) -> dict[str, Adapter]:
+    """An adapter per enabled platform; ValueError (one line naming the missing setting
+    or variable) when one cannot be built."""
+    adapters: dict[str, Adapter] = {}
+    for name in enabled_platforms(config):
+        adapters[name] = _package(name).from_config(config, secrets)
+    return adapters
+
+
+def credential_checks(config: Config) -> list[tuple[str, CredentialCheck]]:
+    """(platform, its `check_credentials`) for each enabled platform."""
+    return [(name, _package(name).check_credentials) for name in enabled_platforms(config)]
