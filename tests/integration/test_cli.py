@@ -298,6 +298,26 @@ def test_run_with_a_broken_config_exits_with_one_line_per_problem(tmp_path: Path
     ]
 
 
+@pytest.mark.parametrize(
+    "command", [["chat", "hi"], ["db", "current"], ["image", "build"], ["sandbox", "run"]]
+)
+def test_every_command_fails_on_a_broken_config_the_same_way(
+    tmp_path: Path, command: list[str]
+) -> None:
+    # One loader for every command: the same lines, the same exit code, nothing on stdout.
+    (tmp_path / "mercury.yaml").write_text("container: {memory: lots}\nserver: {prot: 1}\n")
+    (tmp_path / "input.json").write_text("{}")
+    if command[0] == "sandbox":
+        command = [*command, "--space", "demo", "--input", "input.json"]
+    r = mercury(*command, cwd=tmp_path, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == ""
+    assert sorted(r.stderr.strip().splitlines()) == [
+        'config: container.memory: expected a size like 512m or 2g, got "lots"',
+        "config: server.prot: unknown key (did you mean 'port'?)",
+    ]
+
+
 @pytest.mark.docker
 def test_run_with_no_docker_engine_exits_with_one_clear_line(tmp_path: Path) -> None:
     r = mercury(

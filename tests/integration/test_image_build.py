@@ -37,7 +37,7 @@ REPO = f"mercury-test-agent-{SESSION}"
 CLI = [
     sys.executable,
     "-c",
-    "from mercury.cli_image import image; image(prog_name='mercury image')",
+    "from mercury.cli.image import image; image(prog_name='mercury image')",
 ]
 
 

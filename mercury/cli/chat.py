@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
-import aiohttp
 import click
 
-from mercury.cli_options import config_path_option
-from mercury.config import ConfigError, load_config
+from mercury.cli.common import config_option, fail, load_or_exit
+
+if TYPE_CHECKING:  # imported where used: `mercury --help` need not load aiohttp
+    import aiohttp
 
 DEFAULT_TIMEOUT = 600.0
 POLL_INTERVAL = 1.0
@@ -28,11 +27,6 @@ POLL_INTERVAL = 1.0
 
 class ChatError(Exception):
     """A failure to report as one line."""
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
 
 
 def _default_url(host: str, port: int) -> str:
@@ -58,35 +52,19 @@ def _default_url(host: str, port: int) -> str:
     show_default=True,
     help="Seconds to wait for the reply.",
 )
-@config_path_option
-@click.pass_context
-def chat(
-    ctx: click.Context,
-    text: str,
-    space: str,
-    as_json: bool,
-    url: str | None,
-    timeout: float,
-    config_path: Path | None,
-) -> None:
+@config_option
+def chat(text: str, space: str, as_json: bool, url: str | None, timeout: float) -> None:
     """Send TEXT to a running Mercury over its web chat and print the reply."""
-    if config_path is None:  # also accept `mercury --config X chat ...`
-        config_path = (ctx.find_object(dict) or {}).get("config_path")
-    try:
-        loaded = load_config(config_path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"config: {problem}", err=True)
-        sys.exit(1)
+    loaded = load_or_exit()
     secret = loaded.secrets.dashboard_password
     if secret is None:
-        _fail("no dashboard password: set MERCURY_DASHBOARD_PASSWORD (environment or .env)")
-    password = secret.get_secret_value()  # type: ignore[union-attr]
+        fail("no dashboard password: set MERCURY_DASHBOARD_PASSWORD (environment or .env)")
+    password = secret.get_secret_value()
     base = (url or _default_url(loaded.config.server.host, loaded.config.server.port)).rstrip("/")
     try:
         entry = asyncio.run(_converse(base, password, space, text, timeout))
     except ChatError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for f in entry.get("files") or []:
         f["url"] = urljoin(base + "/", f["url"])
     if as_json:
@@ -98,6 +76,8 @@ def chat(
 
 
 async def _converse(base: str, password: str, space: str, text: str, timeout: float) -> Any:
+    import aiohttp
+
     headers = {"Authorization": f"Bearer {password}"}
     try:
         async with (
@@ -116,6 +96,8 @@ async def _converse(base: str, password: str, space: str, text: str, timeout: fl
 
 
 async def _check(resp: aiohttp.ClientResponse, base: str) -> None:
+    import aiohttp
+
     if resp.status < 400:
         return
     try:
@@ -133,6 +115,8 @@ async def _check(resp: aiohttp.ClientResponse, base: str) -> None:
 
 
 async def _send_and_wait(http: aiohttp.ClientSession, base: str, space: str, text: str) -> Any:
+    import aiohttp
+
     # Read timeout off: the overall asyncio.timeout bounds the wait instead.
     async with http.get(
         "/api/chat/stream",
@@ -208,7 +192,3 @@ async def _lines(stream: aiohttp.ClientResponse) -> AsyncIterator[str]:
         *lines, buf = buf.split(b"\n")
         for line in lines:
             yield line.decode("utf-8", "replace").rstrip("\r")
-
-
-if __name__ == "__main__":
-    chat()

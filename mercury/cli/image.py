@@ -1,15 +1,10 @@
-"""`mercury image ...`: build the agent image, with a live view of the build log.
-
-A click group of its own; mercury/cli.py adds it with `main.add_command(image)`.
-"""
+"""`mercury image ...`: build the agent image, with a live view of the build log."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import deque
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from rich.console import Console, Group, RenderableType
@@ -17,35 +12,11 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.text import Text
 
-from mercury.cli_options import config_path_option
-from mercury.config import ConfigError, LoadedConfig, load_config
+from mercury.cli.common import config_option, err, fail, load_or_exit, out
 
 # How many log lines the live view keeps on screen, and how many a failure prints.
 LIVE_LINES = 10
 FAILURE_TAIL = 20
-
-
-def _consoles() -> tuple[Console, Console]:
-    # Made per call, not at import: tests and wrappers may swap sys.stdout/sys.stderr.
-    return Console(highlight=False), Console(stderr=True, highlight=False)
-
-
-def _fail(err: Console, message: str, code: int = 1) -> NoReturn:
-    """One clear line on stderr (more only when the message itself has several)."""
-    first, *rest = message.splitlines() or [""]
-    err.print(f"[bold red]error:[/] {first}", markup=True, soft_wrap=True)
-    for line in rest:
-        err.print(line, markup=False, soft_wrap=True)
-    sys.exit(code)
-
-
-def _load_or_exit(err: Console, path: Path | None) -> LoadedConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            err.print(f"[bold red]config:[/] {problem}", markup=True, soft_wrap=True)
-        sys.exit(2)
 
 
 class BuildView:
@@ -109,16 +80,8 @@ def image() -> None:
 @click.option("--tag", metavar="TAG", default=None, help="Tag to build (default: container.image).")
 @click.option("--if-missing", is_flag=True, help="Do nothing when TAG already exists.")
 @click.option("--no-cache", is_flag=True, help="Rebuild every layer, ignoring Docker's cache.")
-@config_path_option
-@click.pass_context
-def build(
-    ctx: click.Context,
-    base: str | None,
-    tag: str | None,
-    if_missing: bool,
-    no_cache: bool,
-    config_path: Path | None,
-) -> None:
+@config_option
+def build(base: str | None, tag: str | None, if_missing: bool, no_cache: bool) -> None:
     """Build the agent image (container/Dockerfile) FROM a base image."""
     from mercury.sandbox.engine import ENGINE_HINT, EngineUnavailable, connect_engine
     from mercury.sandbox.identity import IdentityError
@@ -130,21 +93,18 @@ def build(
         run_build,
     )
 
-    out, err = _consoles()
-    # `mercury --config X image build` puts the path on the parent context.
-    path = config_path or (ctx.find_object(dict) or {}).get("config_path")
-    cfg = _load_or_exit(err, path).config
+    cfg = load_or_exit().config
     try:
         # The same build `mercury run` makes when the image is missing.
         plan = plan_build(cfg.container, tag=tag, base=base)
     except (IdentityError, FileNotFoundError) as exc:
-        _fail(err, str(exc))
+        fail(str(exc))
     tag, base = plan.tag, plan.base
 
     try:
         client, _info = connect_engine()
     except EngineUnavailable as exc:
-        _fail(err, f"{exc}; {ENGINE_HINT}")
+        fail(f"{exc}; {ENGINE_HINT}")
 
     view = BuildView(out, f"building {tag} from {base}")
     try:
@@ -160,18 +120,18 @@ def build(
         with view:
             image_ref = run_build(client, plan, on_event=view, nocache=no_cache)
     except BaseImageUnavailable as exc:
-        _fail(err, str(exc))
+        fail(str(exc))
     except ImageBuildError as exc:
         if view.live_mode and exc.log_tail:
             # The live view was transient: show what led to the failure.
             err.print("last lines of the build log:", style="dim")
             for line in exc.log_tail[-FAILURE_TAIL:]:
                 err.print(f"  {line}", markup=False, soft_wrap=True)
-        _fail(err, f"image build failed: {exc}")
+        fail(f"image build failed: {exc}")
     except EngineUnavailable as exc:
-        _fail(err, f"{exc}; {ENGINE_HINT}")
+        fail(f"{exc}; {ENGINE_HINT}")
     except KeyboardInterrupt:
-        _fail(err, "image build interrupted", code=130)
+        fail("image build interrupted", code=130)
     finally:
         client.close()
 
