@@ -40,27 +40,9 @@ from tests.fakes.discord_server import (
     TOKEN,
     FakeDiscord,
 )
+from tests.fakes.sink import RecordingSink
 
 WAIT = 5.0
-
-
-class RecordingSink:
-    """Stands in for the pipeline: keeps every InboundMessage, lets a test await the next."""
-
-    def __init__(self) -> None:
-        self.received: list[InboundMessage] = []
-        self._queue: asyncio.Queue[InboundMessage] = asyncio.Queue()
-
-    async def __call__(self, msg: InboundMessage) -> None:
-        self.received.append(msg)
-        await self._queue.put(msg)
-
-    async def next(self, timeout: float = WAIT) -> InboundMessage:
-        return await asyncio.wait_for(self._queue.get(), timeout)
-
-    async def nothing_more(self, wait: float = 0.3) -> None:
-        await asyncio.sleep(wait)
-        assert self._queue.empty(), [m.text for m in self.received]
 
 
 def make_adapter(fake: FakeDiscord, token: str = TOKEN, **kwargs: Any) -> DiscordAdapter:
@@ -82,7 +64,7 @@ async def fake() -> AsyncIterator[FakeDiscord]:
 
 @pytest.fixture
 async def sink() -> RecordingSink:
-    return RecordingSink()
+    return RecordingSink(wait=WAIT)
 
 
 @pytest.fixture

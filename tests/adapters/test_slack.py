@@ -22,6 +22,7 @@ from mercury.adapters.slack.adapter import MAX_MESSAGE_CHARS, TYPING_REACTION, S
 from mercury.adapters.slack.format import to_mrkdwn
 from mercury.config import Config, Secrets, SlackConfig
 from mercury.core.messages import Attachment, InboundMessage, OutboundFile, Reply
+from tests.fakes.sink import RecordingSink
 from tests.fakes.slack_server import FakeSlack
 
 PING = 0.5  # Socket Mode health-check period = reconnect back-off in these tests
@@ -33,25 +34,6 @@ def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.lower() in ("http_proxy", "https_proxy", "all_proxy"):
             monkeypatch.delenv(name, raising=False)
-
-
-class Sink:
-    """Records what the adapter hands to the pipeline."""
-
-    def __init__(self) -> None:
-        self.messages: list[InboundMessage] = []
-        self._queue: asyncio.Queue[InboundMessage] = asyncio.Queue()
-
-    async def __call__(self, msg: InboundMessage) -> None:
-        self.messages.append(msg)
-        self._queue.put_nowait(msg)
-
-    async def next(self, timeout: float = 5.0) -> InboundMessage:
-        return await asyncio.wait_for(self._queue.get(), timeout)
-
-    async def nothing_more(self, wait: float = 0.4) -> None:
-        await asyncio.sleep(wait)
-        assert self._queue.empty(), [m.text for m in self.messages]
 
 
 def secrets(**override: str) -> Secrets:
@@ -73,20 +55,20 @@ async def fake() -> AsyncIterator[FakeSlack]:
 
 
 @pytest.fixture
-async def socket_bot(fake: FakeSlack) -> AsyncIterator[tuple[SlackAdapter, Sink]]:
+async def socket_bot(fake: FakeSlack) -> AsyncIterator[tuple[SlackAdapter, RecordingSink]]:
     adapter = SlackAdapter(
         SlackConfig(enabled=True, mode="socket", api_base_url=fake.api_url),
         secrets(),
         ping_interval=PING,
     )
-    sink = Sink()
+    sink = RecordingSink()
     await adapter.start(sink)
     await fake.wait_connections(1)
     yield adapter, sink
     await adapter.stop()
 
 
-HttpBot = tuple[SlackAdapter, Sink, str]
+HttpBot = tuple[SlackAdapter, RecordingSink, str]
 
 
 @pytest.fixture
@@ -105,7 +87,7 @@ async def http_bot_factory(
         runner = web.AppRunner(app, shutdown_timeout=0.1)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
-        sink = Sink()
+        sink = RecordingSink()
         await adapter.start(sink)
         started.append((adapter, runner))
         port = runner.addresses[0][1]
@@ -120,7 +102,7 @@ async def http_bot_factory(
 # ------------------------------------------------------------------------ Socket Mode
 
 
-async def test_is_an_adapter(socket_bot: tuple[SlackAdapter, Sink]) -> None:
+async def test_is_an_adapter(socket_bot: tuple[SlackAdapter, RecordingSink]) -> None:
     adapter, _ = socket_bot
     assert isinstance(adapter, Adapter)
     assert adapter.bot_handles == ()  # <@U…> mentions need no handle
@@ -141,7 +123,7 @@ def test_from_config_builds_the_mode_and_names_what_is_missing() -> None:
 
 
 async def test_dm_is_delivered_and_the_reply_lands_in_the_same_dm(
-    fake: FakeSlack, socket_bot: tuple[SlackAdapter, Sink]
+    fake: FakeSlack, socket_bot: tuple[SlackAdapter, RecordingSink]
 ) -> None:
     adapter, sink = socket_bot
     event = FakeSlack.message("hello **bot**", channel="D42", channel_type="im", ts="1700.000100")
@@ -166,7 +148,7 @@ async def test_dm_is_delivered_and_the_reply_lands_in_the_same_dm(
 
 
 async def test_mention_in_channel_is_delivered_once_and_answered_in_its_thread(
-    fake: FakeSlack, socket_bot: tuple[SlackAdapter, Sink]
+    fake: FakeSlack, socket_bot: tuple[SlackAdapter, RecordingSink]
 ) -> None:
     adapter, sink = socket_bot
     ts = "1700.000200"
@@ -203,7 +185,7 @@ async def test_mention_in_channel_is_delivered_once_and_answered_in_its_thread(
 
 
 async def test_plain_channel_message_is_ambient_and_thread_replies_keep_their_thread(
-    fake: FakeSlack, socket_bot: tuple[SlackAdapter, Sink]
+    fake: FakeSlack, socket_bot: tuple[SlackAdapter, RecordingSink]
 ) -> None:
     adapter, sink = socket_bot
     await fake.push_event(FakeSlack.message("lunch anyone?", user="U2"))
@@ -228,7 +210,7 @@ async def test_plain_channel_message_is_ambient_and_thread_replies_keep_their_th
 
 
 async def test_own_messages_are_ignored_and_other_bots_are_marked(
-    fake: FakeSlack, socket_bot: tuple[SlackAdapter, Sink]
+    fake: FakeSlack, socket_bot: tuple[SlackAdapter, RecordingSink]
 ) -> None:
     _, sink = socket_bot
     await fake.push_event(
@@ -241,11 +223,11 @@ async def test_own_messages_are_ignored_and_other_bots_are_marked(
     other = await sink.next()
     await sink.nothing_more()
     assert other.from_bot and other.author_id == "BOTHER" and other.author_name == "deploybot"
-    assert [m.text for m in sink.messages] == ["deployed"]
+    assert [m.text for m in sink.received] == ["deployed"]
 
 
 async def test_long_reply_is_split_under_the_limit_with_every_character(
-    fake: FakeSlack, socket_bot: tuple[SlackAdapter, Sink]
+    fake: FakeSlack, socket_bot: tuple[SlackAdapter, RecordingSink]
 ) -> None:
     adapter, sink = socket_bot
     await fake.push_event(FakeSlack.message("<@UBOT> essay please", ts="1700.000500"))
@@ -264,7 +246,7 @@ async def test_long_reply_is_split_under_the_limit_with_every_character(
 
 
 async def test_user_file_is_downloaded_with_the_bot_token_and_capped(
-    fake: FakeSlack, socket_bot: tuple[SlackAdapter, Sink]
+    fake: FakeSlack, socket_bot: tuple[SlackAdapter, RecordingSink]
 ) -> None:
     adapter, sink = socket_bot
     data = b"col1,col2\n1,2\n" * 100
@@ -285,7 +267,7 @@ async def test_user_file_is_downloaded_with_the_bot_token_and_capped(
 
 
 async def test_outbox_file_is_uploaded_into_the_thread(
-    fake: FakeSlack, socket_bot: tuple[SlackAdapter, Sink], tmp_path: Path
+    fake: FakeSlack, socket_bot: tuple[SlackAdapter, RecordingSink], tmp_path: Path
 ) -> None:
     adapter, sink = socket_bot
     await fake.push_event(FakeSlack.message("<@UBOT> chart?", ts="1700.000600", channel="C7"))
@@ -308,7 +290,7 @@ async def test_outbox_file_is_uploaded_into_the_thread(
 
 
 async def test_dropped_websocket_reconnects_and_a_later_event_arrives_once(
-    fake: FakeSlack, socket_bot: tuple[SlackAdapter, Sink]
+    fake: FakeSlack, socket_bot: tuple[SlackAdapter, RecordingSink]
 ) -> None:
     _, sink = socket_bot
     opened = len(fake.calls_to("apps.connections.open"))
@@ -322,11 +304,11 @@ async def test_dropped_websocket_reconnects_and_a_later_event_arrives_once(
     await fake.wait_ack(envelope)
     await sink.nothing_more()
     assert msg.text == "after the blip"
-    assert [m.text for m in sink.messages] == ["after the blip"]
+    assert [m.text for m in sink.received] == ["after the blip"]
 
 
 async def test_malformed_events_are_logged_and_skipped(
-    fake: FakeSlack, socket_bot: tuple[SlackAdapter, Sink]
+    fake: FakeSlack, socket_bot: tuple[SlackAdapter, RecordingSink]
 ) -> None:
     _, sink = socket_bot
     with capture_logs() as logs:
@@ -342,13 +324,13 @@ async def test_malformed_events_are_logged_and_skipped(
         msg = await sink.next()
         await sink.nothing_more()
     assert msg.text == "still here?"
-    assert len(sink.messages) == 1
+    assert len(sink.received) == 1
     skipped = [e for e in logs if e["event"] == "slack event skipped: malformed"]
     assert len(skipped) == 3
 
 
 async def test_rate_limits_and_server_errors_are_retried(
-    fake: FakeSlack, socket_bot: tuple[SlackAdapter, Sink]
+    fake: FakeSlack, socket_bot: tuple[SlackAdapter, RecordingSink]
 ) -> None:
     adapter, sink = socket_bot
     await fake.push_event(FakeSlack.message("<@UBOT> hi", ts="1700.000900"))
@@ -364,9 +346,9 @@ async def test_rate_limits_and_server_errors_are_retried(
 async def test_bad_tokens_fail_start_with_a_clear_error(fake: FakeSlack) -> None:
     config = SlackConfig(enabled=True, mode="socket", api_base_url=fake.api_url)
     with pytest.raises(RuntimeError, match="MERCURY_SLACK_BOT_TOKEN"):
-        await SlackAdapter(config, secrets(slack_bot_token="xoxb-wrong")).start(Sink())
+        await SlackAdapter(config, secrets(slack_bot_token="xoxb-wrong")).start(RecordingSink())
     with pytest.raises(RuntimeError, match="MERCURY_SLACK_APP_TOKEN"):
-        await SlackAdapter(config, secrets(slack_app_token="xapp-wrong")).start(Sink())
+        await SlackAdapter(config, secrets(slack_app_token="xapp-wrong")).start(RecordingSink())
     with pytest.raises(ValueError, match="SIGNING_SECRET"):
         SlackAdapter(config.model_copy(update={"mode": "http"}), Secrets(
             slack_bot_token=SecretStr(FakeSlack.BOT_TOKEN)))  # fmt: skip
@@ -389,7 +371,7 @@ async def test_http_signature_and_url_verification(
     challenge = {"type": "url_verification", "token": "t", "challenge": "c-123"}
     status, body = await fake.deliver_http(url, challenge, FakeSlack.SIGNING_SECRET)
     assert status == 200 and "c-123" in body
-    assert sink.messages == []
+    assert sink.received == []
 
     status, _ = await fake.deliver_http(url, payload, FakeSlack.SIGNING_SECRET)
     assert status == 200
@@ -407,7 +389,7 @@ async def test_http_retry_never_causes_a_second_run(
     status, _ = await fake.deliver_http(url, payload, FakeSlack.SIGNING_SECRET, retry_num=1)
     assert status == 200
     await sink.nothing_more()
-    assert len(sink.messages) == 1
+    assert len(sink.received) == 1
 
     # After a restart the adapter has no memory: the retry still carries the same id,
     # which the pipeline dedups on.

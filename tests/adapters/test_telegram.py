@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 import io
 import logging
@@ -30,11 +29,11 @@ from mercury.config import Config, Secrets, TelegramConfig
 from mercury.core.messages import (
     Attachment,
     ConversationRef,
-    InboundMessage,
     OutboundFile,
     Reply,
 )
 from mercury.logging import configure_logging
+from tests.fakes.sink import RecordingSink
 from tests.fakes.telegram_server import BOT_ID, BOT_USERNAME, FakeTelegram
 
 # Shaped like a real token, so the test also shows the log filter, not only the
@@ -44,23 +43,6 @@ WEBHOOK_SECRET = "s3cret-webhook_token"
 POLL_TIMEOUT = 5.0
 
 # ------------------------------------------------------------------ helpers
-
-
-class Recorder:
-    """Stands in for the pipeline: records what the adapter delivers."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[InboundMessage] = asyncio.Queue()
-
-    async def __call__(self, msg: InboundMessage) -> None:
-        self.queue.put_nowait(msg)
-
-    async def next(self, timeout: float = 10.0) -> InboundMessage:
-        return await asyncio.wait_for(self.queue.get(), timeout)
-
-    async def assert_quiet(self, seconds: float = 0.5) -> None:
-        await asyncio.sleep(seconds)
-        assert self.queue.empty(), f"unexpected message: {self.queue.get_nowait()}"
 
 
 def visible(html_text: str) -> str:
@@ -99,9 +81,9 @@ def make_config(fake: FakeTelegram, mode: str = "polling") -> TelegramConfig:
 
 
 @pytest.fixture
-async def adapter(fake: FakeTelegram) -> AsyncIterator[tuple[TelegramAdapter, Recorder]]:
+async def adapter(fake: FakeTelegram) -> AsyncIterator[tuple[TelegramAdapter, RecordingSink]]:
     tg = TelegramAdapter(make_config(fake), secrets(), poll_timeout=POLL_TIMEOUT)
-    sink = Recorder()
+    sink = RecordingSink()
     await tg.start(sink)
     try:
         yield tg, sink
@@ -180,7 +162,7 @@ def test_split_counts_utf16_units_like_telegram() -> None:
 # ------------------------------------------------------------------ inbound / outbound
 
 
-async def test_adapter_satisfies_protocol(adapter: tuple[TelegramAdapter, Recorder]) -> None:
+async def test_adapter_satisfies_protocol(adapter: tuple[TelegramAdapter, RecordingSink]) -> None:
     tg, _ = adapter
     assert isinstance(tg, Adapter)
     assert tg.bot_handles == (f"@{BOT_USERNAME}",)
@@ -188,7 +170,7 @@ async def test_adapter_satisfies_protocol(adapter: tuple[TelegramAdapter, Record
 
 
 async def test_private_message_is_dm_and_reply_lands_in_that_chat(
-    fake: FakeTelegram, adapter: tuple[TelegramAdapter, Recorder]
+    fake: FakeTelegram, adapter: tuple[TelegramAdapter, RecordingSink]
 ) -> None:
     tg, sink = adapter
     update = fake.push_update(fake.message_update(chat_id=42, text="hello there"))
@@ -211,7 +193,7 @@ async def test_private_message_is_dm_and_reply_lands_in_that_chat(
 
 
 async def test_group_mention_triggers_and_reply_quotes_the_message(
-    fake: FakeTelegram, adapter: tuple[TelegramAdapter, Recorder]
+    fake: FakeTelegram, adapter: tuple[TelegramAdapter, RecordingSink]
 ) -> None:
     tg, sink = adapter
     text = f"@{BOT_USERNAME} what is 2+2?"
@@ -234,7 +216,7 @@ async def test_group_mention_triggers_and_reply_quotes_the_message(
 
 
 async def test_group_mention_detection_variants(
-    fake: FakeTelegram, adapter: tuple[TelegramAdapter, Recorder]
+    fake: FakeTelegram, adapter: tuple[TelegramAdapter, RecordingSink]
 ) -> None:
     _, sink = adapter
     plain = "just chatting about mercury_test_bot"
@@ -260,7 +242,7 @@ async def test_group_mention_detection_variants(
 
 
 async def test_reply_to_bot_and_bot_authors(
-    fake: FakeTelegram, adapter: tuple[TelegramAdapter, Recorder]
+    fake: FakeTelegram, adapter: tuple[TelegramAdapter, RecordingSink]
 ) -> None:
     _, sink = adapter
     bot_message = {
@@ -282,7 +264,7 @@ async def test_reply_to_bot_and_bot_authors(
 
 
 async def test_forum_topic_keeps_its_thread(
-    fake: FakeTelegram, adapter: tuple[TelegramAdapter, Recorder]
+    fake: FakeTelegram, adapter: tuple[TelegramAdapter, RecordingSink]
 ) -> None:
     tg, sink = adapter
     text = f"@{BOT_USERNAME} in a topic"
@@ -305,7 +287,7 @@ async def test_forum_topic_keeps_its_thread(
 
 
 async def test_long_reply_is_split_not_truncated(
-    fake: FakeTelegram, adapter: tuple[TelegramAdapter, Recorder]
+    fake: FakeTelegram, adapter: tuple[TelegramAdapter, RecordingSink]
 ) -> None:
     tg, _ = adapter
     words = [f"w{i}<&>" if i % 7 == 0 else f"word{i}" for i in range(2000)]
@@ -326,7 +308,7 @@ async def test_long_reply_is_split_not_truncated(
 
 
 async def test_photo_and_document_in_are_downloaded_with_a_cap(
-    fake: FakeTelegram, adapter: tuple[TelegramAdapter, Recorder]
+    fake: FakeTelegram, adapter: tuple[TelegramAdapter, RecordingSink]
 ) -> None:
     tg, sink = adapter
     photo_bytes = b"\x89PNG" + bytes(range(256)) * 40
@@ -384,7 +366,7 @@ async def test_photo_and_document_in_are_downloaded_with_a_cap(
 
 
 async def test_outbox_files_go_out_as_document_and_photo(
-    fake: FakeTelegram, adapter: tuple[TelegramAdapter, Recorder], tmp_path: Path
+    fake: FakeTelegram, adapter: tuple[TelegramAdapter, RecordingSink], tmp_path: Path
 ) -> None:
     tg, _ = adapter
     report = tmp_path / "report.csv"
@@ -410,7 +392,7 @@ async def test_outbox_files_go_out_as_document_and_photo(
 
 
 async def test_edit_and_delete(
-    fake: FakeTelegram, adapter: tuple[TelegramAdapter, Recorder]
+    fake: FakeTelegram, adapter: tuple[TelegramAdapter, RecordingSink]
 ) -> None:
     tg, _ = adapter
     conv = ConversationRef("telegram", "-1001")
@@ -430,7 +412,7 @@ async def test_edit_and_delete(
 
 
 async def test_get_updates_5xx_recovers_and_delivers_exactly_once(
-    fake: FakeTelegram, adapter: tuple[TelegramAdapter, Recorder], captured_logs: io.StringIO
+    fake: FakeTelegram, adapter: tuple[TelegramAdapter, RecordingSink], captured_logs: io.StringIO
 ) -> None:
     _, sink = adapter
     fake.push_update(fake.message_update(chat_id=42, text="before"))
@@ -445,19 +427,19 @@ async def test_get_updates_5xx_recovers_and_delivers_exactly_once(
     assert len(failed) == 3
     fake.push_update(fake.message_update(chat_id=42, text="after"))
     assert (await sink.next()).text == "after"
-    await sink.assert_quiet(1.0)  # nothing delivered twice
+    await sink.nothing_more(1.0)  # nothing delivered twice
     assert "telegram polling failed, retrying" in captured_logs.getvalue()
 
 
 async def test_malformed_update_is_logged_and_skipped(
-    fake: FakeTelegram, adapter: tuple[TelegramAdapter, Recorder], captured_logs: io.StringIO
+    fake: FakeTelegram, adapter: tuple[TelegramAdapter, RecordingSink], captured_logs: io.StringIO
 ) -> None:
     _, sink = adapter
     bad = fake.push_update({"message": {"message_id": 1, "text": "no chat, no date"}})
     weird = fake.push_update({"message": "not an object"})
     fake.push_update(fake.message_update(chat_id=42, text="still here"))
     assert (await sink.next()).text == "still here"
-    await sink.assert_quiet(0.3)
+    await sink.nothing_more(0.3)
     logs = captured_logs.getvalue()
     assert "telegram update malformed, skipped" in logs
     # the offset moved past the bad updates, so they are not fetched again
@@ -468,19 +450,19 @@ async def test_malformed_update_is_logged_and_skipped(
 
 
 async def test_edited_messages_and_other_updates_are_ignored(
-    fake: FakeTelegram, adapter: tuple[TelegramAdapter, Recorder]
+    fake: FakeTelegram, adapter: tuple[TelegramAdapter, RecordingSink]
 ) -> None:
     _, sink = adapter
     edited = fake.message_update(chat_id=42, text="edited")
     fake.push_update({"edited_message": edited["message"]})
     fake.push_update(fake.message_update(chat_id=42, text="fresh"))
     assert (await sink.next()).text == "fresh"
-    await sink.assert_quiet(0.3)
+    await sink.nothing_more(0.3)
 
 
 async def test_bot_token_never_in_logs(
     fake: FakeTelegram,
-    adapter: tuple[TelegramAdapter, Recorder],
+    adapter: tuple[TelegramAdapter, RecordingSink],
     captured_logs: io.StringIO,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -510,7 +492,7 @@ async def test_bad_token_fails_start(fake: FakeTelegram) -> None:
         poll_timeout=POLL_TIMEOUT,
     )
     with pytest.raises(RuntimeError, match="MERCURY_TELEGRAM_BOT_TOKEN") as info:
-        await tg.start(Recorder())
+        await tg.start(RecordingSink())
     assert "wrong" not in str(info.value)  # PTB's own message quotes the token
 
 
@@ -520,7 +502,7 @@ async def test_bad_token_fails_start(fake: FakeTelegram) -> None:
 @pytest.fixture
 async def webhook(
     fake: FakeTelegram,
-) -> AsyncIterator[tuple[TelegramAdapter, Recorder, str]]:
+) -> AsyncIterator[tuple[TelegramAdapter, RecordingSink, str]]:
     app = web.Application()
     tg = TelegramAdapter(
         make_config(fake, "webhook"),
@@ -533,7 +515,7 @@ async def webhook(
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}{WEBHOOK_PATH}"
-    sink = Recorder()
+    sink = RecordingSink()
     await tg.start(sink)
     try:
         yield tg, sink, url
@@ -543,7 +525,7 @@ async def webhook(
 
 
 async def test_webhook_secret_checked_and_updates_delivered_once(
-    fake: FakeTelegram, webhook: tuple[TelegramAdapter, Recorder, str]
+    fake: FakeTelegram, webhook: tuple[TelegramAdapter, RecordingSink, str]
 ) -> None:
     tg, sink, url = webhook
     assert fake.webhook is not None
@@ -559,7 +541,7 @@ async def test_webhook_secret_checked_and_updates_delivered_once(
             url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"}
         ) as resp:
             assert resp.status == 401
-        await sink.assert_quiet(0.2)
+        await sink.nothing_more(0.2)
         good = {"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET}
         async with http.post(url, json=update, headers=good) as resp:
             assert resp.status == 200
@@ -573,7 +555,7 @@ async def test_webhook_secret_checked_and_updates_delivered_once(
             assert r.status == 200
         async with http.post(url, data=b"not json", headers=good) as resp:
             assert resp.status == 400
-        await sink.assert_quiet(0.3)
+        await sink.nothing_more(0.3)
 
     await tg.send(Reply(msg.conversation, "answer"))
     assert (await fake.next_outbound()).params["text"] == "answer"

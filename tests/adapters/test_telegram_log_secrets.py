@@ -18,8 +18,8 @@ from pydantic import SecretStr
 
 from mercury.adapters.telegram.adapter import SECRET_HEADER, WEBHOOK_PATH, TelegramAdapter
 from mercury.config import Secrets, TelegramConfig
-from mercury.core.messages import InboundMessage
 from mercury.logging import REDACTED, clear_secret_values, configure_logging
+from tests.fakes.sink import RecordingSink
 from tests.fakes.telegram_server import FakeTelegram
 
 TOKEN = "123456789:AAHfakeTokenForTests-only_abcdefghijk"
@@ -49,10 +49,7 @@ def log_output(caplog: pytest.LogCaptureFixture) -> Iterator[io.StringIO]:
 async def test_the_webhook_secret_never_reaches_the_log(
     log_output: io.StringIO, caplog: pytest.LogCaptureFixture
 ) -> None:
-    received: list[InboundMessage] = []
-
-    async def sink(msg: InboundMessage) -> None:
-        received.append(msg)
+    sink = RecordingSink()
 
     async with FakeTelegram(TOKEN) as fake:
         app = web.Application()

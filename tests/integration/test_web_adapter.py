@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from mercury.core.messages import (
     Reply,
 )
 from mercury.http.server import HttpServer, build_app
+from tests.fakes.sink import RecordingSink
 
 PASSWORD = "correct horse battery staple"
 REPO = Path(__file__).resolve().parents[2]
@@ -41,13 +42,7 @@ class Harness:
         self.adapter = adapter
         self.server = server
         self.url = f"http://127.0.0.1:{server.bound_port}"
-        self.received: list[InboundMessage] = []
-        self.on_message: Callable[[InboundMessage], Awaitable[None]] | None = None
-
-    async def sink(self, msg: InboundMessage) -> None:
-        self.received.append(msg)
-        if self.on_message is not None:
-            await self.on_message(msg)
+        self.sink = RecordingSink()
 
     def client(self, *, auth: bool = True) -> aiohttp.ClientSession:
         headers = {"Authorization": f"Bearer {PASSWORD}"} if auth else {}
@@ -94,7 +89,7 @@ def _answer_with(h: Harness, make: Callable[[InboundMessage], Reply]) -> None:
 
         asyncio.get_running_loop().create_task(later())
 
-    h.on_message = on_message
+    h.sink.on_message = on_message
 
 
 async def _events(resp: aiohttp.ClientResponse, count: int) -> list[tuple[str, dict[str, Any]]]:
@@ -197,7 +192,7 @@ async def test_no_credentials_and_wrong_password_are_refused(chat: Harness) -> N
             assert SESSION_COOKIE not in resp.cookies
         async with http.post("/api/login", json={"username": "root", "password": PASSWORD}) as resp:
             assert resp.status == 401
-    assert chat.received == []
+    assert chat.sink.received == []
 
 
 async def test_bearer_token_is_accepted(chat: Harness) -> None:
@@ -228,7 +223,7 @@ async def test_login_sets_a_strict_http_only_cookie_that_authenticates(chat: Har
             assert resp.status == 200
         async with http.get("/api/chat/session") as resp:
             assert resp.status == 401
-    assert [m.text for m in chat.received] == ["via cookie"]
+    assert [m.text for m in chat.sink.received] == ["via cookie"]
 
 
 async def test_credentials_never_reach_the_log(
@@ -288,7 +283,7 @@ async def test_post_hands_the_sink_a_web_dm_from_the_logged_in_user(chat: Harnes
         assert resp.status == 202
         body = await resp.json()
     assert body["space"] == "ops-1"
-    [msg] = chat.received
+    [msg] = chat.sink.received
     assert msg.platform == "web"
     assert msg.platform_message_id == body["id"]
     assert msg.conversation == ConversationRef("web", "ops-1")
@@ -313,7 +308,7 @@ async def test_the_same_client_id_gives_the_same_message_id(chat: Harness) -> No
         async with http.get("/api/chat/messages?space=main") as resp:
             listed = (await resp.json())["messages"]
     assert ids[0] == ids[1] != ids[2]
-    assert [m.platform_message_id for m in chat.received] == ids
+    assert [m.platform_message_id for m in chat.sink.received] == ids
     # The retry is one message in the log, not two.
     assert [m["id"] for m in listed] == [ids[0], ids[2]]
 
@@ -332,7 +327,7 @@ async def test_a_bad_space_name_is_a_clear_400(chat: Harness, body: dict[str, An
     async with chat.client() as http, http.post("/api/chat/messages", json=body) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"].startswith("space:")
-    assert chat.received == []
+    assert chat.sink.received == []
 
 
 async def test_empty_text_and_non_json_are_400(chat: Harness) -> None:
@@ -418,14 +413,14 @@ async def test_a_failing_sink_is_a_500_and_a_retry_is_accepted(chat: Harness) ->
         if failures:
             raise failures.pop()
 
-    chat.on_message = flaky
+    chat.sink.on_message = flaky
     body = {"space": "main", "text": "hi", "client_id": "c1"}
     async with chat.client() as http:
         async with http.post("/api/chat/messages", json=body) as r:
             assert r.status == 500
         async with http.post("/api/chat/messages", json=body) as r:
             assert r.status == 202
-    assert len({m.platform_message_id for m in chat.received}) == 1
+    assert len({m.platform_message_id for m in chat.sink.received}) == 1
 
 
 async def test_a_message_the_pipeline_could_not_store_is_a_503_and_leaves_the_log(
@@ -437,7 +432,7 @@ async def test_a_message_the_pipeline_could_not_store_is_a_503_and_leaves_the_lo
         if failures:
             raise failures.pop()
 
-    chat.on_message = unavailable
+    chat.sink.on_message = unavailable
     body = {"space": "main", "text": "keep me", "client_id": "c1"}
     async with chat.client() as http:
         async with http.post("/api/chat/messages", json=body) as r:
@@ -456,7 +451,7 @@ async def test_a_message_the_pipeline_could_not_store_is_a_503_and_leaves_the_lo
             listed = (await r.json())["messages"]
     assert [(m["id"], m["text"]) for m in listed] == [(accepted["id"], "keep me")]
     # Both attempts carried the same id, so the pipeline can tell a retry from a new one.
-    assert {m.platform_message_id for m in chat.received} == {accepted["id"]}
+    assert {m.platform_message_id for m in chat.sink.received} == {accepted["id"]}
 
 
 # ---------------------------------------------------------------------------- stream
@@ -556,7 +551,7 @@ async def test_an_upload_reaches_the_sink_and_downloads_back(chat: Harness) -> N
     async with chat.client() as http, http.post("/api/chat/files", data=form) as resp:
         assert resp.status == 202, await resp.text()
         sent = await resp.json()
-    [msg] = chat.received
+    [msg] = chat.sink.received
     assert msg.platform_message_id == sent["id"] and msg.text == "see attached"
     [att] = msg.attachments
     assert isinstance(att, Attachment)
@@ -589,7 +584,7 @@ async def test_an_upload_over_the_cap_is_413_and_leaves_nothing(chat: Harness, s
     async with chat.client() as http, http.post("/api/chat/files", data=form) as resp:
         assert resp.status == 413
         assert "4096 bytes" in (await resp.json())["error"]
-    assert chat.received == []
+    assert chat.sink.received == []
     assert list(chat.adapter.upload_dir.iterdir()) == []
 
 
@@ -706,7 +701,7 @@ async def test_mercury_chat_prints_the_reply_from_a_running_instance(
 
         asyncio.get_running_loop().create_task(answer())
 
-    h.on_message = bot
+    h.sink.on_message = bot
     code, out, err = await _mercury_chat(tmp_path, "hello there", "--space", "cli")
     assert code == 0, err
     lines = out.splitlines()
@@ -719,7 +714,7 @@ async def test_mercury_chat_prints_the_reply_from_a_running_instance(
     entry = json.loads(out)
     assert entry["role"] == "assistant" and entry["text"] == "you said: as json in main"
     assert entry["files"][0]["url"].startswith(h.url + "/api/chat/files/")
-    assert [m.text for m in h.received] == ["hello there", "as json"]
+    assert [m.text for m in h.sink.received] == ["hello there", "as json"]
 
 
 async def test_mercury_chat_polls_when_there_is_no_event_stream(tmp_path: Path) -> None:
@@ -759,7 +754,7 @@ async def test_mercury_chat_with_a_wrong_password_says_401(chat: Harness, tmp_pa
     )
     assert code == 1 and out == ""
     assert err.startswith("error: 401 unauthorized") and err.count("\n") == 1
-    assert chat.received == []
+    assert chat.sink.received == []
 
 
 async def test_mercury_chat_times_out_when_nobody_answers(chat: Harness, tmp_path: Path) -> None:
@@ -774,7 +769,7 @@ async def test_mercury_chat_times_out_when_nobody_answers(chat: Harness, tmp_pat
     )
     assert code == 1
     assert "no reply within 1s" in err
-    assert [m.text for m in chat.received] == ["anyone?"]
+    assert [m.text for m in chat.sink.received] == ["anyone?"]
 
 
 async def test_mercury_chat_with_no_instance_says_how_to_start_one(tmp_path: Path) -> None:
