@@ -1,0 +1,90 @@
+"""Mercury's configuration: typed sections, layered sources, one clear line per problem.
+
+Sources, lowest to highest: built-in defaults < the YAML file < MERCURY_* environment
+variables < CLI flags. Secrets (chat tokens, signing secrets, model keys, the dashboard
+password) are read only from the environment or a `.env` file, never from the YAML file,
+so a config file can be shared or committed without leaking anything.
+
+`sections.py` is the shape (every key and its default), `load.py` reads and checks the
+sources; callers import from `mercury.config`.
+"""
+
+from mercury.config.load import (
+    ConfigError,
+    LoadedConfig,
+    defaults,
+    find_config_path,
+    load_config,
+    read_env_file,
+)
+from mercury.config.sections import (
+    AUTO_CONTAINER_ID,
+    DEFAULT_CONFIG_NAME,
+    ENV_NESTING,
+    ENV_PREFIX,
+    SECRET_ENV,
+    AdaptersConfig,
+    AgentConfig,
+    Config,
+    ContainerConfig,
+    DashboardConfig,
+    DiscordConfig,
+    DiskConfig,
+    ExtensionsConfig,
+    HistoryConfig,
+    LogConfig,
+    ModelConfig,
+    ModelLeg,
+    ModelPrice,
+    PermissionsConfig,
+    RateLimitsConfig,
+    SchedulerConfig,
+    Secrets,
+    Section,
+    ServerConfig,
+    SlackConfig,
+    TelegramConfig,
+    TriggerConfig,
+    WebChatConfig,
+    parse_duration,
+    parse_size,
+)
+
+__all__ = [
+    "AUTO_CONTAINER_ID",
+    "DEFAULT_CONFIG_NAME",
+    "ENV_NESTING",
+    "ENV_PREFIX",
+    "SECRET_ENV",
+    "AdaptersConfig",
+    "AgentConfig",
+    "Config",
+    "ConfigError",
+    "ContainerConfig",
+    "DashboardConfig",
+    "DiscordConfig",
+    "DiskConfig",
+    "ExtensionsConfig",
+    "HistoryConfig",
+    "LoadedConfig",
+    "LogConfig",
+    "ModelConfig",
+    "ModelLeg",
+    "ModelPrice",
+    "PermissionsConfig",
+    "RateLimitsConfig",
+    "SchedulerConfig",
+    "Secrets",
+    "Section",
+    "ServerConfig",
+    "SlackConfig",
+    "TelegramConfig",
+    "TriggerConfig",
+    "WebChatConfig",
+    "defaults",
+    "find_config_path",
+    "load_config",
+    "parse_duration",
+    "parse_size",
+    "read_env_file",
+]

@@ -1,1 +1,0 @@
-"""The browser dashboard: aiohttp routes, templates and static files."""

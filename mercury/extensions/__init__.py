@@ -1,1 +1,0 @@
-"""Extension loader, hooks, skills and the derived-image recipe."""
