@@ -44,7 +44,7 @@ from mercury.adapters.telegram.format import (
     split_for_telegram,
     split_markdown,
 )
-from mercury.adapters.telegram.ptb import SafeBot, TokenFilter
+from mercury.adapters.telegram.ptb import SafeBot, TokenFilter, parse_update
 from mercury.config import Secrets, TelegramConfig
 from mercury.core.messages import Attachment, ConversationRef, InboundMessage, Reply, SentMessage
 from mercury.logging import get_logger
@@ -238,18 +238,9 @@ class TelegramAdapter:
             data = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             return web.Response(status=400, text="body is not JSON")
-        try:
-            update = Update.de_json(data, application.bot)
-        except Exception as exc:
-            # 200 so Telegram does not redeliver an update that can never be parsed.
-            update_id = data.get("update_id") if isinstance(data, dict) else None
-            log.warning(
-                "telegram update malformed, skipped",
-                update_id=update_id,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            return web.Response(text="ok")
-        await application.update_queue.put(update)
+        update = parse_update(data, application.bot)
+        if update is not None:  # else 200 too: Telegram must not redeliver it forever
+            await application.update_queue.put(update)
         return web.Response(text="ok")
 
     async def _on_update(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -74,16 +74,25 @@ class SafeBot(ExtBot[None]):
             return result
         cleaned: list[Any] = []
         for raw in result:
-            try:
-                Update.de_json(raw, self)
+            if parse_update(raw, self) is not None:
                 cleaned.append(raw)
-            except Exception as exc:
-                update_id = raw.get("update_id") if isinstance(raw, dict) else None
-                log.warning(
-                    "telegram update malformed, skipped",
-                    update_id=update_id,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-                if isinstance(update_id, int):
-                    cleaned.append({"update_id": update_id})
+            elif isinstance(raw, dict) and isinstance(raw.get("update_id"), int):
+                cleaned.append({"update_id": raw["update_id"]})
         return cleaned
+
+
+def parse_update(raw: Any, bot: ExtBot[Any]) -> Update | None:
+    """`raw` as an Update, or None after logging why it is skipped.
+
+    Polling and the webhook both go through here, so a malformed update is logged the same
+    way and never stops the other updates.
+    """
+    try:
+        return Update.de_json(raw, bot)
+    except Exception as exc:
+        log.warning(
+            "telegram update malformed, skipped",
+            update_id=raw.get("update_id") if isinstance(raw, dict) else None,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return None

@@ -186,6 +186,16 @@ class WebChatAdapter:
         """The user, or the error response to return (see WebAuth.guard)."""
         return self.auth.guard(request, write)
 
+    def _reader_space(self, request: web.Request) -> str | web.Response:
+        """The `space` query parameter of a signed-in reader, or the error response."""
+        user = self._guard(request)
+        if isinstance(user, web.Response):
+            return user
+        space = request.query.get("space", "")
+        if not valid_space(space):
+            return json_error(400, "space: missing or invalid space name")
+        return space
+
     async def _session_info(self, request: web.Request) -> web.Response:
         user = self._guard(request)
         if isinstance(user, web.Response):
@@ -308,12 +318,9 @@ class WebChatAdapter:
         )
 
     async def _get_messages(self, request: web.Request) -> web.Response:
-        user = self._guard(request)
-        if isinstance(user, web.Response):
-            return user
-        space = request.query.get("space", "")
-        if not valid_space(space):
-            return json_error(400, "space: missing or invalid space name")
+        space = self._reader_space(request)
+        if isinstance(space, web.Response):
+            return space
         after_raw = request.query.get("after")
         after: int | None = None
         if after_raw not in (None, ""):
@@ -345,12 +352,9 @@ class WebChatAdapter:
     # -------------------------------------------------------------------- stream
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
-        user = self._guard(request)
-        if isinstance(user, web.Response):
-            return user
-        space = request.query.get("space", "")
-        if not valid_space(space):
-            return json_error(400, "space: missing or invalid space name")
+        space = self._reader_space(request)
+        if isinstance(space, web.Response):
+            return space
         # EventSource resends the last id it saw on reconnect: replay from there.
         after_raw = request.query.get("after") or request.headers.get("Last-Event-ID")
         try:
