@@ -3,7 +3,7 @@
 input.json is what one run is asked. It is built here and nowhere else on the host (the
 run executor for chat messages and tasks, `mercury sandbox run` for an operator's file) and
 parsed in the container by `mercury_agent.contract.parse_input`; a test that needs no
-Docker (tests/unit/test_container_contract.py) builds one here and parses it there.
+Docker (tests/unit/sandbox/test_container_contract.py) builds one here and parses it there.
 
 The other half of the contract, result.json, is written by the agent through
 `mercury_agent.contract` (`ok_result`, `error_result`) and read on the host, capped and
