@@ -81,21 +81,3 @@ def select_history(
             last.ambient,
         )
     return window
-
-
-def ambient_since_last_run(
-    messages: Sequence[HistoryItem],
-    *,
-    last_run_at: datetime | None,
-    since: datetime | None = None,
-    turns: int = 50,
-    max_chars: int = 20000,
-) -> list[HistoryItem]:
-    """Ambient (non-triggering) messages after the last run started and after the context
-    boundary, bounded like `select_history` so a busy channel cannot flood a prompt.
-    With no previous run, everything ambient after the boundary counts."""
-    bound = since
-    if last_run_at is not None and (bound is None or as_utc(last_run_at) > as_utc(bound)):
-        bound = last_run_at
-    ambient = [m for m in messages if m.ambient]
-    return select_history(ambient, turns=turns, max_chars=max_chars, since=bound)

@@ -83,11 +83,6 @@ def allowed(role: str, permission: str, custom: Mapping[str, Set[str]] | None = 
     return permission in permissions_of(role, custom)
 
 
-def known_roles(custom: Mapping[str, Set[str]] | None = None) -> frozenset[str]:
-    """Roles that may be assigned (for the host API's role management)."""
-    return frozenset({ADMIN_ROLE, MEMBER_ROLE, *(custom or {})})
-
-
 # /help, /status and /model list only read: anyone addressed by the bot may use them.
 _COMMAND_PERMISSION: dict[CommandKind, Permission | None] = {
     CommandKind.STOP: Permission.STOP,

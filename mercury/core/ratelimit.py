@@ -100,6 +100,7 @@ class RateLedger:
         self.rule = rule
         self._recent: dict[tuple[str, str], deque[datetime]] = {}
         self._daily: dict[tuple[str, date], int] = {}
+        self._swept_on: date | None = None
 
     def _prune(self, key: tuple[str, str], now: datetime) -> deque[datetime]:
         times = self._recent.get(key)
@@ -126,6 +127,9 @@ class RateLedger:
     def record(self, space: str, user: str, at: datetime) -> None:
         """Count one accepted request (also used to seed from the database)."""
         at = as_utc(at)
+        if self._swept_on is None or at.date() > self._swept_on:
+            self._sweep(at)
+            self._swept_on = at.date()
         times = self._recent.setdefault((space, user), deque())
         times.append(at)
         if len(times) > 1 and times[-2] > at:
@@ -139,15 +143,9 @@ class RateLedger:
         for space, user, at in entries:
             self.record(space, user, at)
 
-    def acquire(self, space: str, user: str, role: str, now: datetime) -> RateVerdict:
-        """Check and, only when allowed, record: a refusal consumes nothing."""
-        verdict = self.check(space, user, role, now)
-        if verdict.allowed:
-            self.record(space, user, now)
-        return verdict
-
-    def prune(self, now: datetime) -> None:
-        """Drop windows and past days that can no longer matter (call now and then)."""
+    def _sweep(self, now: datetime) -> None:
+        """Drop windows and past days that can no longer matter. Run by `record` once per
+        UTC day, so a ledger kept for years holds only today's users."""
         now = as_utc(now)
         for key in list(self._recent):
             self._prune(key, now)

@@ -81,9 +81,6 @@ class Dispatcher:
     def running_spaces(self) -> set[str]:
         return {space for space, _ in self._running.values()}
 
-    def running_jobs(self) -> dict[int, str]:
-        return {job_id: space for job_id, (space, _) in self._running.items()}
-
     async def stop(self, grace: float, on_timeout: Callable[[], Awaitable[None]]) -> None:
         """Stop claiming; let running jobs finish within `grace`, then `on_timeout` (kill).
 

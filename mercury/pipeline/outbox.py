@@ -192,11 +192,6 @@ class ReplyOutbox:
         """In the background: settle what a dead process left in the outbox."""
         self._resume_task = asyncio.get_running_loop().create_task(self._resume())
 
-    async def wait_resumed(self) -> None:
-        if self._resume_task is not None:
-            with contextlib.suppress(Exception):
-                await self._resume_task
-
     async def stop(self) -> None:
         if self._resume_task is not None and not self._resume_task.done():
             self._resume_task.cancel()

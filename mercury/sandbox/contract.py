@@ -16,7 +16,6 @@ carry provider and model only.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -128,9 +127,6 @@ class RunInput:
             "api": {"socket": API_SOCKET, "token": self.token},
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False)
-
 
 def model_section(config: Config, first: str | None = None) -> ModelSection:
     """The configured chain and limits; the leg whose model is `first` is tried first.
@@ -146,11 +142,6 @@ def model_section(config: Config, first: str | None = None) -> ModelSection:
         budget_s=model.budget,
         max_turns=model.max_turns,
     )
-
-
-def model_input(config: Config, first: str | None = None) -> dict[str, Any]:
-    """input.json's `model` section as JSON-ready data (`model_section(...).to_dict()`)."""
-    return model_section(config, first).to_dict()
 
 
 def agent_section(config: Config) -> AgentSection:

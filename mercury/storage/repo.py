@@ -2,7 +2,7 @@
 
 Why this module exists: storage is split by aggregate (spaces.py, conversations.py,
 messages.py, jobs.py, runs.py, usage.py, roles.py, mutes.py, preferences.py, tasks.py,
-extension_state.py, replies.py), one module per kind of row, with the shared plumbing in
+replies.py), one module per kind of row, with the shared plumbing in
 session.py. Code written before the split says `from mercury.storage import repo`; this
 re-export keeps it working unchanged. New code may import the aggregate module it needs.
 Nothing is defined here.
@@ -21,11 +21,6 @@ from mercury.storage.conversations import (
 )
 from mercury.storage.db import Database
 from mercury.storage.errors import DuplicateMessage, NotFound
-from mercury.storage.extension_state import (
-    delete_extension_state,
-    get_extension_state,
-    set_extension_state,
-)
 from mercury.storage.jobs import (
     DEFAULT_MAX_ATTEMPTS,
     JobRecord,
@@ -105,14 +100,12 @@ __all__ = [
     "add_usage",
     "cancel_task",
     "claim_next_jobs",
-    "delete_extension_state",
     "delete_preference",
     "due_tasks",
     "enqueue_job",
     "finish_job",
     "get_conversation",
     "get_conversation_by_id",
-    "get_extension_state",
     "get_job",
     "get_or_create_space",
     "get_preferences",
@@ -142,7 +135,6 @@ __all__ = [
     "resume_space",
     "revoke_permission",
     "role_permissions",
-    "set_extension_state",
     "set_preference",
     "set_role",
     "set_space_profile",

@@ -43,14 +43,12 @@ from mercury.storage import (
     claim_next_jobs,
     current_revision,
     default_sqlite_url,
-    delete_extension_state,
     delete_preference,
     downgrade,
     due_tasks,
     enqueue_job,
     finish_job,
     get_conversation,
-    get_extension_state,
     get_job,
     get_or_create_space,
     get_preferences,
@@ -81,7 +79,6 @@ from mercury.storage import (
     revoke_permission,
     role_permissions,
     safe_url,
-    set_extension_state,
     set_preference,
     set_role,
     set_space_profile,
@@ -833,18 +830,3 @@ async def test_tasks(db: Database, space: str) -> None:
     assert await cancel_task(db, every.id, space_id=space)
     assert not await cancel_task(db, every.id)
     assert [t.id for t in await list_tasks(db, space)] == [once.id, daily.id]
-
-
-async def test_extension_state(db: Database) -> None:
-    assert await get_extension_state(db, "rss", "seen") is None
-    assert await get_extension_state(db, "rss", "seen", default=[]) == []
-    await set_extension_state(db, "rss", "seen", {"ids": [1, 2], "ok": True})
-    await set_extension_state(db, "rss", "cursor", "abc")
-    await set_extension_state(db, "other", "seen", 7)
-    assert await get_extension_state(db, "rss", "seen") == {"ids": [1, 2], "ok": True}
-    await set_extension_state(db, "rss", "seen", {"ids": [3]})
-    assert await get_extension_state(db, "rss", "seen") == {"ids": [3]}
-    assert await get_extension_state(db, "other", "seen") == 7
-    assert await delete_extension_state(db, "rss", "cursor")
-    assert not await delete_extension_state(db, "rss", "cursor")
-    assert await get_extension_state(db, "rss", "cursor", default="gone") == "gone"

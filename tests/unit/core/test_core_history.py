@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from mercury.core.history import HistoryItem, ambient_since_last_run, select_history
+from mercury.core.history import HistoryItem, select_history
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -54,17 +54,6 @@ def test_disabled() -> None:
     assert select_history(msgs, turns=0, max_chars=100) == []
     assert select_history(msgs, turns=5, max_chars=0) == []
     assert select_history([], turns=5, max_chars=100) == []
-
-
-def test_ambient_since_last_run() -> None:
-    msgs = [item(0, ambient=True), item(1), item(2, ambient=True), item(3, ambient=True)]
-    last_run = T0 + timedelta(minutes=1)
-    assert ids(ambient_since_last_run(msgs, last_run_at=last_run)) == ["m2", "m3"]
-    assert ids(ambient_since_last_run(msgs, last_run_at=None)) == ["m0", "m2", "m3"]
-    # A later context boundary wins over an earlier run.
-    later = T0 + timedelta(minutes=2)
-    assert ids(ambient_since_last_run(msgs, last_run_at=last_run, since=later)) == ["m3"]
-    assert ids(ambient_since_last_run(msgs, last_run_at=None, turns=1)) == ["m3"]
 
 
 def test_payload_matches_contract() -> None:

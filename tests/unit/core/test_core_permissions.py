@@ -9,7 +9,6 @@ from mercury.core.permissions import (
     allowed,
     command_permission,
     is_custom,
-    known_roles,
     permissions_of,
     role_of,
     user_key,
@@ -53,7 +52,6 @@ def test_custom_roles() -> None:
     assert permissions_of("member", custom) == {"stop"}  # may be redefined
     assert permissions_of("admin", custom) == ALL_PERMISSIONS  # may not
     assert permissions_of("stranger", custom) == frozenset()  # fail closed
-    assert known_roles(custom) == {"admin", "member", "helper"}
     assert is_custom("helper") and not is_custom("admin") and not is_custom("member")
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from mercury.core.ratelimit import RateLedger, RateRule, check_rate
+from mercury.core.ratelimit import RateLedger, RateRule, RateVerdict, check_rate
 from mercury.core.timefmt import format_wait
 
 NOW = datetime(2024, 5, 1, 18, 56, 30, tzinfo=UTC)
@@ -71,33 +71,41 @@ def test_format_wait() -> None:
     assert format_wait(2 * 86400 + 3 * 3600) == "2 d 3 h"
 
 
+def acquire(ledger: RateLedger, space: str, user: str, role: str, now: datetime) -> RateVerdict:
+    """What the inbound handler does: check, and record only an accepted request."""
+    verdict = ledger.check(space, user, role, now)
+    if verdict.allowed:
+        ledger.record(space, user, now)
+    return verdict
+
+
 def test_ledger_burst_refusal_does_not_consume_daily_quota() -> None:
     ledger = RateLedger(RateRule(burst=2, burst_window_s=60, daily={"member": 3}))
     t = NOW.replace(hour=10)
     results = []
     # Hammer: 10 requests within 10 s; only 2 accepted.
     for i in range(10):
-        results.append(ledger.acquire("s1", "slack:U1", "member", t + timedelta(seconds=i)))
+        results.append(acquire(ledger, "s1", "slack:U1", "member", t + timedelta(seconds=i)))
     assert sum(v.allowed for v in results) == 2
     assert {v.limit for v in results if not v.allowed} == {"burst"}
     assert ledger.used_today("slack:U1", t) == 2
     # After the window, exactly one more run of the daily 3 is left.
     t2 = t + timedelta(minutes=5)
-    assert ledger.acquire("s1", "slack:U1", "member", t2).allowed
-    v = ledger.acquire("s1", "slack:U1", "member", t2 + timedelta(minutes=5))
+    assert acquire(ledger, "s1", "slack:U1", "member", t2).allowed
+    v = acquire(ledger, "s1", "slack:U1", "member", t2 + timedelta(minutes=5))
     assert not v.allowed and v.limit == "daily"
 
 
 def test_ledger_scopes() -> None:
     ledger = RateLedger(RateRule(burst=1, burst_window_s=60, daily={"member": 2}))
-    assert ledger.acquire("s1", "u", "member", NOW).allowed
+    assert acquire(ledger, "s1", "u", "member", NOW).allowed
     # Burst is per space; daily is per user across spaces.
-    assert ledger.acquire("s2", "u", "member", NOW).allowed
+    assert acquire(ledger, "s2", "u", "member", NOW).allowed
     assert ledger.check("s3", "u", "member", NOW).limit == "daily"
-    assert ledger.acquire("s1", "other", "member", NOW).allowed
+    assert acquire(ledger, "s1", "other", "member", NOW).allowed
     # A new UTC day resets the count.
     tomorrow = NOW + timedelta(days=1)
-    assert ledger.acquire("s3", "u", "member", tomorrow).allowed
+    assert acquire(ledger, "s3", "u", "member", tomorrow).allowed
 
 
 def test_ledger_seed_and_prune() -> None:
@@ -108,6 +116,17 @@ def test_ledger_seed_and_prune() -> None:
     assert ledger.used_today("u", NOW) == 2
     v = ledger.check("s", "u", "member", NOW)
     assert not v.allowed and v.retry_after_s == 30
-    ledger.prune(NOW + timedelta(minutes=2))
     assert ledger.recent("s", "u", NOW + timedelta(minutes=2)) == ()
-    assert ledger.used_today("u", NOW - timedelta(days=1)) == 0
+
+
+def test_a_new_day_sweeps_what_can_no_longer_matter() -> None:
+    """Kept for years, the ledger holds only today's users: the first request of a UTC day
+    drops past days' counts and every user's expired burst window."""
+    ledger = RateLedger(RateRule(burst=5, burst_window_s=60, daily={"member": 10}))
+    for n in range(50):
+        ledger.record("s", f"user{n}", NOW - timedelta(days=1, seconds=n))
+    assert len(ledger._daily) == 50 and len(ledger._recent) == 50
+    ledger.record("s", "today", NOW)
+    assert list(ledger._daily) == [("today", NOW.date())]
+    assert list(ledger._recent) == [("s", "today")]
+    assert ledger.used_today("user1", NOW - timedelta(days=1)) == 0

@@ -116,7 +116,7 @@ def test_every_field_the_host_writes_arrives_in_the_agent() -> None:
     assert parsed.agent == agent.AgentSpec(command=["claude", "-p"], bash_timeout_s=45.0)
     assert parsed.api == agent.ApiSpec(socket=API_SOCKET, token="tok-secret")
     assert API_SOCKET == "/run/mercury-api/api.sock"
-    assert "secret@" not in inp.to_json()
+    assert "secret@" not in json.dumps(inp.to_dict())
 
 
 def test_the_host_writes_every_field_the_agent_reads_and_nothing_else() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 from mercury.config import Config
-from mercury.sandbox.contract import build_input, model_input
+from mercury.sandbox.contract import build_input, model_section
 
 CHAIN = {
     "model": {
@@ -19,16 +19,16 @@ CHAIN = {
 
 
 def test_chain_order_and_limits_from_config() -> None:
-    m = model_input(Config.model_validate(CHAIN))
+    m = model_section(Config.model_validate(CHAIN)).to_dict()
     assert [leg["model"] for leg in m["chain"]] == ["a1", "o1", "a2"]
     assert m["chain"][1] == {"provider": "openai", "model": "o1"}
     assert (m["retries_per_leg"], m["budget_s"], m["max_turns"]) == (3, 120.0, 40)
 
 
 def test_switched_leg_goes_first_and_the_rest_keep_their_order() -> None:
-    m = model_input(Config.model_validate(CHAIN), "a2")
+    m = model_section(Config.model_validate(CHAIN), "a2").to_dict()
     assert [leg["model"] for leg in m["chain"]] == ["a2", "a1", "o1"]
-    assert [leg["model"] for leg in model_input(Config(), "unknown")["chain"]] == [
+    assert [leg["model"] for leg in model_section(Config(), "unknown").to_dict()["chain"]] == [
         "claude-sonnet-4-5"
     ]
 
@@ -64,7 +64,7 @@ def test_legs_carry_only_provider_and_model_never_a_base_url_or_its_credentials(
             }
         }
     )
-    section = model_input(config, "claude-a")
+    section = model_section(config, "claude-a").to_dict()
     assert section["chain"] == [
         {"provider": "anthropic", "model": "claude-a"},
         {"provider": "openai", "model": "gpt-x"},
