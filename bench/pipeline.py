@@ -29,11 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import docker
+from runner_latency import TAG, base_image, build_echo, floor_once, pct
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-from runner_latency import TAG, base_image, build_echo, floor_once, pct  # noqa: E402
 
 PASSWORD = "bench-password-0123456789"
 

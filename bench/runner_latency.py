@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -31,13 +30,12 @@ from pathlib import Path
 
 import docker
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mercury.config import AUTO_CONTAINER_ID, Config
+from mercury.logging import configure_logging
+from mercury.sandbox.runner import ContainerRunner
+from mercury.sandbox.types import ImageBuildState, RunRequest
 
-from mercury.config import AUTO_CONTAINER_ID, Config  # noqa: E402
-from mercury.logging import configure_logging  # noqa: E402
-from mercury.sandbox.runner import ContainerRunner  # noqa: E402
-from mercury.sandbox.types import ImageBuildState, RunRequest  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TAG = "mercury-bench-echo:latest"
 UID = AUTO_CONTAINER_ID  # what the runner uses as root

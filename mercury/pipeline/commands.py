@@ -106,11 +106,11 @@ class ChatCommands:
     async def status(self, space_id: str, now: datetime | None = None) -> str:
         now = now or utcnow()
         space = await repo.get_space(self.db, space_id)
-        queued = await repo.list_jobs(self.db, status=JobStatus.QUEUED, space_id=space_id)
+        queued = await repo.count_jobs(self.db, status=JobStatus.QUEUED, space_id=space_id)
         paused = space is not None and space.is_paused(now)
         return status_text(
             running=space_id in self.runner.active_spaces(),
-            queue_length=len(queued),
+            queue_length=queued,
             model=await self._model(space_id),
             paused=paused,
             paused_until=space.pause_ends if space is not None and paused else None,

@@ -105,6 +105,13 @@ async def list_jobs(
         return [to_record(JobRecord, j) for j in rows]
 
 
+async def count_jobs(store: Store, *, status: JobStatus, space_id: str) -> int:
+    """How many of a space's jobs are in `status`, counted by the database (no limit)."""
+    q = select(func.count()).select_from(Job).where(Job.status == status, Job.space_id == space_id)
+    async with tx(store) as s:
+        return int(await s.scalar(q) or 0)
+
+
 async def user_jobs_since(store: Store, since: datetime) -> list[UserJob]:
     """Every job enqueued at or after `since` that names its user, oldest first, any status.
 

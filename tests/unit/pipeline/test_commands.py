@@ -288,6 +288,17 @@ async def test_status_reports_the_queue_the_run_and_the_pause(
     assert "I'm paused here until" in status and "/resume" not in status
 
 
+async def test_status_counts_a_long_queue_in_full(
+    config: Config, db: Database, runner: StandInRunner
+) -> None:
+    """Every waiting request counts, not just the first page a listing returns."""
+    space = await repo.get_or_create_space(db, "busy")
+    for _ in range(130):
+        await repo.enqueue_job(db, space.id, payload={"platform": "web", "chat_id": "c"})
+    status = await ChatCommands(config, db, runner).status(space.id)
+    assert "130 requests waiting." in status.splitlines()
+
+
 # ------------------------------------------------------------------------- stop
 
 
