@@ -11,18 +11,12 @@ import asyncio
 import tempfile
 from collections.abc import Callable
 
+from mercury.adapters.registry import secret_needs
 from mercury.checks import CheckResult, Status
 from mercury.config import SECRET_ENV, Config, ConfigError, LoadedConfig, Secrets
 from mercury.logging import first_line
 
 __all__ = ["CheckResult", "Status", "run_checks"]
-
-_SETUP_DOCS = {
-    "slack": "docs/setup-slack.md",
-    "discord": "docs/setup-discord.md",
-    "telegram": "docs/setup-telegram.md",
-    "web": "docs/web-chat.md",
-}
 
 
 def _env(secret: str) -> str:
@@ -201,7 +195,7 @@ def check_adapters(config: Config, secrets: Secrets) -> list[CheckResult]:
     present = secrets.present()
     results: list[CheckResult] = []
 
-    def need(adapter: str, names: list[str], extra: str = "") -> None:
+    def need(adapter: str, names: list[str], setup_doc: str, extra: str = "") -> None:
         missing = [_env(n) for n in names if n not in present]
         label = f"{adapter} adapter has its token"
         if missing:
@@ -210,7 +204,7 @@ def check_adapters(config: Config, secrets: Secrets) -> list[CheckResult]:
                     label,
                     Status.FAIL,
                     f"missing {', '.join(missing)}{extra}",
-                    f"set it in the environment or .env ({_SETUP_DOCS[adapter]})",
+                    f"set it in the environment or .env ({setup_doc})",
                 )
             )
         else:
@@ -218,19 +212,14 @@ def check_adapters(config: Config, secrets: Secrets) -> list[CheckResult]:
                 CheckResult(label, Status.OK, ", ".join(_env(n) for n in names) + " set")
             )
 
-    a = config.adapters
-    if a.slack.enabled:
-        second = "slack_app_token" if a.slack.mode == "socket" else "slack_signing_secret"
-        need("slack", ["slack_bot_token", second], f" (mode {a.slack.mode})")
-    if a.discord.enabled:
-        need("discord", ["discord_bot_token"])
-    if a.telegram.enabled:
-        names = ["telegram_bot_token"]
-        if a.telegram.mode == "webhook":
-            names.append("telegram_webhook_secret")
-        need("telegram", names)
-    if a.web.enabled or config.dashboard.enabled:
-        need("web", ["dashboard_password"], " (dashboard and web chat login)")
+    login = " (dashboard and web chat login)"
+    for platform in secret_needs(config):
+        extra = f" (mode {platform.mode})" if platform.mode else ""
+        if platform.platform == "web":
+            extra = login
+        need(platform.platform, list(platform.names), platform.setup_doc, extra)
+    if config.dashboard.enabled and not config.adapters.web.enabled:
+        need("web", ["dashboard_password"], "docs/web-chat.md", login)
     if not results:
         results.append(
             CheckResult("adapters", Status.WARN, "no adapter enabled", "enable one in mercury.yaml")

@@ -5,18 +5,21 @@ Replies back. It never touches the database and makes no routing decisions. The 
 raises only InboundUnavailable, when it could not record a message.
 
 Each platform is a package `mercury/adapters/<platform>/` whose `__init__` exports
-`from_config(config, secrets) -> Adapter` and `check_credentials(config, secrets)` (its
-live check for `mercury doctor`); `mercury.adapters.registry` lists the packages. The
+`from_config(config, secrets) -> Adapter`, `check_credentials(config, secrets)` (its live
+check for `mercury doctor`), `required_secrets(section)` (the Secrets it needs, which its
+constructor checks with `require_secrets` and doctor lists) and `SETUP_DOC`;
+`mercury.adapters.registry` lists the packages. The
 App mounts every adapter's `routes()` on the main HTTP server in one place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from aiohttp.web import AbstractRouteDef
 
+from mercury.config import SECRET_ENV, Secrets
 from mercury.core.messages import Attachment, ConversationRef, InboundMessage, Reply, SentMessage
 
 InboundSink = Callable[[InboundMessage], Awaitable[None]]
@@ -77,3 +80,15 @@ class Adapter(Protocol):
 
     async def download(self, attachment: Attachment, max_bytes: int) -> bytes:
         """Fetch an inbound attachment's bytes; raise ValueError past `max_bytes`."""
+
+
+def require_secrets(platform: str, names: Sequence[str], secrets: Secrets, why: str = "") -> None:
+    """ValueError naming every variable of `names` (a package's `required_secrets`) that is
+    unset, as one line: what the App says at start and the adapter's constructor refuses."""
+    missing = [
+        SECRET_ENV[n]
+        for n in names
+        if (value := getattr(secrets, n)) is None or not value.get_secret_value().strip()
+    ]
+    if missing:
+        raise ValueError(f"{platform}: {', '.join(missing)} is not set{why}")

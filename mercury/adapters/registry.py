@@ -1,14 +1,16 @@
 """Which chat platforms exist and where each one's package is: the one list the App
-builds adapters from and `mercury doctor` takes credential checks from.
+builds adapters from and `mercury doctor` takes token and credential checks from.
 
-Each package exports `from_config(config, secrets)` and `check_credentials(config,
-secrets)` (see mercury/adapters/base.py). Packages are imported only when their platform
-is enabled, so a disabled platform's library (slack_sdk, discord.py, ...) is never loaded.
+Each package exports `from_config(config, secrets)`, `check_credentials(config,
+secrets)`, `required_secrets(section)` and `SETUP_DOC` (see mercury/adapters/base.py).
+Packages are imported only when their platform is enabled, so a disabled platform's
+library (slack_sdk, discord.py, ...) is never loaded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from importlib import import_module
 from types import ModuleType
 
@@ -49,3 +51,30 @@ def build_adapters(config: Config, secrets: Secrets) -> dict[str, Adapter]:
 def credential_checks(config: Config) -> list[tuple[str, CredentialCheck]]:
     """(platform, its `check_credentials`) for each enabled platform."""
     return [(name, _package(name).check_credentials) for name in enabled_platforms(config)]
+
+
+@dataclass(frozen=True)
+class SecretNeed:
+    """What an enabled platform needs from the environment, for doctor's token rows."""
+
+    platform: str
+    names: tuple[str, ...]  # Secrets field names
+    setup_doc: str
+    mode: str | None  # the section's mode (socket/http, polling/webhook), when it has one
+
+
+def secret_needs(config: Config) -> list[SecretNeed]:
+    """Each enabled platform's `required_secrets`, in PLATFORMS order."""
+    needs: list[SecretNeed] = []
+    for name in enabled_platforms(config):
+        section = getattr(config.adapters, name)
+        package = _package(name)
+        needs.append(
+            SecretNeed(
+                name,
+                tuple(package.required_secrets(section)),
+                package.SETUP_DOC,
+                getattr(section, "mode", None),
+            )
+        )
+    return needs

@@ -22,7 +22,7 @@ from mercury.adapters.registry import (
     enabled_platforms,
 )
 from mercury.app import App
-from mercury.config import Config, LoadedConfig, Secrets
+from mercury.config import SECRET_ENV, Config, LoadedConfig, Secrets
 
 ALL_ENABLED = {
     "adapters": {
@@ -43,6 +43,9 @@ ALL_SECRETS = Secrets(
 )
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -50,11 +53,20 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("name", list(PLATFORMS))
-def test_every_package_exports_the_two_functions(name: str) -> None:
+def test_every_package_exports_the_same_four_names(name: str) -> None:
     package = import_module(PLATFORMS[name])
-    assert sorted(package.__all__) == ["check_credentials", "from_config"]
+    assert sorted(package.__all__) == [
+        "SETUP_DOC",
+        "check_credentials",
+        "from_config",
+        "required_secrets",
+    ]
     assert callable(package.from_config)
     assert inspect.iscoroutinefunction(package.check_credentials)
+    assert (REPO / package.SETUP_DOC).is_file()
+    section = getattr(Config().adapters, name)
+    names = package.required_secrets(section)
+    assert names and all(n in SECRET_ENV for n in names)
 
 
 def test_importing_the_packages_loads_no_platform_library() -> None:

@@ -5,20 +5,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mercury.adapters.base import require_secrets
 from mercury.adapters.discord.check import check_credentials
-from mercury.config import Config, Secrets
+from mercury.config import Config, DiscordConfig, Secrets
 
 if TYPE_CHECKING:
     from mercury.adapters.discord.adapter import DiscordAdapter
 
-__all__ = ["check_credentials", "from_config"]
+__all__ = ["SETUP_DOC", "check_credentials", "from_config", "required_secrets"]
+
+SETUP_DOC = "docs/setup-discord.md"
+
+
+def required_secrets(section: DiscordConfig) -> tuple[str, ...]:
+    """The bot token."""
+    return ("discord_bot_token",)
 
 
 def from_config(config: Config, secrets: Secrets) -> DiscordAdapter:
     """The Discord adapter for `adapters.discord`; ValueError names a missing token."""
-    token = secrets.discord_bot_token
-    if token is None or not token.get_secret_value().strip():
-        raise ValueError("discord: MERCURY_DISCORD_BOT_TOKEN is not set")
+    require_secrets("discord", required_secrets(config.adapters.discord), secrets)
     from mercury.adapters.discord.adapter import DiscordAdapter
 
     return DiscordAdapter(config.adapters.discord, secrets)

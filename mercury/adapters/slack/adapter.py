@@ -36,8 +36,9 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from mercury.adapters.base import InboundSink
+from mercury.adapters.base import InboundSink, require_secrets
 from mercury.adapters.dedup import SeenIds
+from mercury.adapters.slack import required_secrets
 from mercury.adapters.slack.format import to_mrkdwn
 from mercury.config import Secrets, SlackConfig
 from mercury.core.messages import Attachment, ConversationRef, InboundMessage, Reply, SentMessage
@@ -79,20 +80,18 @@ class SlackAdapter:
         `ping_interval` is Socket Mode's health-check period; it is also the wait between
         reconnect attempts, so a dropped websocket comes back within about that long.
         """
-        if secrets.slack_bot_token is None:
-            raise ValueError("slack: MERCURY_SLACK_BOT_TOKEN is not set")
+        require_secrets("slack", required_secrets(config), secrets, f" (mode {config.mode})")
+        assert secrets.slack_bot_token is not None
         self.config = config
         self.mode = config.mode
         self._token = secrets.slack_bot_token.get_secret_value()
         self._app_token: str | None = None
         signing_secret = ""
         if self.mode == "socket":
-            if secrets.slack_app_token is None:
-                raise ValueError("slack: Socket Mode needs MERCURY_SLACK_APP_TOKEN (xapp-...)")
+            assert secrets.slack_app_token is not None
             self._app_token = secrets.slack_app_token.get_secret_value()
         else:
-            if secrets.slack_signing_secret is None:
-                raise ValueError("slack: HTTP mode needs MERCURY_SLACK_SIGNING_SECRET")
+            assert secrets.slack_signing_secret is not None
             signing_secret = secrets.slack_signing_secret.get_secret_value()
         self.ping_interval = ping_interval
         base_url = (

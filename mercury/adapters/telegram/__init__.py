@@ -7,12 +7,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mercury.adapters.telegram.check import check_credentials
-from mercury.config import Config, Secrets
+from mercury.config import Config, Secrets, TelegramConfig
 
 if TYPE_CHECKING:
     from mercury.adapters.telegram.adapter import TelegramAdapter
 
-__all__ = ["check_credentials", "from_config"]
+__all__ = ["SETUP_DOC", "check_credentials", "from_config", "required_secrets"]
+
+SETUP_DOC = "docs/setup-telegram.md"
+
+
+def required_secrets(section: TelegramConfig) -> tuple[str, ...]:
+    """The bot token, and in webhook mode the secret Telegram sends with every update."""
+    if section.mode == "webhook":
+        return ("telegram_bot_token", "telegram_webhook_secret")
+    return ("telegram_bot_token",)
 
 
 def from_config(config: Config, secrets: Secrets) -> TelegramAdapter:

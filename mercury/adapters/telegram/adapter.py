@@ -36,8 +36,9 @@ from telegram.error import BadRequest, InvalidToken, TelegramError
 from telegram.ext import Application, ContextTypes, ExtBot, TypeHandler
 from telegram.request import HTTPXRequest
 
-from mercury.adapters.base import InboundSink
+from mercury.adapters.base import InboundSink, require_secrets
 from mercury.adapters.dedup import SeenIds
+from mercury.adapters.telegram import required_secrets
 from mercury.adapters.telegram.format import (
     TELEGRAM_LIMIT,
     markdown_to_html,
@@ -86,8 +87,8 @@ class TelegramAdapter:
         public_url: str | None = None,
         poll_timeout: float = 30.0,
     ) -> None:
-        if secrets.telegram_bot_token is None:
-            raise ValueError("telegram: MERCURY_TELEGRAM_BOT_TOKEN is not set")
+        require_secrets("telegram", required_secrets(config), secrets, f" (mode {config.mode})")
+        assert secrets.telegram_bot_token is not None
         self.config = config
         self._token = secrets.telegram_bot_token.get_secret_value()
         self._webhook_secret = (

@@ -14,9 +14,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mercury.adapters.web.adapter import WebChatAdapter
     from mercury.checks import CheckResult
-    from mercury.config import Config, Secrets
+    from mercury.config import Config, Secrets, WebChatConfig
 
-__all__ = ["check_credentials", "from_config"]
+__all__ = ["SETUP_DOC", "check_credentials", "from_config", "required_secrets"]
+
+SETUP_DOC = "docs/web-chat.md"
+
+
+def required_secrets(section: WebChatConfig) -> tuple[str, ...]:
+    """The operator password (the dashboard's login); without it the chat stays locked."""
+    return ("dashboard_password",)
 
 
 def from_config(config: Config, secrets: Secrets) -> WebChatAdapter:
