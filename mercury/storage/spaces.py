@@ -98,11 +98,9 @@ async def set_space_profile(store: Store, space_id: str, profile: str) -> SpaceR
     return await _update_space(store, space_id, profile=profile)
 
 
-async def pause_space(store: Store, space_id: str, until: datetime | None) -> SpaceRecord:
-    """Pause a space until `until`; None resumes it.
-
-    Prefer `pause_until_resumed` and `resume_space`; a timed pause is this with a time.
-    """
+async def pause_space(store: Store, space_id: str, until: datetime) -> SpaceRecord:
+    """Pause a space until `until` (a timed pause); see also `pause_until_resumed` and
+    `resume_space`."""
     return await _update_space(store, space_id, paused_until=until)
 
 

@@ -388,11 +388,11 @@ async def test_spaces(db: Database) -> None:
 
     paused = await pause_space(db, "s1", T0)
     assert paused.paused_until == T0
-    assert (await pause_space(db, "s1", None)).paused_until is None
+    assert (await resume_space(db, "s1")).paused_until is None
     assert (await set_space_profile(db, "s1", "general")).profile == "general"
     assert (await reset_context(db, "s1", T0)).context_reset_at == T0
     with pytest.raises(NotFound):
-        await pause_space(db, "nope", None)
+        await resume_space(db, "nope")
 
 
 async def test_pause_until_resumed_and_resume(db: Database, space: str) -> None:
