@@ -7,6 +7,9 @@ from enum import StrEnum
 
 from mercury.core import durations
 
+# The space preference `/model switch` stores: the chain leg its runs try first.
+MODEL_PREF = "_model"
+
 
 class CommandKind(StrEnum):
     STOP = "stop"  # abort the running run and clear the space's queue

@@ -13,9 +13,8 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from mercury.config import Config, ModelLeg
-from mercury.core.commands import HELP_TEXT, Command, CommandKind
+from mercury.core.commands import HELP_TEXT, MODEL_PREF, Command, CommandKind
 from mercury.core.router import status_text
-from mercury.pipeline.runs import MODEL_PREF
 from mercury.storage import JobStatus, Store, repo, utcnow
 
 

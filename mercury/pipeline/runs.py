@@ -14,6 +14,7 @@ from mercury.adapters.base import Adapter
 from mercury.api.runhost import RunHost
 from mercury.api.usage import UsageTotals
 from mercury.config import Config
+from mercury.core.commands import MODEL_PREF
 from mercury.core.history import HistoryItem, select_history
 from mercury.core.messages import ConversationRef, Reply
 from mercury.core.permissions import is_custom, permissions_of
@@ -43,7 +44,6 @@ log = get_logger("mercury.runs")
 STATUS_AFTER_S = 30.0  # past this, a "still working" status message appears
 STATUS_EVERY_S = 15.0
 TYPING_EVERY_S = 5.0
-MODEL_PREF = "_model"  # the space's chosen chain leg (/model switch)
 
 
 class RunExecutor:
