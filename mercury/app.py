@@ -37,6 +37,8 @@ class App:
         self.pipeline: Any = None
         self.scheduler: Any = None
         self.adapters: dict[str, Any] = {}
+        self.auth: Any = None  # the one login layer (WebAuth) of the web chat and dashboard
+        self.dashboard: Any = None
         self.http = HttpServer(self.config.server.host, self.config.server.port)
         self._started_adapters: list[Any] = []
         self._started = False
@@ -155,6 +157,7 @@ class App:
         )
         if cfg.scheduler.enabled:
             self.scheduler = Scheduler(self.db, self.pipeline.dispatcher, tick=cfg.scheduler.tick)
+        self._build_dashboard()
         await self.host.start()
         problem = model_problem(cfg, secrets)
         if problem:
@@ -173,17 +176,71 @@ class App:
         self.db_watch.start()
         self.http.add_health_check(self.db_watch.health)
 
+    def _build_auth(self) -> Any:
+        """The one login layer of the web chat and the dashboard (mercury.http.auth).
+
+        Its sessions live in the database, so a restart keeps the operator logged in;
+        without a database yet (tests that only mount routes) they live in memory.
+        """
+        from mercury.http.auth import WebAuth
+        from mercury.http.sessions import MemorySessionStore, SessionStore
+
+        cfg = self.config
+        password = self.loaded.secrets.dashboard_password
+        ttl = cfg.dashboard.session_ttl
+        sessions: SessionStore
+        if self.db is not None:
+            from mercury.http.stored_sessions import DatabaseSessionStore
+
+            sessions = DatabaseSessionStore(self.db, ttl)
+        else:
+            sessions = MemorySessionStore(ttl)
+        return WebAuth(
+            username=cfg.dashboard.username,
+            password=password.get_secret_value() if password else None,
+            session_ttl=ttl,
+            public_url=cfg.server.public_url,
+            trusted_proxies=cfg.server.trusted_proxies,
+            sessions=sessions,
+        )
+
     def _build_adapters(self) -> None:
         """One adapter per enabled platform; their HTTP routes (webhooks, the web chat)
         are mounted here, the one place, before the server listens."""
         from mercury.adapters.registry import build_adapters
 
+        if self.auth is None:
+            self.auth = self._build_auth()
         try:
-            self.adapters = dict(build_adapters(self.config, self.loaded.secrets))
+            self.adapters = dict(build_adapters(self.config, self.loaded.secrets, auth=self.auth))
         except ValueError as exc:  # a missing token or setting, named in one line
             raise StartupError(str(exc)) from exc
         for adapter in self.adapters.values():
             self.http.app.add_routes(adapter.routes())
+
+    def _build_dashboard(self) -> None:
+        """The operator dashboard (`dashboard.enabled`), mounted on the same server as
+        the adapters' routes, with the services its pages read and steer."""
+        if not self.config.dashboard.enabled:
+            return
+        from mercury.dashboard import Dashboard, DashboardDeps
+
+        if self.auth is None:
+            self.auth = self._build_auth()
+        self.dashboard = Dashboard(
+            DashboardDeps(
+                config=self.config,
+                loaded=self.loaded,
+                db=self.db,
+                auth=self.auth,
+                adapters=self.adapters,
+                runner=self.runner,
+                pipeline=self.pipeline,
+                scheduler=self.scheduler,
+                host=self.host,
+            )
+        )
+        self.dashboard.mount(self.http.app)
 
     async def stop(self) -> None:
         """Stop every service; each step runs even if an earlier one failed."""

@@ -17,6 +17,7 @@ from types import ModuleType
 from mercury.adapters.base import Adapter
 from mercury.checks import CheckResult
 from mercury.config import Config, Secrets
+from mercury.http.auth import WebAuth
 
 # Platform name (the `adapters.<name>` config section) -> its package. The order is the
 # order adapters start in and doctor rows are printed in.
@@ -29,6 +30,10 @@ PLATFORMS: dict[str, str] = {
 
 CredentialCheck = Callable[..., Awaitable[list[CheckResult]]]
 
+# Platforms whose pages sit behind the operator's login: their `from_config` takes the
+# App's one WebAuth (`auth=`), so a login at the dashboard works there too.
+SHARES_LOGIN = frozenset({"web"})
+
 
 def enabled_platforms(config: Config) -> list[str]:
     """The platforms whose `adapters.<name>.enabled` is true, in PLATFORMS order."""
@@ -39,12 +44,19 @@ def _package(name: str) -> ModuleType:
     return import_module(PLATFORMS[name])
 
 
-def build_adapters(config: Config, secrets: Secrets) -> dict[str, Adapter]:
+def build_adapters(
+    config: Config, secrets: Secrets, *, auth: WebAuth | None = None
+) -> dict[str, Adapter]:
     """An adapter per enabled platform; ValueError (one line naming the missing setting
-    or variable) when one cannot be built."""
+    or variable) when one cannot be built. `auth`, the shared login layer, goes to the
+    platforms in SHARES_LOGIN."""
     adapters: dict[str, Adapter] = {}
     for name in enabled_platforms(config):
-        adapters[name] = _package(name).from_config(config, secrets)
+        package = _package(name)
+        if name in SHARES_LOGIN and auth is not None:
+            adapters[name] = package.from_config(config, secrets, auth=auth)
+        else:
+            adapters[name] = package.from_config(config, secrets)
     return adapters
 
 

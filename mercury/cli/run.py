@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import sys
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import click
 
 from mercury.cli.common import config_option, fail, load_or_exit
+from mercury.config import Config
 
 
 def run_overrides(host: str | None, port: int | None, log_level: str | None) -> dict[str, Any]:
@@ -20,6 +22,39 @@ def run_overrides(host: str | None, port: int | None, log_level: str | None) -> 
     if log_level:
         overrides["log"] = {"level": log_level}
     return overrides
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) only listens on this machine."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a name that resolves elsewhere, or "" (every address)
+
+
+def public_bind_problem(config: Config) -> str | None:
+    """Why the listener exposes the login in clear text, or None when it does not.
+
+    Bound beyond loopback without an https `server.public_url`, the operator's password
+    and session cookie would cross the network unencrypted (exposed bot dashboards are
+    how others got hurt), so `mercury run` says so loudly.
+    """
+    host, public_url = config.server.host, config.server.public_url
+    if _is_loopback(host):
+        return None
+    if public_url and public_url.strip().lower().startswith("https://"):
+        return None
+    shown = public_url or "not set"
+    return (
+        f"server.host is {host or '(every address)'}, reachable from other machines, and "
+        f"server.public_url ({shown}) is not https: the dashboard password and session "
+        "cookie would cross the network in clear text. Put Mercury behind a TLS reverse "
+        "proxy and set server.public_url to its https:// address, or set server.host to "
+        "127.0.0.1 (docs/dashboard.md)"
+    )
 
 
 @click.command()
@@ -47,6 +82,12 @@ def run(
 
     loaded = load_or_exit(run_overrides(host, port, log_level))
     configure_logging_for(loaded)  # every configured secret is redacted from the logs
+    problem = public_bind_problem(loaded.config)
+    if problem:
+        from mercury.logging import get_logger
+
+        get_logger("mercury.cli").warning("login exposed without TLS", problem=problem)
+        click.secho(f"WARNING: {problem}", err=True, fg="red", bold=True)
     os.umask(0o077)  # whatever Mercury creates from now on is its own (docs/security.md)
     try:
         asyncio.run(serve(App(loaded, accept_empty_database=accept_empty_database)))

@@ -20,7 +20,9 @@ from `POST /api/login` (for the browser pages). Each has its own risk:
   https, a trusted proxy says it did, or `server.public_url` is https.
 
 Client addresses and origins are worked out in mercury.http.origin (on top of the pure
-rules in mercury.http.addresses); the sessions live in mercury.http.sessions.
+rules in mercury.http.addresses); the sessions live in mercury.http.sessions (in the
+database when the App builds this: one `WebAuth` for the web chat and the dashboard, so a
+login at /login works at /chat and back, and a restart keeps it).
 """
 
 from __future__ import annotations
@@ -43,7 +45,12 @@ from mercury.core.login_throttle import (
     throttle_key,
 )
 from mercury.http.origin import RequestSource
-from mercury.http.sessions import SESSION_COOKIE, SessionStore
+from mercury.http.sessions import (
+    SESSION_COOKIE,
+    LoginSession,
+    MemorySessionStore,
+    SessionStore,
+)
 from mercury.logging import get_logger
 
 log = get_logger(__name__)
@@ -51,6 +58,7 @@ log = get_logger(__name__)
 __all__ = [
     "SESSION_COOKIE",
     "Caller",
+    "LoginSession",
     "PasswordCheck",
     "SessionStore",
     "WebAuth",
@@ -125,13 +133,20 @@ class WebAuth:
         trusted_proxies: Iterable[str] = (),
         throttle: ThrottlePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sessions: SessionStore | None = None,
     ) -> None:
         self.username = username
         self._password = password or None
-        self.sessions = SessionStore(session_ttl)
+        # The App passes the database's store; on its own (tests) sessions live in memory.
+        self.sessions: SessionStore = sessions or MemorySessionStore(session_ttl)
         self.source = RequestSource(public_url, trusted_proxies)
         self.throttle = LoginThrottle(throttle)
         self._clock = clock
+
+    @property
+    def locked(self) -> bool:
+        """No password is configured: nobody can log in (every route says what to set)."""
+        return self._password is None
 
     # --------------------------------------------------------- authentication
 
@@ -164,20 +179,77 @@ class WebAuth:
             )
         return PasswordCheck(ok=False, compared=True, verdict=after)
 
-    def _refused(self, check: PasswordCheck, text: str) -> web.Response:
-        """429 for a waiting address (not compared), else 401 saying any wait now due."""
+    def check_login(self, request: web.Request, username: str, password: str) -> PasswordCheck:
+        """A login form's name and password, under the throttle (see `_check_password`).
+
+        Both are always compared, so timing tells nothing about which one was wrong.
+        """
+        ok_user = hmac.compare_digest(username.encode(), self.username.encode())
+        return self._check_password(request, password, ok_user)
+
+    def waiting(self, request: web.Request) -> ThrottleVerdict:
+        """The throttle's verdict for this client now (refuse before reading a body)."""
+        return self.throttle.check(throttle_key(self.source.client(request)), self._clock())
+
+    def refusal_text(self, check: PasswordCheck, text: str) -> tuple[int, str, int | None]:
+        """(status, message, Retry-After seconds or None) for a refused login."""
         if not check.compared:
             status, message = 429, refusal_message(check.verdict, self.throttle.policy)
         else:
             status, message = 401, failure_message(check.verdict, text)
         if check.verdict.allowed:
+            return status, message, None
+        return status, message, _ceil_seconds(check.verdict.retry_after_s)
+
+    def _refused(self, check: PasswordCheck, text: str) -> web.Response:
+        """429 for a waiting address (not compared), else 401 saying any wait now due."""
+        status, message, seconds = self.refusal_text(check, text)
+        if seconds is None:
             return json_error(status, message)
-        seconds = _ceil_seconds(check.verdict.retry_after_s)
         resp = json_error(status, message, retry_after=seconds)
         resp.headers["Retry-After"] = str(seconds)
         return resp
 
-    def authenticate(self, request: web.Request) -> Caller | web.Response:
+    async def session(self, request: web.Request) -> LoginSession | None:
+        """The live login session of this request's cookie, or None.
+
+        None as well while no password is configured: removing the password locks out
+        the sessions opened with the old one.
+        """
+        if self._password is None:
+            return None
+        return await self.sessions.get(request.cookies.get(SESSION_COOKIE))
+
+    async def start_session(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Open a session for the operator and set its cookie on `response`.
+
+        HttpOnly (no script reads it), SameSite=Strict (no other site's page sends it),
+        Secure whenever the browser talks https to us or our proxy (see RequestSource).
+        """
+        session_id, _ = await self.sessions.create(self.username)
+        log.info("login", username=self.username, remote=self.source.client(request))
+        response.set_cookie(
+            SESSION_COOKIE,
+            session_id,
+            max_age=int(self.sessions.ttl),
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=self.source.cookie_secure(request),
+        )
+
+    async def end_session(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Drop this request's session and clear its cookie on `response`."""
+        await self.sessions.drop(request.cookies.get(SESSION_COOKIE))
+        response.del_cookie(
+            SESSION_COOKIE,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=self.source.cookie_secure(request),
+        )
+
+    async def authenticate(self, request: web.Request) -> Caller | web.Response:
         """The caller, or the error response: 401, or 429 for a throttled bearer token."""
         header = request.headers.get("Authorization", "")
         if header[:7].lower() == "bearer ":
@@ -186,10 +258,10 @@ class WebAuth:
             if check.ok:
                 return Caller(self.username, "bearer")
             return self._refused(check, "wrong bearer token (it is the dashboard password)")
-        user = self.sessions.get(request.cookies.get(SESSION_COOKIE))
-        return Caller(user, "cookie") if user else json_error(401, NOT_LOGGED_IN)
+        session = await self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        return Caller(session.username, "cookie") if session else json_error(401, NOT_LOGGED_IN)
 
-    def guard(self, request: web.Request, write: Write = None) -> str | web.Response:
+    async def guard(self, request: web.Request, write: Write = None) -> str | web.Response:
         """The user, or the error response to return.
 
         503 locked, 429 throttled, 401 not logged in; for a cookie request that changes
@@ -197,7 +269,7 @@ class WebAuth:
         """
         if self._password is None:
             return json_error(503, NO_PASSWORD_ERROR)
-        caller = self.authenticate(request)
+        caller = await self.authenticate(request)
         if isinstance(caller, web.Response):
             return caller
         # Any unsafe method counts as a write, so a future route cannot forget the check.
@@ -243,7 +315,7 @@ class WebAuth:
                 415, "Content-Type must be application/json: send {username, password} as JSON"
             )
         # Refuse a waiting address before reading its body, and again after (below).
-        early = self.throttle.check(throttle_key(self.source.client(request)), self._clock())
+        early = self.waiting(request)
         if not early.allowed:
             return self._refused(PasswordCheck(False, False, early), "")
         try:
@@ -253,26 +325,14 @@ class WebAuth:
         if not isinstance(body, dict):
             return json_error(400, "expected a JSON object {username, password}")
         user, password = str(body.get("username", "")), str(body.get("password", ""))
-        # Both are always compared, so timing tells nothing about which one was wrong.
-        ok_user = hmac.compare_digest(user.encode(), self.username.encode())
-        check = self._check_password(request, password, ok_user)
+        check = self.check_login(request, user, password)
         if not check.ok:
             if check.compared:
                 # The attempted name is not logged: people type passwords into it.
                 log.warning("web chat login refused", remote=self.source.client(request))
             return self._refused(check, "wrong username or password")
-        session_id = self.sessions.create(self.username)
-        log.info("web chat login", username=self.username, remote=self.source.client(request))
         resp = web.json_response({"username": self.username})
-        resp.set_cookie(
-            SESSION_COOKIE,
-            session_id,
-            max_age=int(self.sessions.ttl),
-            path="/",
-            httponly=True,
-            samesite="Strict",
-            secure=self.source.cookie_secure(request),
-        )
+        await self.start_session(request, resp)
         return resp
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -283,13 +343,6 @@ class WebAuth:
             refused = self.write_problem(request, "json")
             if refused is not None:
                 return refused
-        self.sessions.drop(request.cookies.get(SESSION_COOKIE))
         resp = web.json_response({"ok": True})
-        resp.del_cookie(
-            SESSION_COOKIE,
-            path="/",
-            httponly=True,
-            samesite="Strict",
-            secure=self.source.cookie_secure(request),
-        )
+        await self.end_session(request, resp)
         return resp

@@ -1,8 +1,17 @@
-"""Login sessions for the browser: the cookie's name and the in-memory store behind it.
+"""Login sessions for the browser: the cookie's name and the stores behind it.
 
-Only the SHA-256 of a session id is kept, so a memory dump or a log of the dict does not
-hand out live sessions. Sessions end at their TTL, on logout, or when the store is full
-(oldest first); a restart logs everyone out, which is fine for one operator.
+A session is a random id in an HttpOnly cookie; the server keeps only the id's SHA-256,
+so a database dump, a memory dump or a log of the store does not hand out live sessions.
+Each session carries its own CSRF token, which every state-changing dashboard request
+must echo (mercury.dashboard.render.check_csrf).
+
+Two stores with one async interface (`SessionStore`):
+- `DatabaseSessionStore` (mercury.http.stored_sessions), what the App uses: sessions live
+  in the `sessions` table, so a restart does not log the operator out, and the web chat
+  and the dashboard share them (a login at /login works at /chat and back). It is its
+  own module so that this one, which the web chat adapter imports, stays free of storage.
+- `MemorySessionStore`, for a web chat built on its own (tests, no database): a restart
+  logs everyone out; at most `max_sessions`, oldest dropped first.
 """
 
 from __future__ import annotations
@@ -10,44 +19,95 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from dataclasses import dataclass
+from typing import Protocol
 
 SESSION_COOKIE = "mercury_session"
 
+__all__ = [
+    "SESSION_COOKIE",
+    "LoginSession",
+    "MemorySessionStore",
+    "SessionStore",
+    "new_csrf_token",
+    "new_session_id",
+    "session_digest",
+]
 
-class SessionStore:
-    """Login sessions in memory. Random ids; only their SHA-256 is kept as the key."""
+
+@dataclass(frozen=True, slots=True)
+class LoginSession:
+    """A live login: who, and the CSRF token their pages must send back."""
+
+    username: str
+    csrf_token: str
+
+
+def new_session_id() -> str:
+    """A fresh session id (256 random bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def new_csrf_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def session_digest(session_id: str) -> str:
+    """What the store keeps instead of the id: its SHA-256, hex."""
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+class SessionStore(Protocol):
+    """Where login sessions live; `ttl` is their lifetime in seconds."""
+
+    ttl: float
+
+    async def create(self, username: str) -> tuple[str, LoginSession]:
+        """A new session: (the id for the cookie, the session)."""
+        ...
+
+    async def get(self, session_id: str | None) -> LoginSession | None:
+        """The live session with this id, or None (unknown, expired, no id)."""
+        ...
+
+    async def drop(self, session_id: str | None) -> None:
+        """End a session (logout); unknown ids are ignored."""
+        ...
+
+
+class MemorySessionStore:
+    """Sessions in memory, keyed by the id's SHA-256 (see the module docstring)."""
 
     def __init__(self, ttl: float, max_sessions: int = 1000) -> None:
         self.ttl = ttl
         self.max_sessions = max_sessions
-        self._sessions: dict[str, tuple[str, float]] = {}  # digest -> (username, expiry)
+        # digest -> (session, monotonic expiry)
+        self._sessions: dict[str, tuple[LoginSession, float]] = {}
 
-    @staticmethod
-    def _key(session_id: str) -> str:
-        return hashlib.sha256(session_id.encode()).hexdigest()
-
-    def create(self, username: str) -> str:
+    async def create(self, username: str) -> tuple[str, LoginSession]:
         self._prune()
         while len(self._sessions) >= self.max_sessions:  # oldest first (dict order)
             self._sessions.pop(next(iter(self._sessions)))
-        session_id = secrets.token_urlsafe(32)
-        self._sessions[self._key(session_id)] = (username, time.monotonic() + self.ttl)
-        return session_id
+        session_id = new_session_id()
+        session = LoginSession(username, new_csrf_token())
+        self._sessions[session_digest(session_id)] = (session, time.monotonic() + self.ttl)
+        return session_id, session
 
-    def get(self, session_id: str | None) -> str | None:
+    async def get(self, session_id: str | None) -> LoginSession | None:
         if not session_id:
             return None
-        found = self._sessions.get(self._key(session_id))
+        key = session_digest(session_id)
+        found = self._sessions.get(key)
         if found is None:
             return None
         if found[1] < time.monotonic():
-            self._sessions.pop(self._key(session_id), None)
+            self._sessions.pop(key, None)
             return None
         return found[0]
 
-    def drop(self, session_id: str | None) -> None:
+    async def drop(self, session_id: str | None) -> None:
         if session_id:
-            self._sessions.pop(self._key(session_id), None)
+            self._sessions.pop(session_digest(session_id), None)
 
     def _prune(self) -> None:
         now = time.monotonic()

@@ -278,7 +278,10 @@ class Run(Base):
     """One container execution, with its outcome and cost."""
 
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_space_id_started_at", "space_id", "started_at"),)
+    __table_args__ = (
+        Index("ix_runs_space_id_started_at", "space_id", "started_at"),
+        Index("ix_runs_started_at", "started_at"),  # the dashboard's newest-first list
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     job_id: Mapped[int | None] = mapped_column(
@@ -297,6 +300,11 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    # What the run's dashboard page shows, each bounded by storage/runs.py (0006).
+    prompt_summary: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[list[Any] | None]  # result.json's model attempts, cleaned
+    model_calls: Mapped[list[Any] | None]  # the host's metered calls of the run
+    log_tail: Mapped[str | None] = mapped_column(Text)  # container log end, failed runs
 
 
 class Role(Base):
@@ -410,3 +418,16 @@ class Usage(Base):
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     runs: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Session(Base):
+    """A browser login (dashboard and web chat): only the SHA-256 of its id is stored,
+    so a copy of this table logs nobody in."""
+
+    __tablename__ = "sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(128))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -251,7 +251,7 @@ async def test_a_cross_origin_text_plain_post_with_the_cookie_is_refused(
         error = (await resp.json())["error"]
         assert error.startswith("cross-site request refused: Origin")
         assert _other_port(chat.url) in error and chat.url in error
-    assert chat.received == []
+    assert chat.sink.received == []
 
 
 async def test_a_cross_origin_json_post_is_refused_too(
@@ -263,7 +263,7 @@ async def test_a_cross_origin_json_post_is_refused_too(
         headers={"Origin": "http://chat.example.org.evil.test"},
     ) as resp:
         assert resp.status == 403
-    assert chat.received == []
+    assert chat.sink.received == []
 
 
 async def test_a_cross_origin_form_post_is_refused(
@@ -275,7 +275,7 @@ async def test_a_cross_origin_form_post_is_refused(
         headers={"Origin": _other_port(chat.url)},
     ) as resp:
         assert resp.status == 403
-    assert chat.received == []
+    assert chat.sink.received == []
 
 
 async def test_a_same_origin_post_that_is_not_json_is_refused(
@@ -292,7 +292,7 @@ async def test_a_same_origin_post_that_is_not_json_is_refused(
         ) as resp:
             assert resp.status == 415
             assert "application/json" in (await resp.json())["error"]
-    assert chat.received == []
+    assert chat.sink.received == []
 
 
 async def test_a_cross_origin_upload_without_the_header_is_refused(
@@ -316,7 +316,7 @@ async def test_a_cross_origin_upload_without_the_header_is_refused(
         headers={"Origin": _other_port(chat.url), "X-Mercury-Request": "1"},
     ) as resp:
         assert resp.status == 403
-    assert chat.received == []
+    assert chat.sink.received == []
     assert list(chat.adapter.upload_dir.iterdir()) == []
 
 
@@ -338,7 +338,7 @@ async def test_cookie_writes_without_same_origin_proof_are_refused(
     ) as resp:
         assert resp.status == 403
         assert (await resp.json())["error"].startswith("cross-site request refused")
-    assert chat.received == []
+    assert chat.sink.received == []
 
 
 async def test_a_cross_origin_logout_is_refused_and_the_session_survives(
@@ -394,7 +394,11 @@ async def test_same_origin_browser_requests_still_work(
     # Reads need no Origin: a same-origin GET and EventSource do not send one.
     async with browser.get("/api/chat/messages?space=main") as resp:
         assert resp.status == 200
-    assert [m.text for m in chat.received] == ["from the page", "fetch metadata", "with a file"]
+    assert [m.text for m in chat.sink.received] == [
+        "from the page",
+        "fetch metadata",
+        "with a file",
+    ]
 
 
 async def test_the_public_url_origin_is_accepted_behind_a_proxy(
@@ -422,7 +426,7 @@ async def test_the_public_url_origin_is_accepted_behind_a_proxy(
             cookies=cookie,
         ) as resp:
             assert resp.status == 403
-    assert [m.text for m in proxied.received] == ["via proxy"]
+    assert [m.text for m in proxied.sink.received] == ["via proxy"]
 
 
 async def test_bearer_token_requests_are_unaffected(chat: Harness) -> None:
@@ -434,7 +438,7 @@ async def test_bearer_token_requests_are_unaffected(chat: Harness) -> None:
             assert resp.status == 202
         async with http.post("/api/chat/files", data=_upload(text="script file")) as resp:
             assert resp.status == 202
-    assert [m.text for m in chat.received] == ["script", "script file"]
+    assert [m.text for m in chat.sink.received] == ["script", "script file"]
 
 
 async def test_the_page_script_sends_what_the_server_requires(chat: Harness) -> None:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from mercury.adapters.web.adapter import WebChatAdapter
     from mercury.checks import CheckResult
     from mercury.config import Config, Secrets, WebChatConfig
+    from mercury.http.auth import WebAuth
 
 __all__ = ["SETUP_DOC", "check_credentials", "from_config", "required_secrets"]
 
@@ -26,11 +27,13 @@ def required_secrets(section: WebChatConfig) -> tuple[str, ...]:
     return ("dashboard_password",)
 
 
-def from_config(config: Config, secrets: Secrets) -> WebChatAdapter:
+def from_config(config: Config, secrets: Secrets, *, auth: WebAuth | None = None) -> WebChatAdapter:
     """The web chat as configured: the dashboard's login, `adapters.web`, `server`.
 
-    Never refuses: without MERCURY_DASHBOARD_PASSWORD the chat starts locked (every
-    request answers 503 saying what to set), and `mercury doctor` reports it.
+    `auth` is the App's one login layer, shared with the dashboard (sessions in the
+    database); without it the chat builds its own from the same settings. Never refuses:
+    without MERCURY_DASHBOARD_PASSWORD the chat starts locked (every request answers 503
+    saying what to set), and `mercury doctor` reports it.
     """
     from mercury.adapters.web.adapter import WebChatAdapter
 
@@ -43,6 +46,7 @@ def from_config(config: Config, secrets: Secrets) -> WebChatAdapter:
         session_ttl=config.dashboard.session_ttl,
         public_url=config.server.public_url,
         trusted_proxies=config.server.trusted_proxies,
+        auth=auth,
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mercury.adapters.base import InboundSink, InboundUnavailable
+from mercury.adapters.base import AdapterState, InboundSink, InboundUnavailable, StateTracker
 from mercury.adapters.web.files import (
     FileStore,
     UploadRefused,
@@ -79,11 +79,13 @@ class WebChatAdapter:
         trusted_proxies: Iterable[str] = (),
         throttle: ThrottlePolicy | None = None,
         throttle_clock: Callable[[], float] = time.monotonic,
+        auth: WebAuth | None = None,
     ) -> None:
         self.username = username
         self._password = password or None
-        # Login, sessions, throttling and the cross-site checks (see mercury.http.auth).
-        self.auth = WebAuth(
+        # Login, sessions, throttling and the cross-site checks (see mercury.http.auth):
+        # the App's one WebAuth, shared with the dashboard; on its own, a private one.
+        self.auth = auth or WebAuth(
             username=username,
             password=password,
             session_ttl=session_ttl,
@@ -101,17 +103,25 @@ class WebChatAdapter:
         self.bot_name = bot_name
         self._sink: InboundSink | None = None
         self.logs = SpaceLogs(max_log)
+        self.tracker = StateTracker()
+
+    @property
+    def state(self) -> AdapterState:
+        """Connected (serving) from start() to stop(): there is no remote end to lose."""
+        return self.tracker.state
 
     # ---------------------------------------------------------------- Adapter protocol
 
     async def start(self, sink: InboundSink) -> None:
         self.upload_dir.mkdir(parents=True, exist_ok=True)
         self._sink = sink
+        self.tracker.connected()
         if self._password is None:
             log.warning("web chat locked", reason="MERCURY_DASHBOARD_PASSWORD is not set")
 
     async def stop(self) -> None:
         self._sink = None
+        self.tracker.disconnected()
         # Ending the streams lets the HTTP server shut down without waiting on them.
         self.logs.close_streams()
 
@@ -182,13 +192,13 @@ class WebChatAdapter:
 
     # ----------------------------------------------------------------------- auth
 
-    def _guard(self, request: web.Request, write: Write = None) -> str | web.Response:
+    async def _guard(self, request: web.Request, write: Write = None) -> str | web.Response:
         """The user, or the error response to return (see WebAuth.guard)."""
-        return self.auth.guard(request, write)
+        return await self.auth.guard(request, write)
 
-    def _reader_space(self, request: web.Request) -> str | web.Response:
+    async def _reader_space(self, request: web.Request) -> str | web.Response:
         """The `space` query parameter of a signed-in reader, or the error response."""
-        user = self._guard(request)
+        user = await self._guard(request)
         if isinstance(user, web.Response):
             return user
         space = request.query.get("space", "")
@@ -197,7 +207,7 @@ class WebChatAdapter:
         return space
 
     async def _session_info(self, request: web.Request) -> web.Response:
-        user = self._guard(request)
+        user = await self._guard(request)
         if isinstance(user, web.Response):
             return user
         return web.json_response({"username": user})
@@ -205,7 +215,7 @@ class WebChatAdapter:
     # ------------------------------------------------------------------ messages
 
     async def _post_message(self, request: web.Request) -> web.Response:
-        user = self._guard(request, "json")
+        user = await self._guard(request, "json")
         if isinstance(user, web.Response):
             return user
         body = await _json_body(request)
@@ -217,7 +227,7 @@ class WebChatAdapter:
         return await self._accept(user, body.get("space"), text, body.get("client_id"), ())
 
     async def _post_files(self, request: web.Request) -> web.Response:
-        user = self._guard(request, "upload")
+        user = await self._guard(request, "upload")
         if isinstance(user, web.Response):
             return user
         if request.content_length is not None and request.content_length > self.max_upload + 65536:
@@ -296,9 +306,11 @@ class WebChatAdapter:
             # Only the operator gets in (the dashboard password): an admin of web spaces.
             from_operator=True,
         )
+        self.tracker.event()
         try:
             await sink(msg)
         except InboundUnavailable as exc:
+            self.tracker.error(f"receive failed: message not stored ({exc.reason})")
             # Not stored, so not queued: say so (the browser keeps the text to resend) and
             # take it off the page; a retry with the same client_id shows it again.
             if added:
@@ -310,7 +322,8 @@ class WebChatAdapter:
             )
             resp.headers["Retry-After"] = str(RETRY_AFTER_S)
             return resp
-        except Exception:
+        except Exception as exc:
+            self.tracker.failed("receive", exc)
             log.exception("web chat sink failed", space=space, message_id=message_id)
             return json_error(500, "the message could not be accepted; try again")
         return web.json_response(
@@ -318,7 +331,7 @@ class WebChatAdapter:
         )
 
     async def _get_messages(self, request: web.Request) -> web.Response:
-        space = self._reader_space(request)
+        space = await self._reader_space(request)
         if isinstance(space, web.Response):
             return space
         after_raw = request.query.get("after")
@@ -340,7 +353,7 @@ class WebChatAdapter:
     # ------------------------------------------------------------------- files
 
     async def _get_file(self, request: web.Request) -> web.StreamResponse:
-        user = self._guard(request)
+        user = await self._guard(request)
         if isinstance(user, web.Response):
             return user
         name = request.match_info["name"]
@@ -352,7 +365,7 @@ class WebChatAdapter:
     # -------------------------------------------------------------------- stream
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
-        space = self._reader_space(request)
+        space = await self._reader_space(request)
         if isinstance(space, web.Response):
             return space
         # EventSource resends the last id it saw on reconnect: replay from there.

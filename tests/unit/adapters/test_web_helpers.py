@@ -10,7 +10,7 @@ from mercury.adapters.web.files import safe_name
 from mercury.adapters.web.spacelog import QUEUE_LIMIT, Event, SpaceLogs, valid_space
 from mercury.cli.chat import _default_url, _is_reply
 from mercury.http.addresses import client_address, origin_of, parse_networks
-from mercury.http.sessions import SessionStore
+from mercury.http.sessions import MemorySessionStore
 
 
 @pytest.mark.parametrize("space", ["main", "a", "ops-1", "Team_2.x", "9" * 64])
@@ -41,24 +41,26 @@ def test_safe_name(given: str | None, expected: str) -> None:
     assert safe_name(given) == expected
 
 
-def test_sessions_expire_and_can_be_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
-    store = SessionStore(ttl=60)
-    sid = store.create("admin")
-    assert len(sid) >= 40 and store.get(sid) == "admin"
-    assert store.get("other") is None and store.get(None) is None
+async def test_sessions_expire_and_can_be_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MemorySessionStore(ttl=60)
+    sid, session = await store.create("admin")
+    assert len(sid) >= 40 and await store.get(sid) == session
+    assert session.username == "admin" and len(session.csrf_token) >= 40
+    assert await store.get("other") is None and await store.get(None) is None
     later = time.monotonic() + 61
     monkeypatch.setattr(time, "monotonic", lambda: later)
-    assert store.get(sid) is None
-    sid2 = store.create("admin")
-    store.drop(sid2)
-    assert store.get(sid2) is None
+    assert await store.get(sid) is None
+    sid2, _ = await store.create("admin")
+    await store.drop(sid2)
+    assert await store.get(sid2) is None
 
 
-def test_sessions_are_capped_oldest_first() -> None:
-    store = SessionStore(ttl=60, max_sessions=2)
-    first, second, third = store.create("a"), store.create("b"), store.create("c")
-    assert store.get(first) is None
-    assert store.get(second) == "b" and store.get(third) == "c"
+async def test_sessions_are_capped_oldest_first() -> None:
+    store = MemorySessionStore(ttl=60, max_sessions=2)
+    (first, _), (second, b), (third, c) = [await store.create(u) for u in "abc"]
+    assert await store.get(first) is None
+    assert await store.get(second) == b and await store.get(third) == c
+    assert b.csrf_token != c.csrf_token  # every session has its own CSRF token
 
 
 @pytest.mark.parametrize(
