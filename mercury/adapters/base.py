@@ -14,13 +14,17 @@ App mounts every adapter's `routes()` on the main HTTP server in one place.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from aiohttp.web import AbstractRouteDef
 
 from mercury.config import SECRET_ENV, Secrets
 from mercury.core.messages import Attachment, ConversationRef, InboundMessage, Reply, SentMessage
+from mercury.logging import first_line, scrub_text
 
 InboundSink = Callable[[InboundMessage], Awaitable[None]]
 
@@ -41,9 +45,98 @@ class InboundUnavailable(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class AdapterState:
+    """What the dashboard's Overview and /metrics show of one adapter, at one instant.
+
+    `connected` is the adapter's own belief (a successful start, the gateway or socket
+    up as far as its library says); `last_error` is one short, scrubbed line, never a
+    token or a URL carrying one.
+    """
+
+    connected: bool = False
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    last_event_at: datetime | None = None
+
+
+class StateTracker:
+    """The mutable side of AdapterState, kept by each adapter; `state` is its snapshot.
+
+    One small object so that each adapter's change is a few calls at the points its
+    library already reports (connected, dropped, an event handed over, a failure).
+    """
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._clock = clock
+        self._state = AdapterState()
+
+    @property
+    def state(self) -> AdapterState:
+        return self._state
+
+    def connected(self) -> None:
+        self._state = replace(self._state, connected=True)
+
+    def disconnected(self, error: str | None = None) -> None:
+        self._state = replace(self._state, connected=False)
+        if error is not None:
+            self.error(error)
+
+    def event(self) -> None:
+        """An inbound event was handed to the sink."""
+        self._state = replace(self._state, last_event_at=self._clock())
+
+    def error(self, text: str) -> None:
+        """Record a failure as one short line, scrubbed of anything credential-shaped."""
+        line = scrub_text(text.strip().splitlines()[0] if text.strip() else "error")[:300]
+        self._state = replace(self._state, last_error=line, last_error_at=self._clock())
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """Record `exc` as "<what> failed: <Type>: <first line, scrubbed>"."""
+        self.error(f"{what} failed: {type(exc).__name__}: {first_line(exc, 160)}")
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _Tracked(Protocol):
+    tracker: StateTracker
+
+
+def records_failure(
+    what: str,
+) -> Callable[
+    [Callable[Concatenate[Any, P], Awaitable[T]]], Callable[Concatenate[Any, P], Awaitable[T]]
+]:
+    """Decorate an adapter's async method so that an exception it raises is recorded in
+    `self.tracker` (and re-raised): a failed send shows on the Overview without each
+    method growing its own try/except."""
+
+    def wrap(
+        method: Callable[Concatenate[Any, P], Awaitable[T]],
+    ) -> Callable[Concatenate[Any, P], Awaitable[T]]:
+        @functools.wraps(method)
+        async def tracked(self: _Tracked, *args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return await method(self, *args, **kwargs)
+            except Exception as exc:
+                self.tracker.failed(what, exc)
+                raise
+
+        return tracked
+
+    return wrap
+
+
 @runtime_checkable
 class Adapter(Protocol):
     platform: str
+
+    @property
+    def state(self) -> AdapterState:
+        """Connected or not, the last error and the last inbound event (read-only)."""
 
     @property
     def bot_handles(self) -> tuple[str, ...]:

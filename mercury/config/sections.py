@@ -387,6 +387,8 @@ SECRET_ENV: dict[str, str] = {
     "telegram_bot_token": "MERCURY_TELEGRAM_BOT_TOKEN",
     "telegram_webhook_secret": "MERCURY_TELEGRAM_WEBHOOK_SECRET",
     "dashboard_password": "MERCURY_DASHBOARD_PASSWORD",
+    # A bearer token for /metrics alone, so a Prometheus server needs no dashboard login.
+    "metrics_token": "MERCURY_METRICS_TOKEN",
     "anthropic_api_key": "ANTHROPIC_API_KEY",
     "openai_api_key": "OPENAI_API_KEY",
 }
@@ -402,6 +404,7 @@ class Secrets(BaseModel):
     telegram_bot_token: SecretStr | None = None
     telegram_webhook_secret: SecretStr | None = None
     dashboard_password: SecretStr | None = None
+    metrics_token: SecretStr | None = None
     anthropic_api_key: SecretStr | None = None
     openai_api_key: SecretStr | None = None
 

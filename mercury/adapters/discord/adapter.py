@@ -27,7 +27,7 @@ from aiohttp import web
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from mercury.adapters.base import InboundSink
+from mercury.adapters.base import AdapterState, InboundSink, StateTracker, records_failure
 from mercury.adapters.dedup import SeenIds
 from mercury.config import DiscordConfig, Secrets
 from mercury.core.messages import (
@@ -83,6 +83,12 @@ class DiscordAdapter:
         self._seen: SeenIds[int] = SeenIds(_SEEN_LIMIT)
         self._sent: SeenIds[int] = SeenIds(_SENT_LIMIT)
         self._stopping = False
+        self.tracker = StateTracker()
+
+    @property
+    def state(self) -> AdapterState:
+        """Connected from READY until the gateway drops (discord.py reconnects and says so)."""
+        return self.tracker.state
 
     def routes(self) -> list[web.RouteDef]:
         """None: the gateway is a websocket Mercury opens."""
@@ -124,6 +130,7 @@ class DiscordAdapter:
                 f"(API {self.config.api_base_url}, gateway {self.config.gateway_url})"
             )
         self._task.add_done_callback(self._client_ended)
+        self.tracker.connected()
         user = client.user
         log.info("discord connected", bot_id=user.id if user else None, bot=str(user))
 
@@ -131,6 +138,7 @@ class DiscordAdapter:
         """Close the gateway and HTTP sessions; nothing reaches the sink afterwards."""
         self._stopping = True
         self._sink = None
+        self.tracker.disconnected()
         client, task = self._client, self._task
         if client is not None:
             with contextlib.suppress(Exception):
@@ -180,6 +188,20 @@ class DiscordAdapter:
         @client.event
         async def on_message(message: discord.Message) -> None:
             await self._on_message(message)
+
+        # The gateway's own news of its connection, for the Overview's up/down.
+        @client.event
+        async def on_ready() -> None:
+            self.tracker.connected()
+
+        @client.event
+        async def on_resumed() -> None:
+            self.tracker.connected()
+
+        @client.event
+        async def on_disconnect() -> None:
+            if not self._stopping:
+                self.tracker.disconnected("the gateway connection dropped; reconnecting")
 
         @client.event
         async def on_error(event: str, *args: Any, **kwargs: Any) -> None:
@@ -252,6 +274,7 @@ class DiscordAdapter:
             return
         exc = task.exception()
         reason = self._start_error(exc) if exc else "the client closed"
+        self.tracker.disconnected(f"client stopped: {reason}"[:300])
         log.error("discord client stopped; no more Discord messages", reason=str(reason))
 
     # ------------------------------------------------------------------ inbound
@@ -265,9 +288,11 @@ class DiscordAdapter:
         sink = self._sink
         if inbound is None or sink is None:
             return
+        self.tracker.event()
         try:
             await sink(inbound)
-        except Exception:
+        except Exception as exc:
+            self.tracker.failed("receive", exc)
             # The pipeline logs its own failures; this keeps the gateway loop serving.
             log.exception("discord: inbound handler failed", message_id=message.id)
 
@@ -330,6 +355,7 @@ class DiscordAdapter:
         """A status is a plain message here, edited in place and deleted at the end."""
         return await self.send(Reply(conversation, text))
 
+    @records_failure("send")
     async def send(self, reply: Reply) -> SentMessage:
         """Post `reply`: text chunks of at most 2000 characters, then files 10 at a time.
 

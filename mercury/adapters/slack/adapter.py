@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import re
 from collections import OrderedDict
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,7 +37,13 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from mercury.adapters.base import InboundSink, require_secrets
+from mercury.adapters.base import (
+    AdapterState,
+    InboundSink,
+    StateTracker,
+    records_failure,
+    require_secrets,
+)
 from mercury.adapters.dedup import SeenIds
 from mercury.adapters.slack import required_secrets
 from mercury.adapters.slack.format import to_mrkdwn
@@ -136,8 +143,22 @@ class SlackAdapter:
         self._anchors: OrderedDict[tuple[str, str | None], str] = OrderedDict()
         self._reacted: SeenIds[str] = SeenIds(_MEMORY)  # "<channel>:<ts>"
         self._users: dict[str, str] = {}
+        self.tracker = StateTracker()
 
     # ---------------------------------------------------------------- Adapter protocol
+
+    @property
+    def state(self) -> AdapterState:
+        """Socket Mode: connected while slack_sdk's websocket session is open (it
+        reconnects by itself); HTTP mode: connected from start() to stop()."""
+        state = self.tracker.state
+        client = self._socket.client if self._socket is not None else None
+        if client is not None and state.connected:
+            session = client.current_session
+            alive = not client.closed and session is not None and not session.closed
+            if not alive:
+                return replace(state, connected=False)
+        return state
 
     async def start(self, sink: InboundSink) -> None:
         """Check the bot token, then connect (Socket Mode) or start accepting events (HTTP)."""
@@ -153,10 +174,12 @@ class SlackAdapter:
         self._sink = sink
         if self.mode == "socket":
             await self._connect_socket()
+        self.tracker.connected()
         log.info("slack adapter started", mode=self.mode, bot_user_id=self._bot_user_id)
 
     async def stop(self) -> None:
         self._sink = None
+        self.tracker.disconnected()
         handler, self._socket = self._socket, None
         if handler is not None:
             client = handler.client
@@ -171,6 +194,7 @@ class SlackAdapter:
             await asyncio.gather(*tasks, return_exceptions=True)
         log.info("slack adapter stopped")
 
+    @records_failure("send")
     async def send_status(self, conversation: ConversationRef, text: str) -> SentMessage:
         """A plain message, edited in place and deleted at the end; in a channel it sits
         in the thread of the message being answered, next to the reply it announces."""
@@ -184,6 +208,7 @@ class SlackAdapter:
         self._sent_ts.add(str(resp["ts"]))
         return SentMessage(platform_message_ids=(f"{resp.get('channel') or channel}:{resp['ts']}",))
 
+    @records_failure("send")
     async def send(self, reply: Reply) -> SentMessage:
         """Post the reply in the thread of the message it answers, split, then its files."""
         conv = reply.conversation
@@ -409,10 +434,12 @@ class SlackAdapter:
         # concurrently, and only one of them may reach the pipeline.
         self._inflight.add(key)
         delivered = False
+        self.tracker.event()
         try:
             await sink(msg)
             delivered = True
-        except Exception:
+        except Exception as exc:
+            self.tracker.failed("receive", exc)
             # Not remembered, so Slack's retry (or the twin event) can still deliver it.
             log.exception("slack sink failed", message_id=key)
         finally:

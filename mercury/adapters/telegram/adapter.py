@@ -36,7 +36,13 @@ from telegram.error import BadRequest, InvalidToken, TelegramError
 from telegram.ext import Application, ContextTypes, ExtBot, TypeHandler
 from telegram.request import HTTPXRequest
 
-from mercury.adapters.base import InboundSink, require_secrets
+from mercury.adapters.base import (
+    AdapterState,
+    InboundSink,
+    StateTracker,
+    records_failure,
+    require_secrets,
+)
 from mercury.adapters.dedup import SeenIds
 from mercury.adapters.telegram import required_secrets
 from mercury.adapters.telegram.format import (
@@ -114,6 +120,12 @@ class TelegramAdapter:
         self._seen: SeenIds[int] = SeenIds(_SEEN_UPDATES)
         self.bot_id: int | None = None
         self.bot_username: str | None = None
+        self.tracker = StateTracker()
+
+    @property
+    def state(self) -> AdapterState:
+        """Connected from start(); a failed poll marks it down until an update arrives."""
+        return self.tracker.state
 
     @property
     def bot_handles(self) -> tuple[str, ...]:
@@ -182,6 +194,7 @@ class TelegramAdapter:
             await self._cleanup_failed_start(application)
             raise
         self._application = application
+        self.tracker.connected()
         log.info("telegram adapter started", mode=self.config.mode, bot=f"@{self.bot_username}")
 
     async def _cleanup_failed_start(
@@ -206,6 +219,7 @@ class TelegramAdapter:
         if application is None:
             return
         self._application = None
+        self.tracker.disconnected()
         try:
             if application.updater is not None and application.updater.running:
                 await application.updater.stop()
@@ -264,9 +278,12 @@ class TelegramAdapter:
         sink = self._sink
         if sink is None:
             return
+        self.tracker.connected()  # an update got through, so polling (or the webhook) works
+        self.tracker.event()
         try:
             await sink(inbound)
-        except Exception:
+        except Exception as exc:
+            self.tracker.failed("receive", exc)
             log.exception("telegram inbound message failed", message=inbound.platform_message_id)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -275,6 +292,8 @@ class TelegramAdapter:
 
     def _on_poll_error(self, exc: TelegramError) -> None:
         # PTB retries with backoff (1 s, growing to 30 s); a line per failure is enough.
+        self.tracker.disconnected()
+        self.tracker.failed("polling", exc)
         log.warning("telegram polling failed, retrying", error=f"{type(exc).__name__}: {exc}")
 
     def to_inbound(self, message: Message) -> InboundMessage:
@@ -360,6 +379,7 @@ class TelegramAdapter:
         """A status is a plain message here, edited in place and deleted at the end."""
         return await self.send(Reply(conversation, text))
 
+    @records_failure("send")
     async def send(self, reply: Reply) -> SentMessage:
         """Send the text (Markdown -> HTML, split at 4096) and then the files."""
         bot = self._bot()
