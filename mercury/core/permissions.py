@@ -17,6 +17,7 @@ Unknown permission names in a custom role are ignored.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Set
 from enum import StrEnum
 
@@ -34,6 +35,16 @@ class Permission(StrEnum):
 
 ADMIN_ROLE = "admin"
 MEMBER_ROLE = "member"
+_ROLE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def role_name_problem(name: str) -> str | None:
+    """Why `name` cannot be stored as a role (host API and dashboard alike), or None."""
+    if _ROLE_NAME.match(name):
+        return None
+    return f"bad role name {name!r}: lowercase letters, digits, _ and - (up to 32)"
+
+
 ALL_PERMISSIONS: frozenset[str] = frozenset(p.value for p in Permission)
 MEMBER_PERMISSIONS: frozenset[str] = frozenset({Permission.RUN, Permission.STOP, Permission.CLEAR})
 

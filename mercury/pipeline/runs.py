@@ -12,7 +12,7 @@ from typing import Any
 
 from mercury.adapters.base import Adapter
 from mercury.api.runhost import RunHost
-from mercury.api.usage import UsageTotals
+from mercury.api.usage import MeteredCall, UsageTotals
 from mercury.config import Config
 from mercury.core.commands import MODEL_PREF
 from mercury.core.history import HistoryItem, select_history
@@ -44,6 +44,7 @@ log = get_logger("mercury.runs")
 STATUS_AFTER_S = 30.0  # past this, a "still working" status message appears
 STATUS_EVERY_S = 15.0
 TYPING_EVERY_S = 5.0
+MAX_RECORDED_CALLS = 200  # model calls kept per run for its record (storage's cap too)
 
 
 class RunExecutor:
@@ -75,6 +76,16 @@ class RunExecutor:
         self._disk_noticed: set[int] = set()
         # Every answer goes out through the outbox: stored first, sent once.
         self.outbox = ReplyOutbox(db, adapters, config.data_dir)
+        # run_id -> its metered model calls (from the meter's hook), for the run record.
+        self._calls: dict[str, list[MeteredCall]] = {}
+        if host is not None:
+            host.meter.add_hook(self._keep_call)
+
+    def _keep_call(self, call: MeteredCall) -> None:
+        """The usage meter's hook: a live run's model calls, kept for its record."""
+        calls = self._calls.get(call.run_id)
+        if calls is not None and len(calls) < MAX_RECORDED_CALLS:
+            calls.append(call)
 
     async def send_interim(self, run_id: str, space_id: str, text: str) -> None:
         conv = self._conversations.get(run_id)
@@ -150,7 +161,8 @@ class RunExecutor:
                     error="the host failed before the run ended",
                 )
                 with contextlib.suppress(Exception):
-                    await self._record(self.db, job, record, usage, started)
+                    await self._record(self.db, job, record, usage, started, prompt=payload.prompt)
+            self._calls.pop(run_id, None)
             if result is not None and result.files:
                 await asyncio.to_thread(remove_outputs, self.config.data_dir, run_id)
 
@@ -160,6 +172,7 @@ class RunExecutor:
         """One run with its own host API access; never raises for a failure of the run."""
         conv = payload.conversation
         self._conversations[run_id] = conv
+        self._calls[run_id] = []
         indicator = asyncio.get_running_loop().create_task(self._indicate(conv))
         try:
             access = await self.host.open_run(
@@ -305,7 +318,7 @@ class RunExecutor:
             if kept is not None:
                 files = [(kept / f.path.relative_to(outputs), f.name) for f in result.files]
         async with self.db.transaction() as s:
-            await self._record(s, job, result, usage, started)
+            await self._record(s, job, result, usage, started, prompt=payload.prompt)
             if text is None:
                 return None
             if result.ok:
@@ -390,8 +403,16 @@ class RunExecutor:
             log.exception("sending failed", platform=reply.conversation.platform)
 
     async def _record(
-        self, store: Store, job: JobRecord, result: RunResult, usage: Any, started: Any
+        self,
+        store: Store,
+        job: JobRecord,
+        result: RunResult,
+        usage: Any,
+        started: Any,
+        *,
+        prompt: str | None = None,
     ) -> None:
+        """The run record (with what its dashboard page shows) and the space's usage."""
         model = recorded_model(self.config, (result.usage or {}).get("model"))
         if usage is None:
             usage = UsageTotals()
@@ -411,6 +432,10 @@ class RunExecutor:
             error=result.error,
             started_at=started,
             finished_at=utcnow(),
+            prompt=prompt,
+            attempts=(result.result or {}).get("attempts"),
+            model_calls=[call_row(c) for c in self._calls.get(result.run_id, ())],
+            log_tail=None if result.ok else result.log_tail,
         )
         if usage.requests:
             await repo.add_usage(
@@ -421,6 +446,20 @@ class RunExecutor:
                 output_tokens=usage.output_tokens,
                 cost_usd=usage.cost_usd or 0.0,
             )
+
+
+def call_row(call: MeteredCall) -> dict[str, Any]:
+    """One metered model call as the run record keeps it (storage bounds the list)."""
+    return {
+        "provider": call.provider,
+        "model": call.model,
+        "input_tokens": call.input_tokens,
+        "output_tokens": call.output_tokens,
+        "cost_usd": call.cost_usd,
+        "status": call.status,
+        "incomplete": call.incomplete,
+        "at": call.at.isoformat(),
+    }
 
 
 def job_status_of(result: RunResult) -> JobStatus:

@@ -4,6 +4,10 @@ A task answers in the conversation it was created for, else the space's most rec
 linked one. Interval and cron tasks are rescheduled from the time they ran (a Mercury that
 was down does not replay every missed run: one run, then the next future slot); a one-shot
 task is disabled after it ran.
+
+`run_now` (the dashboard's Run now button) queues a task's job through the same code a due
+task takes, without moving its schedule. It refuses while the task's space is paused: a
+button must not get round an operator's /pause. (`tick` itself does not look at pauses.)
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from croniter import croniter
 from mercury.logging import get_logger
 from mercury.pipeline.dispatcher import Dispatcher
 from mercury.pipeline.payload import JobPayload
-from mercury.storage import Database, TaskRecord, repo, utcnow
+from mercury.storage import ConversationRecord, Database, JobRecord, TaskRecord, repo, utcnow
+from mercury.storage.tasks import get_task, note_task_run
 
 log = get_logger("mercury.scheduler")
 
@@ -33,6 +38,58 @@ def next_run(task: TaskRecord, now: datetime) -> datetime | None:
     if task.cron:
         return next_cron_run(task.cron, now)
     return None  # one-shot
+
+
+class RunNowRefused(Exception):
+    """A task cannot be run now; the message says why, for the operator."""
+
+
+async def answer_conversation(db: Database, task: TaskRecord) -> ConversationRecord | None:
+    """Where a task answers: its own conversation, else its space's latest one."""
+    if task.conversation_id:
+        return await repo.get_conversation_by_id(db, task.conversation_id)
+    return await repo.latest_conversation(db, task.space_id)
+
+
+async def enqueue_task(db: Database, task: TaskRecord, conv: ConversationRecord) -> JobRecord:
+    """Queue one run of `task` in its space, answering in `conv`, like any message."""
+    payload = JobPayload(
+        platform=conv.platform,
+        chat_id=conv.chat_id,
+        thread_id=conv.thread_id,
+        reply_to=None,
+        message_id=None,
+        prompt=task.prompt,
+        author_id="scheduler",
+        author_name=f"scheduled task {task.id}",
+        role="member",
+        task_id=task.id,
+    )
+    return await repo.enqueue_job(db, task.space_id, payload=payload.to_dict())
+
+
+async def run_task_now(db: Database, task_id: int, now: datetime | None = None) -> JobRecord:
+    """Queue a task's job now, as if it were due, leaving its schedule as it is.
+
+    Raises RunNowRefused when there is no such task, its space is paused, or the space has
+    no conversation to answer in. The caller wakes the dispatcher (Scheduler.run_now does).
+    """
+    now = now or utcnow()
+    task = await get_task(db, task_id)
+    if task is None:
+        raise RunNowRefused(f"there is no task {task_id}")
+    space = await repo.get_space(db, task.space_id)
+    if space is not None and space.is_paused(now):
+        ends = space.pause_ends
+        until = f" until {ends:%Y-%m-%d %H:%M} UTC" if ends else " until it is resumed"
+        raise RunNowRefused(f"space {task.space_id} is paused{until}; resume it first")
+    conv = await answer_conversation(db, task)
+    if conv is None:
+        raise RunNowRefused(f"space {task.space_id} has no conversation to answer in")
+    job = await enqueue_task(db, task, conv)
+    await note_task_run(db, task.id, ran_at=now)
+    log.info("task run now", task_id=task.id, space=task.space_id, job=job.id)
+    return job
 
 
 class Scheduler:
@@ -63,11 +120,7 @@ class Scheduler:
         """Enqueue every due task; returns how many were enqueued."""
         enqueued = 0
         for task in await repo.due_tasks(self.db, now):
-            conv = (
-                await repo.get_conversation_by_id(self.db, task.conversation_id)
-                if task.conversation_id
-                else await repo.latest_conversation(self.db, task.space_id)
-            )
+            conv = await answer_conversation(self.db, task)
             try:
                 following = next_run(task, now)
             except (ValueError, KeyError) as exc:
@@ -77,20 +130,14 @@ class Scheduler:
             if conv is None:
                 log.warning("task has no conversation to answer in", task_id=task.id)
                 continue
-            payload = JobPayload(
-                platform=conv.platform,
-                chat_id=conv.chat_id,
-                thread_id=conv.thread_id,
-                reply_to=None,
-                message_id=None,
-                prompt=task.prompt,
-                author_id="scheduler",
-                author_name=f"scheduled task {task.id}",
-                role="member",
-                task_id=task.id,
-            )
-            await repo.enqueue_job(self.db, task.space_id, payload=payload.to_dict())
+            await enqueue_task(self.db, task, conv)
             enqueued += 1
         if enqueued:
             self.dispatcher.wake()
         return enqueued
+
+    async def run_now(self, task_id: int) -> JobRecord:
+        """Queue a task's job now (see `run_task_now`) and wake the dispatcher for it."""
+        job = await run_task_now(self.db, task_id)
+        self.dispatcher.wake()
+        return job

@@ -8,7 +8,6 @@ DELETE /spaces/{space_id}/roles/{platform}/{user_id}   {..., "deleted": true}
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
@@ -25,13 +24,12 @@ from mercury.api.routes.common import (
     space_api,
     user_of,
 )
-from mercury.core.permissions import Permission
+from mercury.core.permissions import Permission, role_name_problem
 from mercury.logging import get_logger
 from mercury.storage import RoleRecord, get_role, list_roles, remove_role, set_role
 
 log = get_logger(__name__)
 
-_ROLE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 routes = web.RouteTableDef()
 
@@ -62,8 +60,9 @@ async def put_role(request: web.Request) -> web.Response:
     grant = require_permission(request, Permission.ADMIN)
     platform, user_id = user_of(request)
     role = required_string(await json_body(request), "role", max_chars=32)
-    if not _ROLE_NAME.match(role):
-        raise bad(f"bad role name {role!r}: lowercase letters, digits, _ and -")
+    problem = role_name_problem(role)
+    if problem:
+        raise bad(problem)
     db = space_api(request).db
     space_id = await existing_space(db, grant.space_id)
     await set_role(db, space_id, platform, user_id, role)

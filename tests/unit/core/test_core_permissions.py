@@ -10,6 +10,7 @@ from mercury.core.permissions import (
     command_permission,
     is_custom,
     permissions_of,
+    role_name_problem,
     role_of,
     user_key,
 )
@@ -71,3 +72,10 @@ def test_custom_roles() -> None:
 def test_command_permission(kind: CommandKind, perm: Permission | None) -> None:
     assert command_permission(Command(kind)) == perm
     assert command_permission(kind) == perm
+
+
+def test_role_names_the_host_api_and_dashboard_accept() -> None:
+    for good in ("admin", "helper", "on-call", "tier_2", "a" * 32):
+        assert role_name_problem(good) is None, good
+    for bad in ("", "Admin", "2nd", "has space", "a" * 33, "x;y", "émile"):
+        assert role_name_problem(bad), bad

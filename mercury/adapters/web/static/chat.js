@@ -1,8 +1,12 @@
 // Mercury web chat: login, a message list fed by server-sent events (polling as a
 // fallback), and a compose box with file upload. No build step, no dependencies.
+// Served at /chat (with its own login form) and mounted by the dashboard's Chat page
+// (/dashboard/chat): there the page has no login form or logout button (the dashboard
+// has its own), and #chat carries data-login-url, where a lost session sends the browser.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const LOGIN_URL = ($("chat") && $("chat").dataset.loginUrl) || null;
 const state = { space: "main", cursor: null, source: null, pollTimer: null, byId: new Map() };
 let typingTimer = null;
 
@@ -23,11 +27,18 @@ async function api(path, options = {}) {
   return body;
 }
 
+function setHidden(id, hidden) {
+  const el = $(id);
+  if (el) el.hidden = hidden;
+}
+
 function show(loggedIn, message) {
-  $("login").hidden = loggedIn;
-  $("chat").hidden = !loggedIn;
-  $("logout").hidden = !loggedIn;
-  $("login-error").textContent = message || "";
+  if (!loggedIn && LOGIN_URL) { location.assign(LOGIN_URL); return; }
+  setHidden("login", loggedIn);
+  setHidden("chat", !loggedIn);
+  setHidden("logout", !loggedIn);
+  const error = $("login-error");
+  if (error) error.textContent = message || "";
 }
 
 function render(entry) {
@@ -197,13 +208,13 @@ async function login(event) {
 async function init() {
   const fromUrl = new URLSearchParams(location.search).get("space");
   if (fromUrl) $("space").value = fromUrl;
-  $("login").addEventListener("submit", login);
+  if ($("login")) $("login").addEventListener("submit", login);
   $("compose").addEventListener("submit", send);
   $("text").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("compose").requestSubmit(); }
   });
   $("space").addEventListener("change", openSpace);
-  $("logout").addEventListener("click", async () => {
+  if ($("logout")) $("logout").addEventListener("click", async () => {
     stopFeeds();
     await api("/api/logout", { method: "POST", headers: JSON_HEADERS, body: "{}" }).catch(() => {});
     show(false);
