@@ -26,6 +26,8 @@ import concurrent.futures
 import functools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -49,6 +51,21 @@ from mercury.sandbox.watch import ActiveRun, RunWatching, mib
 log = get_logger("mercury.sandbox.runner")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RunningContainer:
+    """A run in flight, as the dashboard shows it: read-only, safe to hand out.
+
+    `started_at` is wall-clock (for display), derived from the run's monotonic start;
+    `stopping` is set once the run was aborted and is still being killed.
+    """
+
+    run_id: str
+    space_id: str
+    container: str
+    started_at: datetime
+    stopping: bool = False
 
 
 class ContainerRunner(RunWatching):
@@ -103,6 +120,21 @@ class ContainerRunner(RunWatching):
     def active_spaces(self) -> set[str]:
         """Spaces with a run in flight."""
         return {r.request.space_id for r in self._runs.values()}
+
+    def active_runs(self) -> list[RunningContainer]:
+        """The runs in flight, oldest first (a snapshot: the runs themselves stay private)."""
+        now_wall, now_mono = datetime.now(UTC), time.monotonic()
+        found = [
+            RunningContainer(
+                run_id=r.request.run_id,
+                space_id=r.request.space_id,
+                container=r.name,
+                started_at=now_wall - timedelta(seconds=now_mono - r.started),
+                stopping=r.aborted,
+            )
+            for r in self._runs.values()
+        ]
+        return sorted(found, key=lambda r: r.started_at)
 
     async def abort(self, space_id: str) -> bool:
         """Kill the runs of `space_id` (they end as aborted). False if none was running."""
