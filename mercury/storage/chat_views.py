@@ -11,12 +11,12 @@ index on messages.conversation_id, and a LIMIT: fast with 10,000 runs and 100 sp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import case, func, select
 
 from mercury.storage.models import Conversation, Message
-from mercury.storage.session import Store, tx
+from mercury.storage.session import Store, aggregate_time, tx
 
 MAX_CHATS = 200  # rows one call returns at most, whatever the caller asks
 
@@ -31,15 +31,6 @@ class ChatSummary:
     space_id: str
     messages: int
     last_activity: datetime | None
-
-
-def _aware(value: datetime | str | None) -> datetime | None:
-    """A MAX() over a timestamp comes back as text from SQLite: make it an aware UTC time."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 async def platform_chats(store: Store, platform: str, *, limit: int = 100) -> list[ChatSummary]:
@@ -74,7 +65,7 @@ async def platform_chats(store: Store, platform: str, *, limit: int = 100) -> li
             chat_id=row.chat_id,
             space_id=row.space_id,
             messages=int(row.n_messages or 0),
-            last_activity=_aware(row.latest),
+            last_activity=aggregate_time(row.latest),
         )
         for row in rows
     ]

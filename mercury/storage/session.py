@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import fields
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.dialects import postgresql, sqlite
@@ -75,3 +76,13 @@ def to_record(cls: type[R], obj: Any) -> R:
 def rowcount(result: Any) -> int:
     """How many rows an UPDATE or DELETE touched (typed loosely by SQLAlchemy)."""
     return int(result.rowcount)
+
+
+def aggregate_time(value: datetime | str | None) -> datetime | None:
+    """A MAX()/MIN() over a timestamp column as an aware UTC time: SQLite returns the
+    aggregate as untyped text, PostgreSQL as a datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -11,7 +11,7 @@ with 10,000 runs and 100 spaces; nothing loads a whole table.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -20,7 +20,7 @@ from sqlalchemy import case, func, select
 from mercury.storage.conversations import ConversationRecord
 from mercury.storage.messages import MessageRecord
 from mercury.storage.models import Conversation, Message, Space
-from mercury.storage.session import Store, to_record, tx
+from mercury.storage.session import Store, aggregate_time, to_record, tx
 from mercury.storage.spaces import SpaceRecord
 
 MAX_PAGE = 200  # rows one call returns at most, whatever the caller asks
@@ -73,15 +73,6 @@ def attachment_names(attachments: list[Any]) -> list[str]:
     return names
 
 
-def _aware(value: datetime | str | None) -> datetime | None:
-    """A MAX() over a timestamp comes back as text from SQLite: make it an aware UTC time."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _clamp(limit: int) -> int:
     return max(1, min(limit, MAX_PAGE))
 
@@ -129,7 +120,7 @@ async def space_summaries(store: Store, *, offset: int = 0, limit: int = 50) -> 
             space=to_record(SpaceRecord, row[0]),
             conversations=int(row.n_convs or 0),
             messages=int(row.n_messages or 0),
-            last_activity=_aware(row.latest),
+            last_activity=aggregate_time(row.latest),
         )
         for row in rows
     ]

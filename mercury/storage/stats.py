@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, Integer, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mercury.storage.models import Job, JobStatus, Message, Run, RunReason, Space, Usage, utcnow
-from mercury.storage.session import Store, tx
+from mercury.storage.session import Store, aggregate_time, tx
 
 # Run-duration histogram bounds in seconds (Prometheus `le`); +Inf is added by the reader.
 DURATION_BUCKETS_S: tuple[float, ...] = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -311,16 +311,7 @@ async def last_activity(
         q = q.where(Space.id.in_(list(space_ids)))
     async with tx(store) as s:
         rows = (await s.execute(q)).all()
-    return {r.id: _as_utc(r.latest) for r in rows}
-
-
-def _as_utc(value: datetime | str | None) -> datetime | None:
-    """A MAX() over a timestamp column comes back untyped from SQLite: make it aware UTC."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return {r.id: aggregate_time(r.latest) for r in rows}
 
 
 __all__ = [
