@@ -46,7 +46,7 @@ async def platform_chats(store: Store, platform: str, *, limit: int = 100) -> li
         .label("latest")
     )
     count = (
-        select(func.count(Message.id))
+        select(func.count())
         .where(Message.conversation_id == Conversation.id)
         .correlate(Conversation)
         .scalar_subquery()

@@ -93,7 +93,7 @@ async def space_summaries(store: Store, *, offset: int = 0, limit: int = 50) -> 
         .label("latest")
     )
     n_messages = (
-        select(func.count(Message.id))
+        select(func.count())
         .where(Message.space_id == Space.id)
         .correlate(Space)
         .scalar_subquery()
