@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from mercury.core.messages import InboundMessage
@@ -29,6 +29,17 @@ class TriggerRule:
     direct_messages: bool = True
     reply_to_bot: bool = True
     bot_handles: tuple[str, ...] = ()
+
+
+# The space preference that overrides `trigger.match` for one space (dashboard: Spaces).
+TRIGGER_PREF = "_trigger"
+
+
+def space_rule(base: TriggerRule, override: str | None) -> TriggerRule:
+    """`base` (from the config) with the space's own match mode, when it stored a valid one."""
+    if override is None or override not in TriggerMode.__members__.values():
+        return base
+    return replace(base, match=TriggerMode(override))
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from mercury.core.router import (
     route,
 )
 from mercury.core.spaces import default_space_id
-from mercury.core.triggers import TriggerMode, TriggerRule
+from mercury.core.triggers import TRIGGER_PREF, TriggerMode, TriggerRule, space_rule
 from mercury.logging import first_line, get_logger
 from mercury.pipeline.commands import ChatCommands
 from mercury.pipeline.dispatcher import Dispatcher
@@ -207,7 +207,8 @@ class InboundHandler:
         custom: dict[str, set[str]] = {}
         if is_custom(role):
             custom[role] = await repo.role_permissions(self.db, space_id, role)
-        rule = self.rule
+        prefs = await repo.get_preferences(self.db, space_id)
+        rule = space_rule(self.rule, prefs.get(TRIGGER_PREF))
         # Adapters that know the bot's handle ("@name_bot") let the router strip it.
         handles = self.adapters[msg.platform].bot_handles if msg.platform in self.adapters else ()
         if handles:

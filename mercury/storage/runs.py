@@ -223,6 +223,8 @@ class RunFilter:
     failed: bool | None = None
     min_duration_ms: int | None = None
     exit_code: int | None = None
+    min_tokens: int | None = None  # input + output
+    min_cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +295,10 @@ def _conditions(f: RunFilter, before: RunCursor | None) -> list[ColumnElement[bo
         where.append(Run.duration_ms >= f.min_duration_ms)
     if f.exit_code is not None:
         where.append(Run.exit_code == f.exit_code)
+    if f.min_tokens is not None:
+        where.append(Run.input_tokens + Run.output_tokens >= f.min_tokens)
+    if f.min_cost_usd is not None:
+        where.append(Run.cost_usd >= f.min_cost_usd)
     if before is not None:
         where.append(
             or_(

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from mercury.core.commands import MODEL_PREF
+from mercury.core.triggers import TRIGGER_PREF
 from mercury.sandbox.spaces import spaces_root
 from mercury.storage import (
     MessageRole,
@@ -296,6 +297,14 @@ async def test_settings_profile_model_pause_resume_clear(tmp_path: Path) -> None
         assert (await post(http, "/spaces/a/model", token, model="nope")).status == 400
         assert (await post(http, "/spaces/a/model", token, model="default")).status == 303
         assert MODEL_PREF not in await get_preferences(db, "a")
+
+        assert (await post(http, "/spaces/a/trigger", token, match="always")).status == 303
+        assert (await get_preferences(db, "a"))[TRIGGER_PREF] == "always"
+        doc = await get_page(http, "/spaces/a")
+        assert doc.find("option", value="always").attrs.get("selected") is not None
+        assert (await post(http, "/spaces/a/trigger", token, match="loud")).status == 400
+        assert (await post(http, "/spaces/a/trigger", token, match="default")).status == 303
+        assert TRIGGER_PREF not in await get_preferences(db, "a")
 
         before = utcnow()
         assert (await post(http, "/spaces/a/pause", token, duration="1.5h")).status == 303

@@ -196,3 +196,24 @@ async def test_find_runs_pages_with_a_cursor_through_equal_start_times(db: Datab
     assert pages == 4
     exact = await find_runs(db, limit=7)
     assert [i.id for i in exact.items] == expected and exact.next is None
+
+
+async def test_find_runs_by_tokens_and_cost(db: Database) -> None:
+    await get_or_create_space(db, "t")
+    spend = {"cheap": (100, 20, 0.001), "dear": (9_000, 1_000, 0.75), "unpriced": (5_000, 0, None)}
+    ids = {}
+    for minute, (name, (tin, tout, cost)) in enumerate(spend.items()):
+        run = await record_run(
+            db,
+            space_id="t",
+            reason=RunReason.OK,
+            input_tokens=tin,
+            output_tokens=tout,
+            cost_usd=cost,
+            started_at=T0 + timedelta(minutes=minute),
+        )
+        ids[name] = run.id
+    assert await _names(db, ids, RunFilter(min_tokens=5_000)) == ["unpriced", "dear"]
+    assert await _names(db, ids, RunFilter(min_tokens=10_000)) == ["dear"]
+    assert await _names(db, ids, RunFilter(min_cost_usd=0.01)) == ["dear"]
+    assert await _names(db, ids, RunFilter(min_cost_usd=0)) == ["dear", "cheap"]

@@ -34,7 +34,7 @@ __all__ = ["PAGE_SIZE", "RunQuery", "parse_query", "reason_class", "routes", "ta
 routes = web.RouteTableDef()
 
 PAGE_SIZE = 50
-FILTER_FIELDS = ("space", "status", "reason", "min_duration", "exit_code")
+FILTER_FIELDS = ("space", "status", "reason", "min_duration", "exit_code", "min_tokens", "min_cost")
 STATUSES = ("ok", "failed")
 MAX_SPACE_CHOICES = 500  # the filter's suggestions; any space id can still be typed
 
@@ -94,6 +94,24 @@ def parse_query(query: Mapping[str, str]) -> RunQuery:
         except ValueError:
             errors.append("exit code: a whole number")
             exit_code = None
+    min_tokens: int | None = None
+    if form["min_tokens"]:
+        try:
+            min_tokens = int(form["min_tokens"])
+            if not 0 <= min_tokens < 2**62:
+                raise ValueError(min_tokens)
+        except ValueError:
+            errors.append("minimum tokens: a whole number, 0 or more")
+            min_tokens = None
+    min_cost: float | None = None
+    if form["min_cost"]:
+        try:
+            min_cost = float(form["min_cost"])
+            if not 0 <= min_cost <= 10**9:
+                raise ValueError(min_cost)
+        except ValueError:
+            errors.append("minimum cost: a number of US dollars, 0 or more")
+            min_cost = None
     before: RunCursor | None = None
     token = query.get("before", "").strip()
     if token:
@@ -106,6 +124,8 @@ def parse_query(query: Mapping[str, str]) -> RunQuery:
         failed=failed,
         min_duration_ms=min_ms,
         exit_code=exit_code,
+        min_tokens=min_tokens,
+        min_cost_usd=min_cost,
     )
     return RunQuery(filters, before, form, errors)
 

@@ -31,6 +31,7 @@ from mercury.core.commands import MODEL_PREF
 from mercury.core.durations import DurationError, parse_duration
 from mercury.core.permissions import role_name_problem
 from mercury.core.spaces import is_safe_space_id
+from mercury.core.triggers import TRIGGER_PREF, TriggerMode
 from mercury.dashboard.deps import deps
 from mercury.dashboard.render import page, render
 from mercury.pipeline.commands import find_leg
@@ -84,6 +85,8 @@ NOTICES: dict[str, str] = {
     "profile": "Profile changed; the next run uses it.",
     "model": "Model changed; the next run tries it first.",
     "model-default": "Model reset to the chain's order.",
+    "trigger": "Trigger mode changed for this space; the next message follows it.",
+    "trigger-default": "Trigger mode follows the configuration again.",
     "paused": "Space paused.",
     "resumed": "Space resumed.",
     "cleared": "Context cleared: the next message starts a fresh conversation.",
@@ -220,6 +223,8 @@ async def _detail(
         chosen_model=chosen,
         current_model=chosen or chain[0].model,
         trigger=d.config.trigger,
+        space_trigger=prefs.get(TRIGGER_PREF),
+        trigger_modes=[m.value for m in TriggerMode],
         trigger_from=trigger_source(d.loaded.sources, d.loaded.path),
         platforms=list(PLATFORMS),
         notice=NOTICES.get(request.query.get("done", "")),
@@ -284,6 +289,19 @@ async def _model(request: web.Request, space: SpaceRecord, form: Any) -> Outcome
         raise FormProblem(f"no model {wanted!r} in the chain")
     await set_preference(d.db, space.id, MODEL_PREF, leg.model)  # as /model switch does
     return Outcome("model", "settings")
+
+
+async def _trigger(request: web.Request, space: SpaceRecord, form: Any) -> Outcome:
+    """The space's own trigger mode, or back to the config's (`default`)."""
+    db = deps(request).db
+    mode = field(form, "match", max_len=16)
+    if mode == "default":
+        await delete_preference(db, space.id, TRIGGER_PREF)
+        return Outcome("trigger-default", "settings")
+    if mode not in {m.value for m in TriggerMode}:
+        raise FormProblem(f"unknown trigger mode {mode!r}")
+    await set_preference(db, space.id, TRIGGER_PREF, mode)
+    return Outcome("trigger", "settings")
 
 
 async def _pause(request: web.Request, space: SpaceRecord, form: Any) -> Outcome:
@@ -357,6 +375,7 @@ ACTIONS = {
     "unlink": _unlink,
     "profile": _profile,
     "model": _model,
+    "trigger": _trigger,
     "pause": _pause,
     "resume": _resume,
     "clear": _clear,

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from mercury.core.messages import ConversationRef, InboundMessage
-from mercury.core.triggers import TriggerMode, TriggerRule, should_trigger
+from mercury.core.triggers import TriggerMode, TriggerRule, should_trigger, space_rule
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -96,3 +96,13 @@ def test_bot_messages_never_trigger(rule: TriggerRule) -> None:
 def test_string_mode_from_config_works() -> None:
     rule = TriggerRule(match="always")  # type: ignore[arg-type]
     assert should_trigger(msg("x"), rule).triggered
+
+
+def test_a_space_override_changes_only_the_match_mode() -> None:
+    base = TriggerRule(match=TriggerMode.MENTION, prefixes=("!m",), direct_messages=False)
+    assert space_rule(base, None) is base
+    assert space_rule(base, "nonsense") is base  # a bad stored value never breaks routing
+    always = space_rule(base, "always")
+    assert always.match is TriggerMode.ALWAYS
+    assert (always.prefixes, always.direct_messages) == (("!m",), False)
+    assert space_rule(base, "prefix").match is TriggerMode.PREFIX

@@ -25,6 +25,8 @@ def test_every_filter_is_read() -> None:
             "reason": "timeout",
             "min_duration": "2.5",
             "exit_code": "137",
+            "min_tokens": "5000",
+            "min_cost": "0.25",
         }
     )
     assert query.errors == []
@@ -34,6 +36,8 @@ def test_every_filter_is_read() -> None:
         failed=True,
         min_duration_ms=2500,
         exit_code=137,
+        min_tokens=5000,
+        min_cost_usd=0.25,
     )
     assert parse_query({"status": "ok"}).filters.failed is False
     assert parse_query({"exit_code": "-1"}).filters.exit_code == -1
@@ -47,6 +51,8 @@ def test_nonsense_is_named_not_guessed() -> None:
             "reason": "bored",
             "min_duration": "-1",
             "exit_code": "1.5",
+            "min_tokens": "-3",
+            "min_cost": "free",
             "before": "garbage",
         }
     )
@@ -58,6 +64,8 @@ def test_nonsense_is_named_not_guessed() -> None:
         "reason",
         "minimum duration",
         "exit code",
+        "minimum tokens",
+        "minimum cost",
         "before",
     ]
     assert parse_query({"min_duration": "nan"}).errors

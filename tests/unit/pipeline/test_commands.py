@@ -24,6 +24,7 @@ import pytest
 from mercury.config import Config
 from mercury.core.history import HistoryItem, select_history
 from mercury.core.messages import ConversationRef, InboundMessage, Reply, SentMessage
+from mercury.core.triggers import TRIGGER_PREF
 from mercury.pipeline.commands import ChatCommands, find_leg, model_list_text
 from mercury.pipeline.dispatcher import Dispatcher
 from mercury.pipeline.inbound import InboundHandler
@@ -81,7 +82,9 @@ class Chat:
         self.adapter = adapter
         self._ids = count(1)
 
-    async def say(self, text: str, *, author: str = ADMIN, ts: datetime | None = None) -> str:
+    async def say(
+        self, text: str, *, author: str = ADMIN, ts: datetime | None = None, dm: bool = True
+    ) -> str:
         """Send `text`; the one notice it got back, or "" when none."""
         before = len(self.adapter.sent)
         msg_id = next(self._ids)
@@ -94,7 +97,7 @@ class Chat:
                 author_name=author,
                 text=text,
                 ts=ts or utcnow(),
-                is_dm=True,
+                is_dm=dm,
             )
         )
         answers = self.adapter.sent[before:]
@@ -355,3 +358,21 @@ async def test_commands_work_without_the_inbound_handler(
     assert (await commands.status("lone", now)).startswith("Idle.")
     assert await commands.pause("lone", None) == "Paused. Send /resume to continue."
     assert "paused here until an admin sends /resume" in await commands.status("lone", now)
+
+
+# ------------------------------------------------------------------------- trigger mode
+
+
+async def test_a_space_trigger_mode_overrides_the_configured_one(chat: Chat, db: Database) -> None:
+    """The dashboard stores a space's own trigger mode as a preference; the next message in
+    a group chat follows it, and removing it restores the configured `mention` mode."""
+    await chat.say("hello everyone", author=MEMBER, dm=False)
+    assert await queued(db) == []  # configured: mention only
+
+    await repo.set_preference(db, SPACE, TRIGGER_PREF, "always")
+    await chat.say("hello again", author=MEMBER, dm=False)
+    assert [p.prompt for p in await queued(db)] == ["hello again"]
+
+    await repo.delete_preference(db, SPACE, TRIGGER_PREF)
+    await chat.say("and once more", author=MEMBER, dm=False)
+    assert [p.prompt for p in await queued(db)] == ["hello again"]
