@@ -179,11 +179,12 @@ class App:
     def _build_auth(self) -> Any:
         """The one login layer of the web chat and the dashboard (mercury.http.auth).
 
-        Its sessions live in the database, so a restart keeps the operator logged in;
-        without a database yet (tests that only mount routes) they live in memory.
+        Its sessions live in the database and its cookies are signed with the instance's
+        key in data_dir, so a restart keeps the operator logged in; without a database yet
+        (tests that only mount routes) both live in memory.
         """
         from mercury.http.auth import WebAuth
-        from mercury.http.sessions import MemorySessionStore, SessionStore
+        from mercury.http.sessions import MemorySessionStore, SessionStore, signing_key
 
         cfg = self.config
         password = self.loaded.secrets.dashboard_password
@@ -202,6 +203,7 @@ class App:
             public_url=cfg.server.public_url,
             trusted_proxies=cfg.server.trusted_proxies,
             sessions=sessions,
+            cookie_key=signing_key(cfg.data_dir) if self.db is not None else None,
         )
 
     def _build_adapters(self) -> None:

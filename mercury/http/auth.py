@@ -47,6 +47,7 @@ from mercury.core.login_throttle import (
 from mercury.http.origin import RequestSource
 from mercury.http.sessions import (
     SESSION_COOKIE,
+    CookieSigner,
     LoginSession,
     MemorySessionStore,
     SessionStore,
@@ -134,11 +135,14 @@ class WebAuth:
         throttle: ThrottlePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         sessions: SessionStore | None = None,
+        cookie_key: bytes | None = None,
     ) -> None:
         self.username = username
         self._password = password or None
         # The App passes the database's store; on its own (tests) sessions live in memory.
         self.sessions: SessionStore = sessions or MemorySessionStore(session_ttl)
+        # The App passes the instance's kept key (cookies survive a restart); else random.
+        self.cookies = CookieSigner(cookie_key)
         self.source = RequestSource(public_url, trusted_proxies)
         self.throttle = LoginThrottle(throttle)
         self._clock = clock
@@ -218,7 +222,15 @@ class WebAuth:
         """
         if self._password is None:
             return None
-        return await self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        return await self.sessions.get(self._session_id(request))
+
+    def _session_id(self, request: web.Request) -> str | None:
+        """The session id in this request's cookie, when this instance signed it."""
+        return self.cookies.unsign(request.cookies.get(SESSION_COOKIE))
+
+    def cookie_for(self, session_id: str) -> str:
+        """The cookie value that carries `session_id` (signed)."""
+        return self.cookies.sign(session_id)
 
     async def start_session(self, request: web.Request, response: web.StreamResponse) -> None:
         """Open a session for the operator and set its cookie on `response`.
@@ -230,7 +242,7 @@ class WebAuth:
         log.info("login", username=self.username, remote=self.source.client(request))
         response.set_cookie(
             SESSION_COOKIE,
-            session_id,
+            self.cookies.sign(session_id),
             max_age=int(self.sessions.ttl),
             path="/",
             httponly=True,
@@ -240,7 +252,7 @@ class WebAuth:
 
     async def end_session(self, request: web.Request, response: web.StreamResponse) -> None:
         """Drop this request's session and clear its cookie on `response`."""
-        await self.sessions.drop(request.cookies.get(SESSION_COOKIE))
+        await self.sessions.drop(self._session_id(request))
         response.del_cookie(
             SESSION_COOKIE,
             path="/",
@@ -258,7 +270,7 @@ class WebAuth:
             if check.ok:
                 return Caller(self.username, "bearer")
             return self._refused(check, "wrong bearer token (it is the dashboard password)")
-        session = await self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        session = await self.sessions.get(self._session_id(request))
         return Caller(session.username, "cookie") if session else json_error(401, NOT_LOGGED_IN)
 
     async def guard(self, request: web.Request, write: Write = None) -> str | web.Response:

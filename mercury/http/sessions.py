@@ -16,22 +16,28 @@ Two stores with one async interface (`SessionStore`):
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import os
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 SESSION_COOKIE = "mercury_session"
 
 __all__ = [
     "SESSION_COOKIE",
+    "CookieSigner",
     "LoginSession",
     "MemorySessionStore",
     "SessionStore",
     "new_csrf_token",
     "new_session_id",
     "session_digest",
+    "signing_key",
 ]
 
 
@@ -55,6 +61,53 @@ def new_csrf_token() -> str:
 def session_digest(session_id: str) -> str:
     """What the store keeps instead of the id: its SHA-256, hex."""
     return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+KEY_FILE = "session-signing.key"
+
+
+def signing_key(data_dir: Path) -> bytes:
+    """The instance's cookie-signing key: 32 random bytes in `data_dir` (0600), made on
+    first use and kept, so cookies signed before a restart still verify after it."""
+    path = data_dir / KEY_FILE
+    try:
+        key = path.read_bytes()
+        if len(key) >= 32:
+            return key
+    except FileNotFoundError:
+        pass
+    key = secrets.token_bytes(32)
+    tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+    os.replace(tmp, path)
+    return key
+
+
+class CookieSigner:
+    """The session cookie is `<id>.<HMAC-SHA256(key, id)>`: a cookie not made by this
+    instance is refused before any store is asked, and a session id read out of the store
+    (only its SHA-256 is there anyway) is no cookie without the key."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key or secrets.token_bytes(32)  # no key given: valid for this process
+
+    def _mac(self, session_id: str) -> str:
+        digest = hmac.new(self._key, session_id.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def sign(self, session_id: str) -> str:
+        return f"{session_id}.{self._mac(session_id)}"
+
+    def unsign(self, cookie: str | None) -> str | None:
+        """The session id of a cookie this instance signed, else None."""
+        if not cookie or "." not in cookie:
+            return None
+        session_id, _, mac = cookie.rpartition(".")
+        if not session_id or not hmac.compare_digest(mac.encode(), self._mac(session_id).encode()):
+            return None
+        return session_id
 
 
 class SessionStore(Protocol):

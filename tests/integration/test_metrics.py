@@ -201,13 +201,16 @@ async def test_without_the_token_or_a_session_it_is_401(
 
 async def test_a_dashboard_login_session_may_scrape(site: Site) -> None:
     session_id, _ = await site.adapter.auth.sessions.create("admin")
+    cookie = site.adapter.auth.cookie_for(session_id)
 
-    status, text, _ = await site.get(Cookie=f"{SESSION_COOKIE}={session_id}")
+    status, text, _ = await site.get(Cookie=f"{SESSION_COOKIE}={cookie}")
     assert status == 200
     assert _value(_samples(text), "mercury_runs_total", reason="ok") == 2
+    # The bare id (what a leaked store row could give, were it not hashed) is no cookie.
+    assert (await site.get(Cookie=f"{SESSION_COOKIE}={session_id}"))[0] == 401
 
     await site.adapter.auth.sessions.drop(session_id)
-    status, _, _ = await site.get(Cookie=f"{SESSION_COOKIE}={session_id}")
+    status, _, _ = await site.get(Cookie=f"{SESSION_COOKIE}={cookie}")
     assert status == 401
 
 
@@ -216,4 +219,5 @@ async def test_without_a_metrics_token_only_a_session_works(site_without_token: 
     assert (await site.get(Authorization="Bearer "))[0] == 401
     assert (await site.get(Authorization=f"Bearer {TOKEN}"))[0] == 401
     session_id, _ = await site.adapter.auth.sessions.create("admin")
-    assert (await site.get(Cookie=f"{SESSION_COOKIE}={session_id}"))[0] == 200
+    cookie = site.adapter.auth.cookie_for(session_id)
+    assert (await site.get(Cookie=f"{SESSION_COOKIE}={cookie}"))[0] == 200
