@@ -1,7 +1,7 @@
 """`mercury run` as a real process on a tmp site, driven over its web chat API.
 
 Shared by the pipeline tests and the end-to-end attack tests; the `fake` and `site`
-fixtures that build it live in conftest.py.
+fixtures that build it live in conftest.py. `mercury(...)` runs one CLI command.
 """
 
 from __future__ import annotations
@@ -21,12 +21,35 @@ from typing import Any
 from tests.fakes.model_server import FakeModelServer, Text, Turn
 
 PASSWORD = "test-dashboard-password-123"
+MERCURY = [sys.executable, "-m", "mercury.cli"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def mercury(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`mercury *args` as a subprocess in `cwd`, without the caller's MERCURY_* variables."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MERCURY_")}
+    full_env.update({"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+    full_env.update(env or {})
+    return subprocess.run(
+        [*MERCURY, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin if stdin is not None else "",
+    )
 
 
 def last_user_text(body: dict[str, Any]) -> str:

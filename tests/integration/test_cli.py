@@ -16,28 +16,7 @@ from pathlib import Path
 
 import pytest
 
-MERCURY = [sys.executable, "-m", "mercury.cli"]
-
-
-def mercury(
-    *args: str,
-    cwd: Path,
-    env: dict[str, str] | None = None,
-    timeout: float = 120,
-    stdin: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MERCURY_")}
-    full_env.update({"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
-    full_env.update(env or {})
-    return subprocess.run(
-        [*MERCURY, *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        input=stdin if stdin is not None else "",
-    )
+from tests.integration.mercury_site import MERCURY, mercury
 
 
 def free_port() -> int:

@@ -15,28 +15,18 @@ free 127.0.0.1 port. Then:
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from pydantic import SecretStr
 from yarl import URL
 
-from mercury.app import App
-from mercury.config import Config, LoadedConfig, Secrets
 from mercury.http.sessions import SESSION_COOKIE
-from mercury.storage import Database
-from mercury.storage.migrate import upgrade
+from tests.integration.dashboard_site import GOOD, PASSWORD, csrf_token, login, running
+from tests.integration.mercury_site import mercury
 
-PASSWORD = "dashboard test password"
-GOOD = {"username": "admin", "password": PASSWORD}
 WRONG = {"username": "admin", "password": "a guess"}
 
 # Routes anyone may use. Everything else must refuse a request without a login.
@@ -50,69 +40,6 @@ PUBLIC = {
     ("GET", "/chat/chat.js"),
     ("POST", "/api/login"),  # the web chat's JSON login (throttled like /login)
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Running:
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.url = f"http://127.0.0.1:{app.http.bound_port}"
-
-    def client(self) -> aiohttp.ClientSession:
-        # unsafe=True: the default jar ignores cookies from IP hosts like 127.0.0.1.
-        return aiohttp.ClientSession(self.url, cookie_jar=aiohttp.CookieJar(unsafe=True))
-
-
-@asynccontextmanager
-async def running(
-    tmp_path: Path, password: str | None = PASSWORD, **settings: Any
-) -> AsyncIterator[Running]:
-    """A real App's HTTP side (database, login, adapters, dashboard) on 127.0.0.1."""
-    config = Config.model_validate(
-        {
-            "data_dir": str(tmp_path),
-            **settings,
-            "server": {"port": free_port(), **settings.get("server", {})},
-        }
-    )
-    secrets = Secrets(dashboard_password=SecretStr(password) if password else None)
-    app = App(LoadedConfig(config, secrets, None))
-    url = config.resolved_database_url()
-    await upgrade(url)
-    app.db = Database(url)
-    app._build_adapters()
-    app._build_dashboard()
-    await app.http.start()
-    try:
-        yield Running(app)
-    finally:
-        await app.http.stop()
-        await app.db.dispose()
-
-
-async def login(http: aiohttp.ClientSession, next_path: str | None = None) -> str:
-    """Log in through the form; the session id from the cookie."""
-    form = dict(GOOD) | ({"next": next_path} if next_path else {})
-    async with http.post("/login", data=form, allow_redirects=False) as resp:
-        assert resp.status == 303, await resp.text()
-        return resp.cookies[SESSION_COOKIE].value
-
-
-async def csrf_token(http: aiohttp.ClientSession) -> str:
-    """The CSRF token as a page carries it: in <body hx-headers> and the logout form."""
-    async with http.get("/overview", allow_redirects=False) as resp:
-        assert resp.status == 200
-        html = await resp.text()
-    match = re.search(r"<body hx-headers='([^']*)'", html)
-    assert match, html[:500]
-    token = json.loads(match.group(1).replace("&#34;", '"'))["X-CSRF-Token"]
-    assert f'name="csrf" value="{token}"' in html
-    return str(token)
 
 
 # ------------------------------------------------------------ every route refuses
@@ -391,8 +318,6 @@ def test_mercury_run_warns_loudly_on_a_public_address_without_https(
     tmp_path: Path, args: list[str], warned: bool
 ) -> None:
     """The warning comes first on stderr, before anything can fail (here: no engine)."""
-    from tests.integration.test_cli import mercury
-
     r = mercury(
         "run", *args, cwd=tmp_path, timeout=60,
         env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"},

@@ -1,6 +1,6 @@
 """The Chat page (/dashboard/chat) over real HTTP: a real App's server and SQLite database.
 
-Logged in through /login (test_dashboard_auth's helpers); pages are read with a real HTML
+Logged in through /login (dashboard_site's helpers); pages are read with a real HTML
 parser. The page is the dashboard's layout around the web chat's own client: its list of
 web conversations comes from the database, its messages from the web chat's API, which
 the same login opens — checked here with the web chat adapter started on a recording sink.
@@ -18,8 +18,7 @@ from mercury.core.messages import InboundMessage
 from mercury.dashboard.pages.chat import DEFAULT_SPACE, choose_space
 from mercury.storage import MessageRole, add_message, get_or_create_space, link_conversation
 from mercury.storage.chat_views import ChatSummary
-from tests.integration.test_dashboard_auth import Running, login, running
-from tests.integration.test_dashboard_spaces import Node, Page, get_page
+from tests.integration.dashboard_site import Node, Running, get_page, login, parse, running
 
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -89,7 +88,7 @@ async def test_the_page_lists_web_conversations_newest_first_and_mounts_the_web_
         async with http.get("/dashboard/chat") as resp:
             assert resp.status == 200
             csp = resp.headers["Content-Security-Policy"]
-            root = Page(await resp.text()).root
+            root = parse(await resp.text())
 
         assert "default-src 'self'" in csp and "script-src" not in csp  # scripts: 'self' only
         nav = root.find("nav", class_="nav")
@@ -110,7 +109,7 @@ async def test_the_page_lists_web_conversations_newest_first_and_mounts_the_web_
         assert [s.attrs.get("src") for s in scripts if "chat" in s.attrs.get("src", "")] == [
             "/chat/chat.js"
         ]
-        assert all(s.attrs.get("src", "").startswith("/") and not s.text.strip() for s in scripts)
+        assert all(s.attrs.get("src", "").startswith("/") and not s.text for s in scripts)
 
         async with http.get("/chat/chat.js") as resp:
             script = await resp.text()

@@ -5,20 +5,11 @@ page shows every value with its source, and not one secret."""
 from __future__ import annotations
 
 import re
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
-
-from mercury.app import App
-from mercury.config import LoadedConfig, load_config
+from mercury.config import load_config
 from mercury.dashboard.pages.config_page import MASK
-from mercury.storage import Database
-from mercury.storage.migrate import upgrade
-from tests.integration.test_dashboard_auth import PASSWORD, login
-from tests.integration.test_dashboard_usage import Node, parse
+from tests.integration.dashboard_site import PASSWORD, Node, free_port, login, parse, serving
 
 DB_PASSWORD = "pg-secret-in-a-url-4711"
 ANTHROPIC = "sk-ant-configpagetest-0123456789abcdef"
@@ -26,35 +17,12 @@ EXT_TOKEN = "extension-token-abcdef-123456"
 ENV_TOKEN = "ghp_containerenvtoken123456"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@asynccontextmanager
-async def serving(loaded: LoadedConfig) -> AsyncIterator[str]:
-    """A real App's HTTP side for `loaded` (as in test_dashboard_auth.running); its URL."""
-    app = App(loaded)
-    url = loaded.config.resolved_database_url()
-    await upgrade(url)
-    app.db = Database(url)
-    app._build_adapters()
-    app._build_dashboard()
-    await app.http.start()
-    try:
-        yield f"http://127.0.0.1:{app.http.bound_port}"
-    finally:
-        await app.http.stop()
-        await app.db.dispose()
-
-
 def config_table(root: Node) -> dict[str, tuple[str, str]]:
     """key -> (value, source cell text), from every section's table."""
     rows = {}
-    for tr in root.iter("tr"):
+    for tr in root.find_all("tr"):
         if "data-key" in tr.attrs:
-            _key, value, source = (td.text for td in tr.iter("td"))
+            _key, value, source = (td.text for td in tr.find_all("td"))
             rows[tr.attrs["data-key"]] = (value, source)
     return rows
 
@@ -76,10 +44,7 @@ async def test_config_page_shows_values_sources_and_no_secret(tmp_path: Path) ->
         "MERCURY_HISTORY__TURNS": "7",
     }
     loaded = load_config(path, env=env)
-    async with (
-        serving(loaded) as url,
-        aiohttp.ClientSession(url, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
-    ):
+    async with serving(loaded) as site, site.client() as http:
         async with http.get("/config", allow_redirects=False) as resp:
             assert resp.status == 303  # a stranger is sent to log in
         await login(http)
@@ -103,8 +68,8 @@ async def test_config_page_shows_values_sources_and_no_secret(tmp_path: Path) ->
     summary = re.search(r"(\d+) values? from the file, (\d+) from the environment", root.text)
     assert summary is not None and int(summary[1]) >= 6 and summary[2] == "1"
     secrets = {
-        tr.attrs["data-secret"]: tr.iter("td")[1].text
-        for tr in root.iter("tr")
+        tr.attrs["data-secret"]: tr.find_all("td")[1].text
+        for tr in root.find_all("tr")
         if "data-secret" in tr.attrs
     }
     assert secrets["MERCURY_DASHBOARD_PASSWORD"] == "set"
@@ -112,8 +77,7 @@ async def test_config_page_shows_values_sources_and_no_secret(tmp_path: Path) ->
     assert secrets["OPENAI_API_KEY"] == "not set"
     # Every section has a table and a link to it.
     toc = root.find("ul", class_="config-toc")
-    assert toc is not None
-    links = [a.attrs["href"] for a in toc.iter("a")]
+    links = [a.attrs["href"] for a in toc.find_all("a")]
     for section in ("#cfg-server", "#cfg-container", "#cfg-model", "#cfg-secrets"):
         assert section in links
-        assert root.find("section", id=section[1:]) is not None
+        assert root.maybe("section", id=section[1:]) is not None

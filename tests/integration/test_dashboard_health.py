@@ -9,8 +9,7 @@ from pathlib import Path
 
 from mercury.checks import CheckResult, Status
 from mercury.dashboard.pages.health import HealthCache, check_rows, health_cache, summary
-from tests.integration.test_dashboard_auth import login, running
-from tests.integration.test_dashboard_usage import Node, parse
+from tests.integration.dashboard_site import Node, login, parse, running
 
 MISSING_IMAGE = "mercury-test-no-such-image:never"
 
@@ -18,12 +17,11 @@ MISSING_IMAGE = "mercury-test-no-such-image:never"
 def check_table(root: Node) -> dict[str, tuple[str, str, str]]:
     """Check name -> (status, detail, fix), from the rows of the page."""
     section = root.find("section", id="health-checks")
-    assert section is not None
     rows = {}
-    for tr in section.iter("tr"):
+    for tr in section.find_all("tr"):
         if not tr.has_class("check-row"):
             continue
-        status, name, detail, fix = (td.text for td in tr.iter("td"))
+        status, name, detail, fix = (td.text for td in tr.find_all("td"))
         rows[name] = (tr.attrs["data-status"], detail, fix)
         assert status.startswith(tr.attrs["data-status"])
     return rows
@@ -50,9 +48,9 @@ async def test_health_page_runs_the_doctor_checks_with_their_fixes(tmp_path: Pat
             "build it: mercury image build",
         )
         alert = root.find("p", role="status")
-        assert alert is not None and "A required check fails" in alert.text
+        assert "A required check fails" in alert.text
         # The Refresh control works with and without JavaScript.
-        refresh = next(a for a in root.iter("a") if a.attrs.get("hx-get"))
+        refresh = next(a for a in root.find_all("a") if a.attrs.get("hx-get"))
         assert refresh.attrs["href"] == "/health?fresh=1"
         assert refresh.attrs["hx-get"] == "/health/checks?fresh=1"
 

@@ -15,8 +15,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,12 @@ from typing import Any
 import aiohttp
 import docker
 import pytest
-from pydantic import SecretStr
 
-from mercury.app import App
-from mercury.config import Config, LoadedConfig, Secrets
 from mercury.dashboard.pages.overview import FEED, OverviewData, runs_chart, sse_event
 from mercury.sandbox.runner import ContainerRunner, RunningContainer
 from mercury.sandbox.types import RunReason as SandboxReason
 from mercury.sandbox.types import RunRequest
 from mercury.storage import (
-    Database,
     JobStatus,
     RunReason,
     add_usage,
@@ -42,38 +37,16 @@ from mercury.storage import (
     list_jobs,
     record_run,
 )
-from mercury.storage.migrate import upgrade
 from mercury.storage.stats import HourCount, TodayUsage, UsageTotals
-from tests.integration.test_dashboard_auth import (
-    PASSWORD,
-    Running,
-    csrf_token,
-    free_port,
-    login,
-)
-from tests.integration.test_dashboard_tasks import Node, parse
+from tests.integration.dashboard_site import Node, Running, csrf_token, login, parse, running
 
 
-@asynccontextmanager
-async def site(tmp_path: Path, runner: ContainerRunner | None = None) -> AsyncIterator[Running]:
+def site(
+    tmp_path: Path, runner: ContainerRunner | None = None
+) -> AbstractAsyncContextManager[Running]:
     """A real App's HTTP side (database, login, adapters, dashboard), with `runner` as its
     container runner (None: the page says no runner is in this process)."""
-    config = Config.model_validate(
-        {"data_dir": str(tmp_path / "site"), "server": {"port": free_port()}}
-    )
-    app = App(LoadedConfig(config, Secrets(dashboard_password=SecretStr(PASSWORD)), None))
-    url = config.resolved_database_url()
-    await upgrade(url)
-    app.db = Database(url)
-    app.runner = runner
-    app._build_adapters()
-    app._build_dashboard()
-    await app.http.start()
-    try:
-        yield Running(app)
-    finally:
-        await app.http.stop()
-        await app.db.dispose()
+    return running(tmp_path / "site", runner=runner)
 
 
 async def page_doc(http: aiohttp.ClientSession) -> Node:
@@ -85,16 +58,16 @@ async def page_doc(http: aiohttp.ClientSession) -> Node:
 def count(doc: Node, name: str) -> str:
     found = [n for n in doc.walk() if n.attrs.get("data-count") == name]
     assert len(found) == 1, name
-    return found[0].text()
+    return found[0].text
 
 
 def rows(doc: Node, table_class: str, key: str) -> dict[str, list[str]]:
     """A table's body rows by their data-<key>, as cell texts."""
-    tables = [n for n in doc.find("table") if table_class in n.attrs.get("class", "")]
+    tables = [n for n in doc.find_all("table") if table_class in n.attrs.get("class", "")]
     assert len(tables) == 1, table_class
     return {
-        tr.attrs[f"data-{key}"]: [td.text() for td in tr.find("td")]
-        for tr in tables[0].find("tr")
+        tr.attrs[f"data-{key}"]: [td.text for td in tr.find_all("td")]
+        for tr in tables[0].find_all("tr")
         if f"data-{key}" in tr.attrs
     }
 
@@ -173,17 +146,16 @@ async def test_the_numbers_match_the_stored_runs_usage_and_jobs(tmp_path: Path) 
         }
         assert count(doc, "queued") == "4"
         assert rows(doc, "queue-table", "space") == {"beta": ["beta", "3"], "alpha": ["alpha", "1"]}
-        chart = doc.find("svg")
-        assert len(chart) == 1 and "5 runs, 3 failed" in chart[0].text()
+        charts = doc.find_all("svg")
+        assert len(charts) == 1 and "5 runs, 3 failed" in charts[0].text
         # No runner in this process: said so, no Stop button.
-        running = doc.by_id("running")
-        assert running is not None and "Not running" in running.text()
-        assert not running.find("button")
+        panel = doc.by_id("running")
+        assert "Not running" in panel.text
+        assert not panel.find_all("button")
         # The web chat (enabled by default) is listed with its state: not started here.
         adapters = doc.by_id("adapters")
-        assert adapters is not None
         web = [n for n in adapters.walk() if n.attrs.get("data-platform") == "web"]
-        assert len(web) == 1 and "not connected" in web[0].text()
+        assert len(web) == 1 and "not connected" in web[0].text
         # The page subscribes to its live stream.
         live = [n for n in doc.walk() if n.attrs.get("sse-connect")]
         assert [n.attrs["sse-connect"] for n in live] == ["/overview/events"]
@@ -198,8 +170,8 @@ async def test_an_empty_database_shows_zeros_and_nothing_waiting(tmp_path: Path)
         doc = await page_doc(http)
         assert (count(doc, "runs-24h"), count(doc, "failed-24h")) == ("0", "0")
         assert (count(doc, "tokens-today"), count(doc, "cost-today")) == ("0", "$0.0000")
-        assert "Nothing is waiting." in (doc.by_id("queue") or Node("x", {})).text()
-        assert "No failed run." in doc.text()
+        assert "Nothing is waiting." in doc.by_id("queue").text
+        assert "No failed run." in doc.text
 
 
 async def test_metrics_are_mounted_behind_the_login(tmp_path: Path) -> None:
@@ -262,7 +234,7 @@ async def test_stop_aborts_the_running_container_and_clears_the_queue(
             doc = await page_doc(http)
             row = rows(doc, "running-table", "run")[req.run_id]
             assert row[:3] == ["space-a", req.run_id, container]
-            [form] = (doc.by_id("running") or Node("x", {})).find("form")
+            [form] = doc.by_id("running").find_all("form")
             assert form.attrs["action"] == "/overview/spaces/space-a/stop"
             token = await csrf_token(http)
 
@@ -283,8 +255,8 @@ async def test_stop_aborts_the_running_container_and_clears_the_queue(
                 assert resp.status == 200
                 fragment = parse(await resp.text())
             notice = fragment.by_id("overview-notice")
-            assert notice is not None and notice.attrs.get("hx-swap-oob") == "true"
-            assert notice.text() == (
+            assert notice.attrs.get("hx-swap-oob") == "true"
+            assert notice.text == (
                 "space-a: Stopped the running request. Cleared 2 waiting message(s)."
             )
             result = await asyncio.wait_for(task, 15)
@@ -300,7 +272,7 @@ async def test_stop_aborts_the_running_container_and_clears_the_queue(
         assert (kept.id, kept.status) == (other.id, JobStatus.QUEUED)
         assert runner.active_runs() == []
         doc = await page_doc(http)
-        assert "No container is running." in (doc.by_id("running") or Node("x", {})).text()
+        assert "No container is running." in doc.by_id("running").text
         assert rows(doc, "queue-table", "space") == {"space-b": ["space-b", "1"]}
 
         # A plain form (no JavaScript) posts the token as a field and is sent back.

@@ -9,61 +9,35 @@ its prompt, attempts, model calls and (escaped) log tail.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from mercury.dashboard.pages import runs as runs_page
 from mercury.storage import Database, RunReason, get_or_create_space, record_run
-from tests.integration.test_dashboard_auth import login, running
+from tests.integration.dashboard_site import Node, get_page, login, parse, running
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
 
-class Page(HTMLParser):
-    """The parts of a page these tests read: run rows, links, text by element class."""
-
-    def __init__(self, html: str) -> None:
-        super().__init__()
-        self.run_ids: list[int] = []
-        self.links: list[tuple[str, str]] = []  # (href, rel)
-        self.texts: dict[str, list[str]] = {}  # class -> text of each element with it
-        self._buffers: list[tuple[str, list[str], list[str]]] = []  # (tag, classes, text)
-        self.feed(html)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "tr" and "data-run-id" in a:
-            self.run_ids.append(int(a["data-run-id"]))
-        if tag == "a":
-            self.links.append((a.get("href", ""), a.get("rel", "")))
-        if a.get("class"):
-            self._buffers.append((tag, a["class"].split(), []))
-
-    def handle_endtag(self, tag: str) -> None:
-        for i in range(len(self._buffers) - 1, -1, -1):
-            if self._buffers[i][0] == tag:
-                _, classes, pieces = self._buffers.pop(i)
-                for cls in classes:
-                    self.texts.setdefault(cls, []).append("".join(pieces))
-                break
-
-    def handle_data(self, data: str) -> None:
-        for _, _, pieces in self._buffers:
-            pieces.append(data)
-
-    def text(self, cls: str) -> str:
-        (only,) = self.texts[cls]
-        return only
+def run_ids(doc: Node) -> list[int]:
+    """The runs the list shows, in order."""
+    return [int(tr.attrs["data-run-id"]) for tr in doc.find_all("tr") if "data-run-id" in tr.attrs]
 
 
-async def _get(http: aiohttp.ClientSession, path: str, status: int = 200) -> Page:
-    async with http.get(path, allow_redirects=False) as resp:
-        html = await resp.text()
-        assert resp.status == status, html[:2000]
-    return Page(html)
+def links(doc: Node) -> list[tuple[str, str]]:
+    """(href, rel) of every link."""
+    return [(a.attrs.get("href", ""), a.attrs.get("rel", "")) for a in doc.find_all("a")]
+
+
+def texts(doc: Node, cls: str) -> list[str]:
+    """The text, as written, of each element with this class."""
+    return [n.raw_text for n in doc.walk() if n.has_class(cls)]
+
+
+def text(doc: Node, cls: str) -> str:
+    """The text, as written, of the one element with this class."""
+    (only,) = texts(doc, cls)
+    return only
 
 
 async def _history(db: Database) -> dict[str, int]:
@@ -99,7 +73,7 @@ async def test_the_list_filters_by_query_parameters(tmp_path: Path) -> None:
         await login(http)
 
         async def shown(query: str) -> list[str]:
-            return [names[i] for i in (await _get(http, "/runs" + query)).run_ids]
+            return [names[i] for i in run_ids(await get_page(http, "/runs" + query))]
 
         assert await shown("") == ["beta-ok", "alpha-timeout", "beta-crash", "alpha-ok"]
         assert await shown("?space=alpha") == ["alpha-timeout", "alpha-ok"]
@@ -110,14 +84,14 @@ async def test_the_list_filters_by_query_parameters(tmp_path: Path) -> None:
         assert await shown("?exit_code=0") == ["beta-ok", "alpha-ok"]
         assert await shown("?space=nobody") == []
 
-        page = await _get(http, "/runs?reason=crashed")
-        assert (f"/runs/{ids['beta-crash']}", "") in page.links
-        assert "/spaces/beta" in {href for href, _ in page.links}
-        assert page.texts["badge"] == ["crashed"]
+        page = await get_page(http, "/runs?reason=crashed")
+        assert (f"/runs/{ids['beta-crash']}", "") in links(page)
+        assert "/spaces/beta" in {href for href, _ in links(page)}
+        assert texts(page, "badge") == ["crashed"]
 
-        bad = await _get(http, "/runs?exit_code=x&reason=bored", status=400)
-        assert bad.run_ids == []
-        assert "exit code: a whole number" in bad.text("error")
+        bad = await get_page(http, "/runs?exit_code=x&reason=bored", status=400)
+        assert run_ids(bad) == []
+        assert "exit code: a whole number" in text(bad, "error")
 
 
 async def test_the_list_pages_with_a_cursor(tmp_path: Path, monkeypatch: Any) -> None:
@@ -137,15 +111,15 @@ async def test_the_list_pages_with_a_cursor(tmp_path: Path, monkeypatch: Any) ->
         seen: list[int] = []
         path: str | None = "/runs?space=alpha"
         while path is not None:
-            page = await _get(http, path)
-            seen += page.run_ids
-            older = [href for href, rel in page.links if rel == "next"]
+            page = await get_page(http, path)
+            seen += run_ids(page)
+            older = [href for href, rel in links(page) if rel == "next"]
             assert len(older) <= 1
             path = older[0] if older else None
             if path is not None:
                 assert "space=alpha" in path  # the filters stay on the next page
         assert seen == [r.id for r in reversed(made)]
-        await _get(http, "/runs?before=nonsense", status=400)
+        await get_page(http, "/runs?before=nonsense", status=400)
 
 
 async def test_a_failed_runs_detail_shows_its_log_tail_escaped(tmp_path: Path) -> None:
@@ -221,26 +195,26 @@ async def test_a_failed_runs_detail_shows_its_log_tail_escaped(tmp_path: Path) -
             assert resp.status == 200
         assert "<script>alert(1)</script>" not in raw  # escaped, not markup
         assert "<b>the</b>" not in raw
-        page = Page(raw)
-        assert page.text("run-prompt") == "Summarize <b>the</b> report please"
-        assert page.text("run-log") == "booting\n<script>alert(1)</script>\nTraceback: boom\n"
-        assert "without writing result.json" in page.text("run-error")
-        facts = page.text("run-facts")
+        page = parse(raw)
+        assert text(page, "run-prompt") == "Summarize <b>the</b> report please"
+        assert text(page, "run-log") == "booting\n<script>alert(1)</script>\nTraceback: boom\n"
+        assert "without writing result.json" in text(page, "run-error")
+        facts = text(page, "run-facts")
         for expected in ("137", "mercury-run-abc", "mercury-agent:test", "1,234 in / 56 out",
                          "$0.5000", "4 s", "claude-test"):  # fmt: skip
             assert expected in facts, expected
-        attempts = page.text("run-attempts")
+        attempts = text(page, "run-attempts")
         assert "anthropic · claude-test" in attempts and "overloaded" in attempts
         assert "openai · gpt-test" in attempts and "retry" in attempts
-        calls = page.text("run-calls")
+        calls = text(page, "run-calls")
         assert "529" in calls and "no answer" in calls and "cut short" in calls
         assert "1,000 / 6" in calls
 
         # A successful run shows no log section; an unknown run is a 404 page.
-        good = await _get(http, f"/runs/{ok.id}")
-        assert "run-log" not in good.texts
-        assert "Not recorded" in " ".join(good.texts["muted"])
-        await _get(http, "/runs/999999", status=404)
+        good = await get_page(http, f"/runs/{ok.id}")
+        assert texts(good, "run-log") == []
+        assert "Not recorded" in " ".join(texts(good, "muted"))
+        await get_page(http, "/runs/999999", status=404)
 
 
 async def test_the_pages_need_a_login(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The Spaces pages over real HTTP: a real App's server, SQLite database and space folder.
 
-Logged in through /login (test_dashboard_auth's helpers); every write carries the CSRF
+Logged in through /login (dashboard_site's helpers); every write carries the CSRF
 token as the page's forms do, and its effect is read back from the database. Pages are
 read with a real HTML parser (html.parser), so escaping is checked on the parsed text.
 The folder browser is attacked the way an agent would: a symlink to /etc/passwd, a
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -37,73 +35,7 @@ from mercury.storage import (
     set_role,
     utcnow,
 )
-from tests.integration.test_dashboard_auth import Running, csrf_token, login, running
-
-# --------------------------------------------------------------------------- HTML
-
-
-class Node:
-    def __init__(self, tag: str, attrs: dict[str, str], parent: Node | None) -> None:
-        self.tag, self.attrs, self.parent = tag, attrs, parent
-        self.children: list[Node | str] = []
-
-    @property
-    def text(self) -> str:
-        return "".join(c if isinstance(c, str) else c.text for c in self.children)
-
-    def walk(self) -> Any:
-        for c in self.children:
-            if isinstance(c, Node):
-                yield c
-                yield from c.walk()
-
-    def find_all(self, tag: str, **attrs: str) -> list[Node]:
-        return [
-            n
-            for n in self.walk()
-            if n.tag == tag and all(n.attrs.get(k.rstrip("_")) == v for k, v in attrs.items())
-        ]
-
-    def find(self, tag: str, **attrs: str) -> Node:
-        found = self.find_all(tag, **attrs)
-        assert found, f"no <{tag} {attrs}>"
-        return found[0]
-
-
-_VOID = {"input", "br", "meta", "link", "img", "hr", "option"}
-
-
-class Page(HTMLParser):
-    """A parsed page: a tree of Nodes (unescaped text, attributes)."""
-
-    def __init__(self, html: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.root = Node("#root", {}, None)
-        self._at = self.root
-        self.feed(html)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        node = Node(tag, {k: v or "" for k, v in attrs}, self._at)
-        self._at.children.append(node)
-        if tag not in _VOID:
-            self._at = node
-
-    def handle_endtag(self, tag: str) -> None:
-        at: Node | None = self._at
-        while at is not None and at.tag != tag:
-            at = at.parent
-        if at is not None and at.parent is not None:
-            self._at = at.parent
-
-    def handle_data(self, data: str) -> None:
-        self._at.children.append(data)
-
-
-async def get_page(http: aiohttp.ClientSession, path: str, status: int = 200) -> Node:
-    async with http.get(path, allow_redirects=False) as resp:
-        body = await resp.text()
-        assert resp.status == status, body[:2000]
-    return Page(body).root
+from tests.integration.dashboard_site import Running, csrf_token, get_page, login, parse, running
 
 
 async def post(
@@ -141,9 +73,9 @@ async def test_spaces_list_newest_activity_first_with_state_and_counts(tmp_path:
         doc = await get_page(http, "/spaces")
         rows = doc.find("table").find("tbody").find_all("tr")
         assert [r.attrs["data-space"] for r in rows] == ["busy", "quiet"]
-        busy = [c.text.strip() for c in rows[0].find_all("td")]
+        busy = [c.text for c in rows[0].find_all("td")]
         assert busy[2] == "active" and busy[3:5] == ["2", "1"] and busy[5] == "5 min ago"
-        quiet = [c.text.strip() for c in rows[1].find_all("td")]
+        quiet = [c.text for c in rows[1].find_all("td")]
         assert quiet[0].startswith("Quiet <b>one</b>")  # shown as text, not markup
         assert quiet[1] == "coding" and quiet[2] == "paused" and quiet[5] == "—"
         assert rows[0].find("a").attrs["href"] == "/spaces/busy"
@@ -190,7 +122,7 @@ async def test_space_page_shows_the_conversation_paged_backwards(tmp_path: Path)
         async with http.get("/spaces/a") as resp:
             raw = await resp.text()
         assert "<script>alert(1)</script>" not in raw and "<i>Eve</i>" not in raw
-        doc = Page(raw).root
+        doc = parse(raw)
         items = doc.find("ol", class_="messages").find_all("li")
         assert len(items) == 50
         texts = [li.find("div", class_="text").text for li in items]
@@ -234,7 +166,7 @@ async def test_link_and_unlink_a_conversation(tmp_path: Path) -> None:
         doc = await get_page(http, "/spaces/a?done=relinked")
         assert "moved here" in doc.find("p", role="status").text
         links = doc.find("section", id="links").find("tbody").find_all("tr")
-        assert [[td.text.strip() for td in r.find_all("td")[:3]] for r in links] == [
+        assert [[td.text for td in r.find_all("td")[:3]] for r in links] == [
             ["slack", "C42", "—"],
             ["telegram", "-100", "7"],
         ]
@@ -351,7 +283,7 @@ async def test_roles_and_mutes(tmp_path: Path) -> None:
 
         doc = await get_page(http, "/spaces/a")
         row = doc.find("table", class_="roles-table").find("tbody").find("tr")
-        assert [td.text.strip() for td in row.find_all("td")[:3]] == ["slack", "U1", "helper"]
+        assert [td.text for td in row.find_all("td")[:3]] == ["slack", "U1", "helper"]
 
         assert (
             await post(http, "/spaces/a/unrole", token, platform="slack", user_id="U1")
@@ -395,7 +327,7 @@ async def test_rows_show_existing_roles_and_mutes_escaped(tmp_path: Path) -> Non
         async with http.get("/spaces/a") as resp:
             raw = await resp.text()
         assert "<img src=x>" not in raw and "<b>loud</b>" not in raw
-        doc = Page(raw).root
+        doc = parse(raw)
         assert doc.find("table", class_="roles-table").find_all("td")[1].text == "<img src=x>"
         assert doc.find("table", class_="mutes-table").find_all("td")[3].text == "<b>loud</b>"
 
@@ -427,7 +359,7 @@ async def test_files_are_listed_without_links_or_special_files(tmp_path: Path) -
         async with http.get("/spaces/a/files") as resp:
             raw = await resp.text()
         assert "<i>x" not in raw
-        doc = Page(raw).root
+        doc = parse(raw)
         rows = doc.find("tbody").find_all("tr")
         names = [r.find("a").text for r in rows]
         assert names == ["inbox/", "<i>x.html", "MEMORY.md"]

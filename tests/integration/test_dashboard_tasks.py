@@ -8,9 +8,7 @@ path (a real Dispatcher) are tested here too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from html.parser import HTMLParser
 from pathlib import Path
 
 import aiohttp
@@ -42,7 +40,7 @@ from mercury.storage import (
 )
 from mercury.storage.migrate import upgrade
 from mercury.storage.tasks import TaskRecord, add_task, get_task, list_tasks
-from tests.integration.test_dashboard_auth import csrf_token, login, running
+from tests.integration.dashboard_site import Node, csrf_token, login, parse, running
 
 NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
 
@@ -50,70 +48,10 @@ NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
 # ------------------------------------------------------------------ reading the HTML
 
 
-@dataclass
-class Node:
-    tag: str
-    attrs: dict[str, str]
-    children: list[Node] = field(default_factory=list)
-    text_parts: list[str] = field(default_factory=list)
-
-    def text(self) -> str:
-        return " ".join(" ".join(self.text_parts + [c.text() for c in self.children]).split())
-
-    def walk(self) -> list[Node]:
-        out = [self]
-        for child in self.children:
-            out.extend(child.walk())
-        return out
-
-    def find(self, tag: str, **attrs: str) -> list[Node]:
-        return [
-            n
-            for n in self.walk()
-            if n.tag == tag and all(n.attrs.get(k.rstrip("_")) == v for k, v in attrs.items())
-        ]
-
-    def by_id(self, element_id: str) -> Node | None:
-        found = [n for n in self.walk() if n.attrs.get("id") == element_id]
-        return found[0] if found else None
-
-
-_VOID = {"input", "br", "meta", "link", "img", "hr"}
-
-
-class TreeBuilder(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.root = Node("root", {})
-        self.stack = [self.root]
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        node = Node(tag, {k: v or "" for k, v in attrs})
-        self.stack[-1].children.append(node)
-        if tag not in _VOID:
-            self.stack.append(node)
-
-    def handle_endtag(self, tag: str) -> None:
-        for i in range(len(self.stack) - 1, 0, -1):
-            if self.stack[i].tag == tag:
-                del self.stack[i:]
-                return
-
-    def handle_data(self, data: str) -> None:
-        self.stack[-1].text_parts.append(data)
-
-
-def parse(html: str) -> Node:
-    builder = TreeBuilder()
-    builder.feed(html)
-    builder.close()
-    return builder.root
-
-
 def task_rows(doc: Node) -> dict[int, Node]:
     return {
         int(n.attrs["id"].removeprefix("task-")): n
-        for n in doc.find("tr")
+        for n in doc.find_all("tr")
         if n.attrs.get("id", "").startswith("task-")
     }
 
@@ -333,24 +271,24 @@ async def test_list_shows_schedule_next_run_state_and_last_result(tmp_path: Path
         assert status == 200
         rows = task_rows(doc)
         assert list(rows) == [cron.id, every.id, once.id]
-        text = rows[cron.id].text()
+        text = rows[cron.id].text
         assert "standup <b>notes</b>" in text  # escaped, shown as text
-        assert not rows[cron.id].find("b")
+        assert not rows[cron.id].find_all("b")
         assert "weekdays at 09:00 UTC (cron 0 9 * * 1-5)" in text
         assert "in 2 h" in text and "enabled" in text and "never ran" in text
-        assert "every 1 h 30 min" in rows[every.id].text()
-        last = rows[every.id].find("td", class_="last-result")[0]
-        assert "timeout" in last.text() and "19 min ago" in last.text()
+        assert "every 1 h 30 min" in rows[every.id].text
+        last = rows[every.id].find("td", class_="last-result")
+        assert "timeout" in last.text and "19 min ago" in last.text
         assert last.find("a", href=f"/runs/{run.id}")
-        assert "queued" in rows[once.id].find("td", class_="last-result")[0].text()
-        assert "once at" in rows[once.id].text()
+        assert "queued" in rows[once.id].find("td", class_="last-result").text
+        assert "once at" in rows[once.id].text
         # Each row's actions are CSRF-carrying POST forms, htmx-enhanced.
-        forms = rows[every.id].find("form")
+        forms = rows[every.id].find_all("form")
         actions = {f.attrs["action"] for f in forms}
         assert actions == {f"/tasks/{every.id}/{a}" for a in ("pause", "run", "delete")}
         assert all(f.attrs["method"] == "post" and f.attrs.get("hx-post") for f in forms)
         for form in forms:
-            assert form.find("input", name="csrf")[0].attrs["value"]
+            assert form.find("input", name="csrf").attrs["value"]
 
 
 async def test_create_a_task(tmp_path: Path) -> None:
@@ -374,7 +312,7 @@ async def test_create_a_task(tmp_path: Path) -> None:
             assert task.enabled and task.created_by == "dashboard:admin"
             assert task.conversation_id is None  # answers in the space's latest conversation
             status, doc = await _page(http, location)
-            assert "Task created." in doc.text() and task.id in task_rows(doc)
+            assert "Task created." in doc.text and task.id in task_rows(doc)
 
             status, _, _ = await _post(http, "/tasks", form | {"kind": "every", "when": "2h"})
             assert status == 303
@@ -402,10 +340,10 @@ async def test_create_refuses_bad_input_and_keeps_the_form(tmp_path: Path) -> No
                 status, _, html = await _post(http, "/tasks", good | change)
                 assert status == 400, change
                 doc = parse(html)
-                alert = [n for n in doc.find("p") if n.attrs.get("role") == "alert"]
-                assert alert and message in alert[0].text(), (change, alert and alert[0].text())
+                alert = doc.find_all("p", role="alert")
+                assert alert and message in alert[0].text, (change, alert and alert[0].text)
                 prompt = doc.by_id("task-prompt")
-                assert prompt is not None and prompt.text() == (change.get("prompt", "hi").strip())
+                assert prompt.text == change.get("prompt", "hi").strip()
             assert await list_tasks(db) == []
             # Without the CSRF token: refused, nothing stored.
             status, _, _ = await _post(
@@ -441,9 +379,9 @@ async def test_edit_a_task(tmp_path: Path) -> None:
             await login(http)
             status, doc = await _page(http, f"/tasks/{task.id}/edit")
             assert status == 200
-            assert doc.by_id("task-prompt").text() == "old prompt"  # type: ignore[union-attr]
-            assert doc.by_id("task-when").attrs["value"] == "1h30m"  # type: ignore[union-attr]
-            selected = [o for o in doc.find("option") if "selected" in o.attrs]
+            assert doc.by_id("task-prompt").text == "old prompt"
+            assert doc.by_id("task-when").attrs["value"] == "1h30m"
+            selected = [o for o in doc.find_all("option") if "selected" in o.attrs]
             assert [o.attrs["value"] for o in selected] == ["every"]
             token = await csrf_token(http)
             path = f"/tasks/{task.id}"
@@ -486,7 +424,7 @@ async def test_pause_and_resume(tmp_path: Path) -> None:
             )
             assert status == 200
             row = task_rows(parse(html))[task.id]
-            assert "paused" in row.text() and "Task paused." in row.text()
+            assert "paused" in row.text and "Task paused." in row.text
             assert row.find("form", action=f"/tasks/{task.id}/resume")
             assert "<html" not in html  # a fragment, not a page
             paused = await get_task(db, task.id)
@@ -536,8 +474,8 @@ async def test_run_now(tmp_path: Path) -> None:
             status, _, html = await _post(http, f"/tasks/{task.id}/run", {"csrf": token}, htmx=True)
             assert status == 200
             row = task_rows(parse(html))[task.id]
-            assert "Task queued to run now." in row.text()
-            assert "queued" in row.find("td", class_="last-result")[0].text()
+            assert "Task queued to run now." in row.text
+            assert "queued" in row.find("td", class_="last-result").text
             [job] = await list_jobs(db, space_id="team")
             assert job.status == JobStatus.QUEUED
             assert job.payload["task_id"] == task.id and job.payload["prompt"] == "digest"
@@ -598,6 +536,6 @@ async def test_the_list_is_paged_and_filtered_by_space(tmp_path: Path) -> None:
             _, bogus = await _page(http, "/tasks?page=x")
         assert list(task_rows(first)) == ids[:PAGE_SIZE]
         assert list(task_rows(second)) == [*ids[PAGE_SIZE:], mine.id]
-        assert "page 2 of 2" in second.text() and second.find("a", class_="button secondary small")
+        assert "page 2 of 2" in second.text and second.find("a", class_="button secondary small")
         assert list(task_rows(filtered)) == [mine.id]
         assert list(task_rows(bogus)) == ids[:PAGE_SIZE]

@@ -5,93 +5,26 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
 from datetime import timedelta
-from html.parser import HTMLParser
 from pathlib import Path
 
 from mercury.dashboard.pages.usage import TOP_SPACES
 from mercury.storage import add_usage, get_or_create_space
 from mercury.storage.models import utcnow
-from tests.integration.test_dashboard_auth import login, running
-
-SVG_VOID = {"rect", "line", "path", "circle"}  # drawn as <rect .../> or with children
-VOID = {"meta", "link", "input", "br", "img", "hr", "source"}
-
-
-@dataclass
-class Node:
-    tag: str
-    attrs: dict[str, str]
-    children: list[Node] = field(default_factory=list)
-    parts: list[str] = field(default_factory=list)
-
-    @property
-    def text(self) -> str:
-        return " ".join(" ".join([*self.parts, *(c.text for c in self.children)]).split())
-
-    def iter(self, tag: str | None = None) -> list[Node]:
-        found = [self] if tag in (None, self.tag) else []
-        for c in self.children:
-            found += c.iter(tag)
-        return found
-
-    def find(self, tag: str, **attrs: str) -> Node | None:
-        for n in self.iter(tag):
-            if all(n.attrs.get(k.rstrip("_")) == v for k, v in attrs.items()):
-                return n
-        return None
-
-    def has_class(self, name: str) -> bool:
-        return name in self.attrs.get("class", "").split()
-
-
-class Tree(HTMLParser):
-    """A small DOM from html.parser: enough to walk tables, forms and the SVG."""
-
-    def __init__(self, html: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.root = Node("#root", {})
-        self.stack = [self.root]
-        self.feed(html)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        node = Node(tag, {k: v or "" for k, v in attrs})
-        self.stack[-1].children.append(node)
-        if tag not in VOID:
-            self.stack.append(node)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.stack[-1].children.append(Node(tag, {k: v or "" for k, v in attrs}))
-
-    def handle_endtag(self, tag: str) -> None:
-        for i in range(len(self.stack) - 1, 0, -1):
-            if self.stack[i].tag == tag:
-                del self.stack[i:]
-                return
-
-    def handle_data(self, data: str) -> None:
-        self.stack[-1].parts.append(data)
-
-
-def parse(html: str) -> Node:
-    return Tree(html).root
+from tests.integration.dashboard_site import Node, login, parse, running
 
 
 def table_rows(root: Node, table_id: str) -> list[list[str]]:
-    table = root.find("table", id=table_id)
-    assert table is not None, f"no table #{table_id}"
-    body = table.iter("tbody")[0]
-    return [[td.text for td in tr.iter("td")] for tr in body.iter("tr")]
+    body = root.find("table", id=table_id).find("tbody")
+    return [[td.text for td in tr.find_all("td")] for tr in body.find_all("tr")]
 
 
 def bar_titles(root: Node) -> list[str]:
-    svg = root.iter("svg")[0]
+    svg = root.find("svg")
     return [
-        r.iter("title")[0].text
-        for r in svg.iter("rect")
-        if r.attrs.get("fill") != "transparent" and r.iter("title")
+        r.find("title").text
+        for r in svg.find_all("rect")
+        if r.attrs.get("fill") != "transparent" and r.find_all("title")
     ]
 
 
@@ -127,10 +60,9 @@ async def test_usage_page_charts_and_tables_the_stored_usage(tmp_path: Path) -> 
             assert f"{yesterday} · Beta: 400 tokens" in titles
             assert len(titles) == 2
             legend = root.find("ul", class_="legend")
-            assert legend is not None
-            assert [li.text for li in legend.iter("li")] == ["Alpha <team> 1,215", "Beta 400"]
-            assert root.find("div", id="usage-total-tokens").text == "1,615"  # type: ignore[union-attr]
-            assert root.find("div", id="usage-total-cost").text == "$2.75"  # type: ignore[union-attr]
+            assert [li.text for li in legend.find_all("li")] == ["Alpha <team> 1,215", "Beta 400"]
+            assert root.find("div", id="usage-total-tokens").text == "1,615"
+            assert root.find("div", id="usage-total-cost").text == "$2.75"
             spaces = table_rows(root, "usage-spaces")
             assert spaces[0] == ["Alpha <team> web:alpha", "1,010", "205", "$0.7500", "2"]
             assert spaces[1] == ["Beta web:beta", "300", "100", "$2.00", "1"]
@@ -144,12 +76,11 @@ async def test_usage_page_charts_and_tables_the_stored_usage(tmp_path: Path) -> 
             assert f"{yesterday} · Beta: $2.00" in titles
             assert f"{today} · Alpha <team>: $0.7500" in titles
             assert table_rows(root, "usage-spaces")[0][0] == "Beta web:beta"
-            assert root.find("div", id="usage-total-tokens").text == "1,622"  # type: ignore[union-attr]
+            assert root.find("div", id="usage-total-tokens").text == "1,622"
             selected = root.find("select", id="usage-days")
-            assert selected is not None
-            assert [o.attrs["value"] for o in selected.iter("option") if "selected" in o.attrs] == [
-                "90"
-            ]
+            assert [
+                o.attrs["value"] for o in selected.find_all("option") if "selected" in o.attrs
+            ] == ["90"]
 
 
 async def test_usage_chart_stacks_the_top_spaces_and_the_rest_as_other(tmp_path: Path) -> None:
