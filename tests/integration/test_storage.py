@@ -116,6 +116,22 @@ def postgres_server_url() -> str:
     return lines[-1]
 
 
+async def _drop_database(admin: asyncpg.Connection, name: str) -> None:
+    """Drop a test database, whoever is still connected to it.
+
+    FORCE ends connections a failing test leaked. It may not end another role's backend:
+    an autovacuum worker (the server's own) that just started in the new database makes
+    the drop fail with InsufficientPrivilege; that worker ends by itself within moments.
+    """
+    for _ in range(100):
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except asyncpg.exceptions.InsufficientPrivilegeError:
+            await asyncio.sleep(0.1)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @asynccontextmanager
 async def fresh_postgres_database(server_url: str) -> AsyncIterator[str]:
     """Create an empty database on the server for one test; drop it afterwards."""
@@ -128,8 +144,7 @@ async def fresh_postgres_database(server_url: str) -> AsyncIterator[str]:
         try:
             yield server.set(database=name).render_as_string(hide_password=False)
         finally:
-            # FORCE: a connection leaked by a failing test must not keep the database alive.
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await _drop_database(admin, name)
     finally:
         await admin.close()
 
