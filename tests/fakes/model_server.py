@@ -10,13 +10,23 @@ for the request's "model", else the shared queue. A turn is
 
 - `Text("...")` or `ToolCall(name, {args})`: one reply part;
 - a list of parts, e.g. `[Text("let me look"), ToolCall(...), ToolCall(...)]`;
-- `Turn(parts, input_tokens=, output_tokens=, delay=, event_delay=, body_delay=)` for usage
-  and timing (a long `delay` is a model that hangs);
+- `Turn(parts, input_tokens=, output_tokens=, delay=, event_delay=, body_delay=,
+  first_token_delay=, tokens_per_second=)` for usage and timing (a long `delay` is a model
+  that hangs);
 - `Error(status)`: that status with the provider's error body (e.g. 529 overloaded).
 
 A request with no turn left gets a 500 whose body says so. Streaming (`"stream": true`)
-answers with each provider's exact SSE events. Every model request is recorded in
-`fake.requests` (path, query, lower-cased headers, JSON body, and for streams the
+answers with each provider's exact SSE events.
+
+A model's speed: `FakeModelServer(first_token_delay=0.3, tokens_per_second=50)` (or the
+attributes of the same names, or per turn) makes every answer take the time a real model
+takes. A token is one content delta as the fake streams it (a word of text, half a tool
+call's arguments). A stream sends its opening events at once, its first content delta
+`first_token_delay` seconds after the answer starts and each further one 1/rate later; a
+non-streamed answer is sent when that stream would have sent its last delta.
+
+Every model request is recorded in `fake.requests` (path, query, lower-cased headers,
+JSON body, the monotonic time it arrived and its answer started, and for streams the
 monotonic time each SSE event was written). A client that closes its connection before
 the answer is complete (a proxy cancelling the call) is recorded too: the request's
 `closed_at` is the monotonic time the fake saw it go, and `fake.wait_closed()` waits for it.
@@ -79,6 +89,8 @@ class Turn:
     `body_delay`: when not streaming, send the headers at once and the JSON body in pieces
     this many seconds apart, as gateways do that keep a slow call's connection alive (an
     answer the proxy is relaying when it is cut).
+    `first_token_delay`, `tokens_per_second`: this turn's model speed (see the module
+    docstring); None takes the server's setting, so one slow turn can sit among fast ones.
     """
 
     parts: Sequence[Part]
@@ -89,6 +101,11 @@ class Turn:
     stop_reason: str | None = None
     drop_after: int | None = None
     body_delay: float = 0.0
+    first_token_delay: float | None = None
+    tokens_per_second: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_pacing(self.first_token_delay, self.tokens_per_second)
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,16 @@ _OPENAI_ERROR_TYPES = {
 }
 
 
+def _check_pacing(first_token_delay: float | None, tokens_per_second: float | None) -> None:
+    """Refuse a speed that would make the fake hang forever or send tokens back in time."""
+    if first_token_delay is not None and first_token_delay < 0:
+        raise ValueError(f"first_token_delay must be >= 0, got {first_token_delay!r}")
+    if tokens_per_second is not None and tokens_per_second <= 0:
+        raise ValueError(
+            f"tokens_per_second must be > 0 (None: no pacing), got {tokens_per_second!r}"
+        )
+
+
 def as_turn(item: ScriptItem) -> Turn | Error:
     """Normalise the shorthands accepted by `script`."""
     if isinstance(item, Turn | Error):
@@ -146,7 +173,8 @@ def turn_from_json(obj: dict[str, Any]) -> Turn | Error:
 
     {"text": "hi"} | {"tool_call": {"name", "arguments", "id"?}} |
     {"parts": [{"text"}|{"tool_call"}...], "input_tokens"?, "output_tokens"?, "delay"?,
-     "event_delay"?, "stop_reason"?, "drop_after"?, "body_delay"?} |
+     "event_delay"?, "stop_reason"?, "drop_after"?, "body_delay"?, "first_token_delay"?,
+     "tokens_per_second"?} |
     {"error": 529, "message"?, "error_type"?, "delay"?}
     """
     if "error" in obj:
@@ -174,7 +202,13 @@ def turn_from_json(obj: dict[str, Any]) -> Turn | Error:
         stop_reason=obj.get("stop_reason"),
         drop_after=obj.get("drop_after"),
         body_delay=float(obj.get("body_delay", 0.0)),
+        first_token_delay=_opt_float(obj.get("first_token_delay")),
+        tokens_per_second=_opt_float(obj.get("tokens_per_second")),
     )
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass
@@ -196,6 +230,15 @@ class RecordedRequest:
     # time.monotonic() when its client closed the connection before the answer was
     # complete (None: it was not, or not yet) - what a provider sees of a cancelled call.
     closed_at: float | None = None
+    # time.monotonic() when the request's body had arrived, and when its answer started
+    # (after the turn's `delay`; the model speed counts from here). None: not yet.
+    received_at: float | None = None
+    started_at: float | None = None
+    # The model speed the answer was given (the turn's, else the server's), and for
+    # streams the time.monotonic() each token (content delta) was written.
+    first_token_delay: float = 0.0
+    tokens_per_second: float | None = None
+    token_times: list[float] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- server
@@ -204,9 +247,21 @@ class RecordedRequest:
 class FakeModelServer:
     """Scripted Anthropic/OpenAI fake on 127.0.0.1 (random port unless given)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        first_token_delay: float = 0.0,
+        tokens_per_second: float | None = None,
+    ) -> None:
+        _check_pacing(first_token_delay, tokens_per_second)
         self.host = host
         self.port = port
+        # The model speed of turns that set none (see the module docstring); 0 and None:
+        # answer at once, as before there was pacing. May be changed between requests.
+        self.first_token_delay = first_token_delay
+        self.tokens_per_second = tokens_per_second
         self.requests: list[RecordedRequest] = []
         self._queue: deque[Turn | Error] = deque()
         self._by_model: dict[str, deque[Turn | Error]] = {}
@@ -359,6 +414,7 @@ class FakeModelServer:
             provider=provider,
             model=model if isinstance(model, str) else None,
             stream=bool(isinstance(body, dict) and body.get("stream")),
+            received_at=time.monotonic(),
         )
         with self._lock:
             self.requests.append(rec)
@@ -380,10 +436,15 @@ class FakeModelServer:
             return _error_response(rec.provider, 500, message, "api_error", {})
         if turn.delay:
             await asyncio.sleep(turn.delay)
+        rec.started_at = time.monotonic()
         if isinstance(turn, Error):
             rec.outcome = "error"
         else:
             rec.outcome = "turn"
+            ftd = turn.first_token_delay
+            rate = turn.tokens_per_second
+            rec.first_token_delay = self.first_token_delay if ftd is None else ftd
+            rec.tokens_per_second = self.tokens_per_second if rate is None else rate
         return turn
 
     async def _anthropic(self, request: web.Request) -> web.StreamResponse:
@@ -443,7 +504,9 @@ class FakeModelServer:
         if not rec.stream:
             return await self._json(
                 request,
+                rec,
                 turn,
+                len(_token_pieces(turn.parts, joined=False)),
                 {
                     "id": msg_id,
                     "type": "message",
@@ -527,7 +590,8 @@ class FakeModelServer:
         frames = [
             (name, f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()) for name, data in events
         ]
-        return await self._stream(request, rec, frames, turn, headers)
+        tokens = {i for i, (name, _) in enumerate(events) if name == "content_block_delta"}
+        return await self._stream(request, rec, frames, turn, headers, tokens)
 
     async def _answer_openai(
         self, request: web.Request, rec: RecordedRequest
@@ -568,7 +632,9 @@ class FakeModelServer:
                 message["tool_calls"] = calls
             return await self._json(
                 request,
+                rec,
                 turn,
+                len(_token_pieces(turn.parts, joined=True)),
                 {
                     "id": cid,
                     "object": "chat.completion",
@@ -601,6 +667,7 @@ class FakeModelServer:
 
         chunks = [chunk({"role": "assistant", "content": ""})]
         chunks += [chunk({"content": p}) for p in _pieces("".join(texts))]
+        tokens = set(range(1, len(chunks)))  # the text pieces
         for i, call in enumerate(calls):
             fn = call["function"]
             chunks.append(
@@ -618,6 +685,7 @@ class FakeModelServer:
                 )
             )
             for piece in _halves(fn["arguments"]):
+                tokens.add(len(chunks))
                 chunks.append(
                     chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
                 )
@@ -635,12 +703,23 @@ class FakeModelServer:
             )
         frames = [("chunk", f"data: {json.dumps(c)}\n\n".encode()) for c in chunks]
         frames.append(("[DONE]", b"data: [DONE]\n\n"))
-        return await self._stream(request, rec, frames, turn, {})
+        return await self._stream(request, rec, frames, turn, {}, tokens)
 
     async def _json(
-        self, request: web.Request, turn: Turn, data: dict[str, Any], headers: dict[str, str]
+        self,
+        request: web.Request,
+        rec: RecordedRequest,
+        turn: Turn,
+        tokens: int,
+        data: dict[str, Any],
+        headers: dict[str, str],
     ) -> web.StreamResponse:
-        """A JSON answer: whole, or (`body_delay`) headers first and the body in pieces."""
+        """A JSON answer: whole, or (`body_delay`) headers first and the body in pieces.
+
+        A paced model answers when its stream would have sent its last token: a client
+        that does not stream sees the whole generation time before anything.
+        """
+        await _until(_token_due(rec, max(0, tokens - 1)))
         if not turn.body_delay:
             return web.json_response(data, headers=headers)
         body = json.dumps(data).encode()
@@ -661,7 +740,15 @@ class FakeModelServer:
         frames: list[tuple[str, bytes]],
         turn: Turn,
         headers: dict[str, str],
+        tokens: set[int],
     ) -> web.StreamResponse:
+        """Send `frames`; those whose index is in `tokens` are paced at the model's speed.
+
+        Token k is due at started_at + first_token_delay + k / rate, on an absolute schedule
+        so a late write does not push the later ones back (a real model does not slow
+        down because its reader was slow), and never sent before it is due.
+        """
+        sent_tokens = 0
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
         )
@@ -673,8 +760,13 @@ class FakeModelServer:
                 return resp
             if i and turn.event_delay:
                 await asyncio.sleep(turn.event_delay)
+            if i in tokens:
+                await _until(_token_due(rec, sent_tokens))
+                sent_tokens += 1
             await resp.write(frame)
             rec.events.append((time.monotonic(), name))
+            if i in tokens:
+                rec.token_times.append(rec.events[-1][0])
         await resp.write_eof()
         return resp
 
@@ -702,6 +794,33 @@ class FakeModelServer:
 def _pieces(text: str) -> list[str]:
     """Split text into word-sized deltas, as providers stream it."""
     return re.findall(r"\s*\S+\s*|\s+", text) if text else []
+
+
+def _token_pieces(parts: Sequence[Part], *, joined: bool) -> list[str]:
+    """The content deltas a stream of `parts` carries, i.e. the answer's tokens.
+
+    `joined`: the texts are streamed as one (OpenAI's single content field), else each
+    text part on its own (Anthropic's content blocks).
+    """
+    texts = [p.text for p in parts if isinstance(p, Text)]
+    pieces = _pieces("".join(texts)) if joined else [w for t in texts for w in _pieces(t)]
+    for p in parts:
+        if isinstance(p, ToolCall):
+            pieces += _halves(json.dumps(p.arguments))
+    return pieces
+
+
+def _token_due(rec: RecordedRequest, k: int) -> float:
+    """The monotonic time token `k` (0-based) of `rec`'s answer may be sent."""
+    start = rec.started_at if rec.started_at is not None else time.monotonic()
+    rate = rec.tokens_per_second
+    return start + rec.first_token_delay + (k / rate if rate else 0.0)
+
+
+async def _until(due: float) -> None:
+    """Sleep until time.monotonic() >= due (a loop: a timer may wake a hair early)."""
+    while (wait := due - time.monotonic()) > 0:
+        await asyncio.sleep(wait)
 
 
 def _halves(s: str) -> list[str]:
@@ -747,10 +866,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--first-token-delay", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--tokens-per-second", type=float, default=None, metavar="RATE")
     args = parser.parse_args(argv)
 
     async def serve() -> None:
-        async with FakeModelServer(args.host, args.port) as fake:
+        async with FakeModelServer(
+            args.host,
+            args.port,
+            first_token_delay=args.first_token_delay,
+            tokens_per_second=args.tokens_per_second,
+        ) as fake:
             print(fake.url, flush=True)
             await asyncio.Event().wait()
 
