@@ -50,10 +50,13 @@ class AgentImageBuilder:
         started = time.monotonic()
 
         def on_event(line: str) -> None:
-            if line.startswith("Step "):
-                log.info("agent image build", image=container.image, step=line[:STEP_CHARS])
-            else:
-                log.debug("agent image build", image=container.image, line=line[:STEP_CHARS])
+            # Called in the build's daemon thread, which may outlive Mercury's stop: a log
+            # line then must not turn into a logging-error traceback.
+            with contextlib.suppress(Exception):
+                if line.startswith("Step "):
+                    log.info("agent image build", image=container.image, step=line[:STEP_CHARS])
+                else:
+                    log.debug("agent image build", image=container.image, line=line[:STEP_CHARS])
 
         def build() -> str:
             client, _info = connect_engine()
@@ -124,7 +127,9 @@ async def in_daemon_thread(fn: Callable[[], T]) -> T:
             outcome: tuple[T | None, BaseException | None] = (None, exc)
         else:
             outcome = (result, None)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+        # The loop may be closed, or the interpreter finalizing (Mercury stopped while the
+        # build ran): nobody waits any more, and a traceback on stderr would only alarm.
+        with contextlib.suppress(BaseException):
             loop.call_soon_threadsafe(settle, *outcome)
 
     threading.Thread(target=work, name="mercury-image-build", daemon=True).start()

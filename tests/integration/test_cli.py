@@ -345,7 +345,7 @@ def test_run_starts_and_stops_cleanly_on_a_signal(tmp_path: Path, sig: signal.Si
             proc.communicate()
     assert proc.returncode == 0, stderr
     assert '"event": "mercury stopped"' in stderr
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr, stderr[max(0, stderr.find("Traceback") - 500) :][:4000]
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
 
