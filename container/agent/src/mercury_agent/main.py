@@ -4,11 +4,16 @@ Exit codes: 0 answered, 1 the agent or the model failed (auth, budget, chain exh
 max turns, agent CLI, internal error), 2 bad input. Whatever happens, the runtime tries to
 leave a result.json behind, because the host reads the error from there; stderr (the
 container log) gets the details an operator needs.
+
+`--wait` is a warm container's mode (waiting.py): import everything, wait for input.json,
+then the same run. A wait that ends without input (timeout, SIGTERM) exits 0 and leaves no
+result.json: there was no run to report on.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import traceback
@@ -28,6 +33,7 @@ from mercury_agent.contract import (
     parse_input,
 )
 from mercury_agent.iodir import IO_DIR_ENV, read_input, resolve_io_dir, write_result
+from mercury_agent.waiting import DEFAULT_WAIT_TIMEOUT_S, PRELOAD_ENV, wait_for_input
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # also every agent/model failure: the host reads error_class
@@ -44,8 +50,30 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help=f"directory holding input.json (default: ${IO_DIR_ENV}, else /run/mercury-io)",
     )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help=f"a warm container: preload (${PRELOAD_ENV}), wait for input.json, then run",
+    )
+    p.add_argument(
+        "--wait-timeout",
+        type=_seconds,
+        default=DEFAULT_WAIT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="with --wait: exit 0 without a run after this long (default: %(default)g)",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def _log(message: str) -> None:
@@ -90,7 +118,10 @@ def run(io_dir: Path) -> int:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """The `mercury-agent` console script."""
     args = _parser().parse_args(argv)
-    io_dir = resolve_io_dir(args.io_dir, os.environ if env is None else env)
+    environ = os.environ if env is None else env
+    io_dir = resolve_io_dir(args.io_dir, environ)
+    if args.wait and not wait_for_input(io_dir, args.wait_timeout, environ):
+        return EXIT_OK
     try:
         return run(io_dir)
     except Exception as exc:  # a bug outside the guarded steps: still leave a result behind

@@ -4,10 +4,17 @@ Rendering (neutral conversation -> request) and parsing (response -> neutral rep
 pure functions over plain dicts, so they are unit-tested without a server. The backends
 only add the SDK call. Both SDKs run with `max_retries=0`: retrying is the chain's job,
 and an SDK retrying on its own would hide attempts from it and from result.json.
+
+Every model call streams: the host's model proxy watches the answer as it is generated
+(and a long generation keeps its connection busy instead of idle). The backends read the
+whole stream and hand the assembled message to the same parsers as a plain answer, so
+the rest of the runtime never sees a stream. A stream that breaks or ends early raises
+what chain.py classifies as a transient failure, as a cut plain answer did.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -22,16 +29,21 @@ from mercury_agent.conversation import (
     ToolUse,
 )
 from mercury_agent.settings import ANTHROPIC_BASE_URL, OPENAI_BASE_URL, relay_env
+from mercury_agent.streaming import (
+    MalformedReply,
+    as_dict,
+    as_int,
+    assemble_openai,
+    raise_stream_failure,
+    relay_tls_context,
+    stream_cut,
+)
 
 # The SDKs' own default is 10 minutes; the chain passes the remaining budget when smaller.
 DEFAULT_TIMEOUT_S = 600.0
 # Anthropic refuses empty text blocks and empty tool results.
 _EMPTY_TEXT = "(empty)"
 _EMPTY_RESULT = "(no output)"
-
-
-class MalformedReply(Exception):
-    """The provider answered 2xx with something that is not a usable reply."""
 
 
 class Backend(Protocol):
@@ -43,23 +55,6 @@ class Backend(Protocol):
     async def complete(self, request: ModelRequest, timeout: float | None) -> ModelReply: ...
 
     async def close(self) -> None: ...
-
-
-def _as_dict(obj: Any) -> dict[str, Any]:
-    """SDK response models -> plain dicts (the parsers take either)."""
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    dump = getattr(obj, "model_dump", None)
-    if callable(dump):
-        return dump(mode="json")
-    raise MalformedReply(f"unexpected response object {type(obj).__name__}")
-
-
-def _int(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
-
-
-# --------------------------------------------------------------------------- Anthropic
 
 
 def anthropic_tools(tools: list[ToolDef]) -> list[dict[str, Any]]:
@@ -119,7 +114,7 @@ def anthropic_params(request: ModelRequest, model: str) -> dict[str, Any]:
 
 def parse_anthropic(response: Any, fallback_model: str = "") -> ModelReply:
     """An Anthropic Message (SDK object or dict) -> ModelReply."""
-    data = _as_dict(response)
+    data = as_dict(response)
     content = data.get("content")
     if not isinstance(content, list):
         raise MalformedReply("Anthropic reply has no content list")
@@ -149,14 +144,14 @@ def parse_anthropic(response: Any, fallback_model: str = "") -> ModelReply:
     usage = data.get("usage") or {}
     # Cached prompt tokens are still input tokens: count them, or usage looks cheap.
     input_tokens = (
-        _int(usage.get("input_tokens"))
-        + _int(usage.get("cache_creation_input_tokens"))
-        + _int(usage.get("cache_read_input_tokens"))
+        as_int(usage.get("input_tokens"))
+        + as_int(usage.get("cache_creation_input_tokens"))
+        + as_int(usage.get("cache_read_input_tokens"))
     )
     return ModelReply(
         message=Message("assistant", list(blocks)),
         input_tokens=input_tokens,
-        output_tokens=_int(usage.get("output_tokens")),
+        output_tokens=as_int(usage.get("output_tokens")),
         model=str(data.get("model") or fallback_model),
         stop_reason=data.get("stop_reason"),
     )
@@ -173,14 +168,28 @@ class AnthropicBackend:
 
         self.model = model
         self._client = anthropic.AsyncAnthropic(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=DEFAULT_TIMEOUT_S
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=DEFAULT_TIMEOUT_S,
+            http_client=anthropic.DefaultAsyncHttpxClient(verify=relay_tls_context()),
         )
 
     async def complete(self, request: ModelRequest, timeout: float | None) -> ModelReply:
-        response = await self._client.messages.create(
-            **anthropic_params(request, self.model), timeout=timeout or DEFAULT_TIMEOUT_S
-        )
-        return parse_anthropic(response, self.model)
+        params = anthropic_params(request, self.model)
+        finished = False
+        try:
+            async with self._client.messages.stream(
+                **params, timeout=timeout or DEFAULT_TIMEOUT_S
+            ) as stream:
+                async for event in stream:
+                    finished = finished or event.type == "message_stop"
+                if not finished:
+                    raise stream_cut("Anthropic", "message_stop")
+                message = await stream.get_final_message()
+        except Exception as exc:
+            raise_stream_failure(exc, "anthropic")
+        return parse_anthropic(message, self.model)
 
     async def close(self) -> None:
         await self._client.close()
@@ -268,7 +277,7 @@ def _decode_arguments(raw: Any) -> tuple[dict[str, Any], str | None]:
 
 def parse_openai(response: Any, fallback_model: str = "") -> ModelReply:
     """A ChatCompletion (SDK object or dict) -> ModelReply."""
-    data = _as_dict(response)
+    data = as_dict(response)
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
         raise MalformedReply("OpenAI-compatible reply has no choices")
@@ -301,8 +310,8 @@ def parse_openai(response: Any, fallback_model: str = "") -> ModelReply:
     usage = data.get("usage") or {}
     return ModelReply(
         message=Message("assistant", list(blocks)),
-        input_tokens=_int(usage.get("prompt_tokens")),
-        output_tokens=_int(usage.get("completion_tokens")),
+        input_tokens=as_int(usage.get("prompt_tokens")),
+        output_tokens=as_int(usage.get("completion_tokens")),
         model=str(data.get("model") or fallback_model),
         stop_reason=choice.get("finish_reason"),
     )
@@ -318,26 +327,49 @@ class OpenAIBackend:
 
         self.model = model
         self._client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=DEFAULT_TIMEOUT_S
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=DEFAULT_TIMEOUT_S,
+            http_client=openai.DefaultAsyncHttpxClient(verify=relay_tls_context()),
         )
 
     async def complete(self, request: ModelRequest, timeout: float | None) -> ModelReply:
-        response = await self._client.chat.completions.create(
-            **openai_params(request, self.model), timeout=timeout or DEFAULT_TIMEOUT_S
-        )
-        return parse_openai(response, self.model)
+        chunks: list[dict[str, Any]] = []
+        try:
+            stream = await self._client.chat.completions.create(
+                **openai_params(request, self.model),
+                stream=True,
+                # The usage arrives in a last chunk without choices; servers that do not
+                # know the option answer 400, which the chain treats as "try another leg".
+                stream_options={"include_usage": True},
+                timeout=timeout or DEFAULT_TIMEOUT_S,
+            )
+            try:
+                async for chunk in stream:
+                    chunks.append(as_dict(chunk))
+            finally:
+                await stream.close()
+        except Exception as exc:
+            raise_stream_failure(exc, "openai")
+        return parse_openai(assemble_openai(chunks), self.model)
 
     async def close(self) -> None:
         await self._client.close()
 
 
-def preload(providers: set[str]) -> None:
-    """Import the SDKs `providers` need now, so the import (about a second) is not taken
-    from the model budget or the first call's timeout."""
-    import importlib
+PROVIDERS = frozenset({"anthropic", "openai"})
 
-    for provider in sorted(providers & {"anthropic", "openai"}):
+
+def preload(providers: set[str] | frozenset[str]) -> list[str]:
+    """Import the SDKs `providers` need now, so the import (about a second) is not taken
+    from the model budget or the first call's timeout. Unknown names are ignored; returns
+    the providers loaded, sorted. (A warm container also makes a first call before it
+    waits, which loads what the SDKs import lazily: waiting.warm_up.)"""
+    loaded = sorted(set(providers) & PROVIDERS)
+    for provider in loaded:
         importlib.import_module(provider)
+    return loaded
 
 
 def make_backend(provider: str, model: str, relay_url: str, token: str) -> Backend:
