@@ -39,6 +39,11 @@ Every forwarded call produces exactly one `MeteredCall` - streamed or not, faile
 no usage in the body), upstream unreachable, cut off by the upstream or by the agent going
 away, or cancelled by `close_run` when its run ends - recorded synchronously in a `finally`,
 so cancellation cannot skip it.
+
+What the model writes is observable as it streams (`add_stream_hook`, parsing in
+`mercury.api.stream_events`): a 2xx text/event-stream answer gives CallStarted, the events
+of each chunk once that chunk was written to the agent (the agent never waits on a hook),
+and CallEnded exactly once, in the same `finally` as its usage record.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from mercury.api.proxy_rules import (
     select_leg,
     upstream_url,
 )
+from mercury.api.stream_events import StreamHook, StreamHooks, StreamTap
 from mercury.api.tokens import RunGrant
 from mercury.api.usage import Provider, TokenUsage, UsageMeter
 from mercury.api.usage_stream import JsonUsageBuffer, StreamUsageParser, stream_usage_parser
@@ -115,6 +121,16 @@ class ModelProxy:
         self._session: aiohttp.ClientSession | None = None
         self._inflight: dict[str, set[_Call]] = {}
         self._closing: set[str] = set()
+        self._stream_hooks = StreamHooks()
+
+    def add_stream_hook(self, hook: StreamHook) -> None:
+        """Call `hook(run_id, event)` for what every streamed answer from now on writes.
+
+        Synchronous, on the event loop, after each chunk went to the agent: keep it cheap
+        (e.g. store the latest text and let another task edit the chat). One that raises is
+        logged once per run and ignored; the call goes on.
+        """
+        self._stream_hooks.add(hook)
 
     async def start(self) -> None:
         if self._session is None:
@@ -153,8 +169,9 @@ class ModelProxy:
         cancelled: a forwarded one closes its upstream connection (the provider stops) and
         records its usage so far as `incomplete`; one not yet forwarded never is. Returns
         when every such call has recorded its usage and the meter's hooks for it (e.g. the
-        database write) have finished. Calls of the run arriving meanwhile are refused with
-        401. Idempotent; a run with no call in flight returns at once.
+        database write) have finished, and a streamed one has emitted CallEnded(False).
+        Calls of the run arriving meanwhile are refused with 401. Idempotent; a run with no
+        call in flight returns at once.
         """
         self._closing.add(run_id)
         try:
@@ -166,6 +183,7 @@ class ModelProxy:
                 await call.finished.wait()
         finally:
             self._closing.discard(run_id)
+            self._stream_hooks.forget(run_id)
 
     async def _forward(self, request: web.Request, provider: Provider) -> web.StreamResponse:
         grant = grant_of(request)
@@ -267,6 +285,7 @@ class ModelProxy:
         status: int | None = None
         complete = False
         usage_body: StreamUsageParser | JsonUsageBuffer | None = None
+        tap: StreamTap | None = None
         try:
             try:
                 upstream = await session.request(
@@ -299,12 +318,14 @@ class ModelProxy:
             streamed = "text/event-stream" in content_type
             if streamed:
                 usage_body = stream_usage_parser(provider)
+                if 200 <= status < 300 and self._stream_hooks:
+                    tap = self._stream_hooks.tap(grant.run_id, provider, model)
             elif "json" in content_type:
                 usage_body = JsonUsageBuffer()
             resp = web.StreamResponse(status=status, reason=upstream.reason)
             for k, v in forward_response_headers(upstream.headers.items()):
                 resp.headers.add(k, v)
-            complete = await _relay(request, resp, upstream, usage_body, streamed, ctx)
+            complete = await _relay(request, resp, upstream, usage_body, streamed, tap, ctx)
             return resp
         finally:
             # Synchronous from here on: a cancelled call (close_run, shutdown) is metered too.
@@ -314,6 +335,8 @@ class ModelProxy:
                 else:
                     upstream.close()  # also tells the provider to stop generating
             self._record(call, grant, provider, model, usage_body, status, complete)
+            if tap is not None:
+                tap.end(complete)  # never raises; once, whichever way the call ended
             log.info(
                 "model request",
                 status=status,
@@ -361,6 +384,7 @@ async def _relay(
     upstream: aiohttp.ClientResponse,
     usage_body: StreamUsageParser | JsonUsageBuffer | None,
     streamed: bool,
+    tap: StreamTap | None,
     ctx: dict[str, Any],
 ) -> bool:
     """Pass the upstream's answer on as it arrives; True when it reached the agent whole.
@@ -368,7 +392,8 @@ async def _relay(
     Every chunk is metered before it is written: it was generated whether or not the agent
     is still there. When the agent goes away, a stream (or an answer of unknown type) is
     abandoned at once - closing the upstream stops the provider generating - while a JSON
-    answer, already generated, is read to its end for its usage.
+    answer, already generated, is read to its end for its usage. `tap` sees each chunk
+    after it was written: a hook never holds the agent's stream back.
     """
     agent_gone = False
 
@@ -387,11 +412,15 @@ async def _relay(
 
     try:
         await write(None)
+        if tap is not None:
+            tap.start()
         # iter_any: hand on whatever arrived, at once. This is what makes SSE unbuffered.
         async for chunk in upstream.content.iter_any():
             if usage_body is not None:
                 usage_body.feed(chunk)
             await write(chunk)
+            if tap is not None:
+                tap.feed(chunk)
             if agent_gone and (streamed or not isinstance(usage_body, JsonUsageBuffer)):
                 return False
         if agent_gone:

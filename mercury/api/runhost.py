@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mercury.api.server import HostApiServer
+from mercury.api.stream_events import StreamHook
 from mercury.api.tokens import TokenStore
 from mercury.api.usage import UsageMeter, UsageTotals
 from mercury.config import Config, Secrets
@@ -51,6 +52,11 @@ class RunHost:
 
     async def start(self) -> None:
         await self.server.start()
+
+    def add_stream_hook(self, hook: StreamHook) -> None:
+        """Call `hook(run_id, event)` for what the model writes in every run's streamed
+        answers (see `mercury.api.stream_events`); synchronous, so it must be cheap."""
+        self.server.proxy.add_stream_hook(hook)
 
     async def stop(self) -> None:
         await self.server.stop()

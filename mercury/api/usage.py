@@ -57,7 +57,7 @@ def _as_dict(body: bytes | str | Mapping[str, Any]) -> Mapping[str, Any] | None:
         return body
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # hostile nesting too
         return None
     return data if isinstance(data, Mapping) else None
 

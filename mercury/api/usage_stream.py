@@ -209,7 +209,7 @@ def _value_after(buf: bytes, key: re.Pattern[bytes], *, last: bool, tries: int =
         tries -= 1
         try:
             value, _ = _DECODER.raw_decode(buf[m.end() :].decode("utf-8", errors="replace"))
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         return value
     return None
@@ -245,7 +245,7 @@ class JsonUsageBuffer:
             whole = bytes(self._buf)
             try:
                 data = json.loads(whole)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 head = tail = whole  # cut short: scan what arrived
             else:
                 # A complete body is trusted as parsed: no top-level usage means none,

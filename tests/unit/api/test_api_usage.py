@@ -487,3 +487,15 @@ async def test_a_record_after_pop_run_is_not_lost_silently_nor_leaked() -> None:
     assert meter.for_run("r1").requests == 0
     assert meter.for_space("s1").requests == 2
     assert len(seen) == 2
+
+
+def test_hostile_nesting_in_a_stream_does_not_break_the_meter() -> None:
+    """An upstream event nested deeper than Python's parser recurses is skipped, not raised
+    into the proxy's relay (which would cut the agent's stream)."""
+    from mercury.api.usage_stream import AnthropicStreamUsage, OpenAIStreamUsage
+
+    deep = b"data: " + b"[" * 200_000 + b"\n\n"
+    for parser in (AnthropicStreamUsage(), OpenAIStreamUsage()):
+        parser.feed(deep)
+        parser.feed(b'data: {"type": "message_delta", "usage": {"output_tokens": 3}}\n\n')
+        parser.result()
