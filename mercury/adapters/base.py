@@ -45,6 +45,26 @@ class InboundUnavailable(Exception):
         self.reason = reason
 
 
+class RateLimited(Exception):
+    """The platform refused a call for its rate limit; retry after `retry_after` seconds.
+
+    Raised by an adapter's send, send_status, edit and delete once the platform said 429
+    (Telegram's flood control, Slack's `ratelimited`, Discord's "You are being rate
+    limited") and its client library gave up retrying by itself. The caller decides what
+    to do with the time: a streaming preview skips edits until it has passed, a final
+    reply waits and sends again. `what` names the call ("edit", "send") for logs; the
+    message never carries a token or a URL.
+    """
+
+    retry_after: float
+
+    def __init__(self, retry_after: float, what: str = "") -> None:
+        self.retry_after = max(0.0, float(retry_after))
+        self.what = what
+        call = f"{what}: " if what else ""
+        super().__init__(f"{call}rate limited, retry after {self.retry_after:g}s")
+
+
 @dataclass(frozen=True, slots=True)
 class AdapterState:
     """What the dashboard's Overview and /metrics show of one adapter, at one instant.
@@ -130,6 +150,34 @@ def records_failure(
     return wrap
 
 
+def raises_rate_limited(
+    what: str, retry_after: Callable[[Exception], float | None]
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Decorate an adapter's outbound method so that its library's rate-limit error comes
+    out as RateLimited, the one type the pipeline knows.
+
+    `retry_after(exc)` is the platform's half: the seconds to wait when `exc` is the
+    library's final word on a 429, None for any other exception (raised as it was).
+    """
+
+    def wrap(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        @functools.wraps(method)
+        async def translated(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return await method(*args, **kwargs)
+            except RateLimited:
+                raise
+            except Exception as exc:
+                seconds = retry_after(exc)
+                if seconds is None:
+                    raise
+                raise RateLimited(seconds, what) from exc
+
+        return translated
+
+    return wrap
+
+
 @runtime_checkable
 class Adapter(Protocol):
     platform: str
@@ -154,22 +202,39 @@ class Adapter(Protocol):
         """Disconnect; no message is delivered to the sink afterwards."""
 
     async def send(self, reply: Reply) -> SentMessage:
-        """Post a reply (split as needed) with its files."""
+        """Post a reply (split as needed) with its files.
+
+        A refusal for the platform's rate limit, after whatever the client library itself
+        retried, is raised as RateLimited."""
 
     async def send_status(self, conversation: ConversationRef, text: str) -> SentMessage:
         """Post a status update ("still working (30s)"), later edited and deleted.
 
         Its own kind of outbound event: an adapter that shows statuses apart from replies
-        (the web chat) never has to guess from a message's text which one it is."""
+        (the web chat) never has to guess from a message's text which one it is.
+
+        A refusal for the platform's rate limit, after whatever the client library itself
+        retried, is raised as RateLimited."""
 
     async def set_typing(self, conversation: ConversationRef) -> None:
         """Show that a run is going (typing indicator, reaction or nothing)."""
 
     async def edit(self, conversation: ConversationRef, message_id: str, text: str) -> None:
-        """Edit a message this adapter sent (the "still working" status)."""
+        """Replace the text of a message this adapter sent: a status from send_status, or
+        a message from send (a streaming preview, edited as the answer grows).
+
+        `text` is Markdown and may be cut mid-construct (an open code fence or `**`): it
+        is shown as well as the platform allows, cut at the platform's limit, and never
+        refused for its markup. Editing to the text the message already has is no error.
+
+        A refusal for the platform's rate limit, after whatever the client library itself
+        retried, is raised as RateLimited."""
 
     async def delete(self, conversation: ConversationRef, message_id: str) -> None:
-        """Delete a message this adapter sent."""
+        """Delete a message this adapter sent; one already gone is no error.
+
+        A refusal for the platform's rate limit, after whatever the client library itself
+        retried, is raised as RateLimited."""
 
     async def download(self, attachment: Attachment, max_bytes: int) -> bytes:
         """Fetch an inbound attachment's bytes; raise ValueError past `max_bytes`."""

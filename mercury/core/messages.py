@@ -63,6 +63,10 @@ class Reply:
     files: tuple[OutboundFile, ...] = ()
     # The platform message this answers (Slack/Discord/Telegram reply or thread anchor).
     reply_to: str | None = None
+    # A streamed answer's preview (pipeline/preview.py): edited as the model writes and
+    # deleted once the reply is out. Chat platforms show it as a plain message; the web
+    # chat marks it, so its pages and API clients can tell it from a reply.
+    preview: bool = False
 
 
 @dataclass(frozen=True)

@@ -324,6 +324,21 @@ async def test_typing_edit_and_delete(fake: FakeDiscord, adapter: DiscordAdapter
     await adapter.delete(conv, mid)  # already gone: no error
 
 
+async def test_a_growing_answer_is_edited_in_place_even_half_written(
+    fake: FakeDiscord, adapter: DiscordAdapter
+) -> None:
+    conv = ConversationRef("discord", str(TEXT_CHANNEL_ID))
+    (mid,) = (await adapter.send(Reply(conv, "Here is"))).platform_message_ids
+    await next_post(fake)
+    half = "Here is the fix:\n```python\nif a < b and **c"  # an open fence and an open **
+    await adapter.edit(conv, mid, half)
+    await adapter.edit(conv, mid, "y" * 2500)  # cut at Discord's 2000
+    assert [(e.message_id, e.text) for e in fake.edits] == [(mid, half), (mid, "y" * 2000)]
+    assert fake.edits[0].at <= fake.edits[1].at
+    await adapter.delete(conv, mid)
+    assert [(d.chat_id, d.message_id) for d in fake.deletes] == [(str(TEXT_CHANNEL_ID), mid)]
+
+
 # ---------------------------------------------------------------------- attachments in
 
 

@@ -21,7 +21,7 @@ from mercury.adapters.slack import from_config
 from mercury.adapters.slack.adapter import MAX_MESSAGE_CHARS, TYPING_REACTION, SlackAdapter
 from mercury.adapters.slack.format import to_mrkdwn
 from mercury.config import Config, Secrets, SlackConfig
-from mercury.core.messages import Attachment, InboundMessage, OutboundFile, Reply
+from mercury.core.messages import Attachment, ConversationRef, InboundMessage, OutboundFile, Reply
 from tests.fakes.sink import RecordingSink
 from tests.fakes.slack_server import FakeSlack
 
@@ -341,6 +341,37 @@ async def test_rate_limits_and_server_errors_are_retried(
     assert len(fake.calls_to("chat.postMessage")) == 3
     assert len(sent.platform_message_ids) == 1
     assert (await fake.next_post())["text"] == "hello"
+
+
+async def test_a_growing_answer_is_edited_in_place_and_a_second_delete_is_quiet(
+    fake: FakeSlack, socket_bot: tuple[SlackAdapter, RecordingSink]
+) -> None:
+    adapter, _ = socket_bot
+    conv = ConversationRef("slack", "D1")
+    (mid,) = (await adapter.send(Reply(conv, "Here is"))).platform_message_ids
+    await fake.next_post()
+    half = "Here is the fix:\n```python\n# step 1\nif a < b and **c"  # open fence and **
+    await adapter.edit(conv, mid, half)
+    await adapter.edit(conv, mid, "x" * (MAX_MESSAGE_CHARS + 100))  # cut at the limit
+    ts = mid.split(":")[1]
+    assert [(e.chat_id, e.message_id) for e in fake.edits] == [("D1", ts)] * 2
+    # The open fence is code to the end, closed: nothing in it is taken for Markdown.
+    assert fake.edits[0].text == "Here is the fix:\n```\n# step 1\nif a &lt; b and **c\n```"
+    assert fake.edits[1].text == "x" * MAX_MESSAGE_CHARS
+    await adapter.delete(conv, mid)
+    await adapter.delete(conv, mid)  # Slack: message_not_found, which is what we wanted
+    assert [(d.chat_id, d.message_id) for d in fake.deletes] == [("D1", ts)]
+
+
+async def test_a_preview_in_a_channel_sits_in_the_thread_of_the_answered_message(
+    fake: FakeSlack, socket_bot: tuple[SlackAdapter, RecordingSink]
+) -> None:
+    adapter, sink = socket_bot
+    ts = "1700.000300"
+    await fake.push_event(FakeSlack.message(f"<@{FakeSlack.BOT_USER_ID}> plan?", ts=ts))
+    msg = await sink.next()
+    await adapter.send(Reply(msg.conversation, "Here is", preview=True))  # names no reply_to
+    assert (await fake.next_post())["thread_ts"] == ts  # where the reply will go
 
 
 async def test_bad_tokens_fail_start_with_a_clear_error(fake: FakeSlack) -> None:

@@ -15,6 +15,7 @@ import pytest
 import structlog
 from aiohttp import web
 from pydantic import SecretStr
+from telegram.error import BadRequest
 
 from mercury.adapters.base import Adapter
 from mercury.adapters.telegram import from_config
@@ -34,7 +35,7 @@ from mercury.core.messages import (
 )
 from mercury.logging import configure_logging
 from tests.fakes.sink import RecordingSink
-from tests.fakes.telegram_server import BOT_ID, BOT_USERNAME, FakeTelegram
+from tests.fakes.telegram_server import BOT_ID, BOT_USERNAME, Call, FakeTelegram
 
 # Shaped like a real token, so the test also shows the log filter, not only the
 # shape-based scrubbing in mercury.logging, keeps it out of the logs.
@@ -406,6 +407,58 @@ async def test_edit_and_delete(
     await tg.delete(conv, mid)
     delete = fake.calls_to("deleteMessage")[-1]
     assert delete.params == {"chat_id": -1001, "message_id": int(mid.split(":")[1])}
+
+
+HALF_WRITTEN = "Here is the fix:\n```python\nif a < b and **c"  # an open fence, an open **
+
+
+async def test_a_growing_answer_is_edited_in_place_even_half_written(
+    fake: FakeTelegram, adapter: tuple[TelegramAdapter, RecordingSink]
+) -> None:
+    tg, _ = adapter
+    conv = ConversationRef("telegram", "501")
+    (mid,) = (await tg.send(Reply(conv, "Here is"))).platform_message_ids
+    grown = HALF_WRITTEN + ":\n    pass\n```\nThat **works"
+    for text in ("Here is the fix:", HALF_WRITTEN, grown, grown):
+        await tg.edit(conv, mid, text)
+    # The fake parses HTML as Telegram does; the repeated text is "message is not modified".
+    assert [c.status for c in fake.calls_to("editMessageText")] == [200, 200, 200, 400]
+    assert [e.message_id for e in fake.edits] == [mid.split(":")[1]] * 3
+    assert [visible(e.text) for e in fake.edits] == [
+        "Here is the fix:",
+        "Here is the fix:\nif a < b and **c",
+        "Here is the fix:\nif a < b and **c:\n    pass\nThat **works",
+    ]
+    assert fake.edits[0].at <= fake.edits[1].at <= fake.edits[2].at
+
+
+async def test_an_edit_telegram_refuses_as_html_goes_out_as_plain_text(
+    fake: FakeTelegram, adapter: tuple[TelegramAdapter, RecordingSink]
+) -> None:
+    tg, _ = adapter
+    conv = ConversationRef("telegram", "501")
+    (mid,) = (await tg.send(Reply(conv, "Here is"))).platform_message_ids
+
+    async def refuse_html(call: Call) -> web.Response | None:
+        if call.method == "editMessageText" and call.params.get("parse_mode") == "HTML":
+            return web.json_response(
+                {"ok": False, "error_code": 400,
+                 "description": "Bad Request: can't parse entities: Unsupported start tag"},
+                status=400,
+            )  # fmt: skip
+        return None
+
+    fake.on_call = refuse_html
+    await tg.edit(conv, mid, HALF_WRITTEN)
+    await tg.edit(conv, mid, HALF_WRITTEN)  # not modified, on the plain path too
+    assert [(c.params.get("parse_mode"), c.status) for c in fake.calls_to("editMessageText")] == [
+        ("HTML", 400), (None, 200), ("HTML", 400), (None, 400),
+    ]  # fmt: skip
+    assert [e.text for e in fake.edits] == [HALF_WRITTEN]
+    fake.on_call = None
+    fake.fail_next("editMessageText", 400)  # any other refusal is the caller's to see
+    with pytest.raises(BadRequest):
+        await tg.edit(conv, mid, "something else")
 
 
 # ------------------------------------------------------------------ failures

@@ -5,7 +5,15 @@ Speaks just enough of Discord for a real discord.py client: login (`/users/@me`,
 deletes, attachment files, and a gateway that says HELLO, answers heartbeats, READYs an
 IDENTIFY (then GUILD_CREATEs one guild), RESUMEs a dropped session by replaying what it
 missed, and dispatches the MESSAGE_CREATE events a test pushes. Everything it receives is
-recorded; messages the bot posts also go on `outbox`.
+recorded; messages the bot posts also go on `outbox`, and the edits and deletions it
+applied are in `edits` and `deletes` with their monotonic time.
+
+`fail_next(operation, status, times, retry_after=0.2)` answers the next `times` calls of a
+REST operation ("create_message", "edit_message", "delete_message", "trigger_typing",
+"get_channel", ...) with `status`; 429 as Discord sends it: the JSON body
+{"message", "retry_after", "global"} and the headers discord.py reads (Via,
+Retry-After, X-RateLimit-*). discord.py sleeps `retry_after` and tries again, 5 tries in
+all (discord/http.py, 2.7), before it raises.
 
 Usage:
     fake = FakeDiscord()
@@ -20,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -85,6 +95,54 @@ class Call:
 
 
 @dataclass
+class Edit:
+    """An edit the fake applied (a refused one is only in `calls`)."""
+
+    method: str
+    chat_id: str
+    message_id: str
+    text: str
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Deletion:
+    """A deletion the fake applied."""
+
+    method: str
+    chat_id: str
+    message_id: str
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Failure:
+    status: int
+    retry_after: float = 0.2
+
+    def response(self, operation: str) -> web.Response:
+        if self.status != 429:
+            return _json({"message": f"{self.status}: fake failure", "code": 0}, self.status)
+        body = {"message": "You are being rate limited.", "retry_after": self.retry_after,
+                "global": False}  # fmt: skip
+        resp = _json(body, 429)
+        resp.headers.update(
+            {
+                # Without Via, discord.py takes a 429 for a Cloudflare ban: no retry.
+                "Via": "1.1 google",
+                "Retry-After": str(math.ceil(self.retry_after)),  # whole seconds, rounded up
+                "X-RateLimit-Limit": "5",
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": f"{time.time() + self.retry_after:.3f}",
+                "X-RateLimit-Reset-After": f"{self.retry_after:.3f}",
+                "X-RateLimit-Bucket": f"fake-{operation}",
+                "X-RateLimit-Scope": "user",
+            }
+        )
+        return resp
+
+
+@dataclass
 class _Session:
     session_id: str
     events: list[dict[str, Any]] = field(default_factory=list)  # every dispatch, by seq
@@ -105,6 +163,9 @@ class FakeDiscord:
         self.resumes = 0
         self.attachment_files: dict[str, bytes] = {}
         self.messages: dict[int, dict[str, Any]] = {}  # every message, by id
+        self.edits: list[Edit] = []
+        self.deletes: list[Deletion] = []
+        self._failures: dict[str, list[Failure]] = {}
         self.connected = asyncio.Event()  # set while a client is identified/resumed
         self._seq = 0
         self._sessions: dict[str, _Session] = {}
@@ -244,6 +305,15 @@ class FakeDiscord:
     async def wait_connected(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout)
 
+    def fail_next(
+        self, operation: str, status: int = 500, times: int = 1, retry_after: float = 0.2
+    ) -> None:
+        """Answer the next `times` calls of `operation` with `status` (429: rate limited
+        for `retry_after` seconds)."""
+        self._failures.setdefault(operation, []).extend(
+            Failure(status, retry_after) for _ in range(times)
+        )
+
     def calls_to(self, method: str, path_suffix: str) -> list[Call]:
         return [c for c in self.calls if c.method == method and c.path.endswith(path_suffix)]
 
@@ -331,7 +401,7 @@ class FakeDiscord:
     def _authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Bot {self.token}"
 
-    async def _record(self, request: web.Request) -> Call | web.Response:
+    async def _record(self, request: web.Request, operation: str) -> Call | web.Response:
         call = Call(request.method, request.path, headers=dict(request.headers))
         if request.content_type == "application/json" and request.can_read_body:
             call.json = await request.json()
@@ -346,10 +416,13 @@ class FakeDiscord:
         self.calls.append(call)
         if not self._authorized(request):
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
+        pending = self._failures.get(operation)
+        if pending:
+            return pending.pop(0).response(operation)
         return call
 
     async def _get_gateway(self, request: web.Request) -> web.Response:
-        rec = await self._record(request)
+        rec = await self._record(request, "get_gateway")
         if isinstance(rec, web.Response):
             return rec
         return _json(
@@ -366,11 +439,11 @@ class FakeDiscord:
         )
 
     async def _users_me(self, request: web.Request) -> web.Response:
-        rec = await self._record(request)
+        rec = await self._record(request, "get_current_user")
         return rec if isinstance(rec, web.Response) else _json(BOT_USER)
 
     async def _application(self, request: web.Request) -> web.Response:
-        rec = await self._record(request)
+        rec = await self._record(request, "get_current_application")
         if isinstance(rec, web.Response):
             return rec
         return _json(
@@ -388,7 +461,7 @@ class FakeDiscord:
         )
 
     async def _get_channel(self, request: web.Request) -> web.Response:
-        rec = await self._record(request)
+        rec = await self._record(request, "get_channel")
         if isinstance(rec, web.Response):
             return rec
         cid = int(request.match_info["cid"])
@@ -400,7 +473,7 @@ class FakeDiscord:
         return _json({"message": "Unknown Channel", "code": 10003}, status=404)
 
     async def _post_message(self, request: web.Request) -> web.Response:
-        rec = await self._record(request)
+        rec = await self._record(request, "create_message")
         if isinstance(rec, web.Response):
             return rec
         body = rec.json or {}
@@ -425,7 +498,7 @@ class FakeDiscord:
         return _json(msg)
 
     async def _edit_message(self, request: web.Request) -> web.Response:
-        rec = await self._record(request)
+        rec = await self._record(request, "edit_message")
         if isinstance(rec, web.Response):
             return rec
         mid = int(request.match_info["mid"])
@@ -435,18 +508,21 @@ class FakeDiscord:
         msg = msg | {"content": (rec.json or {}).get("content", msg["content"])}
         msg["edited_timestamp"] = _now()
         self.messages[mid] = msg
+        self.edits.append(Edit("edit_message", msg["channel_id"], str(mid), msg["content"]))
         return _json(msg)
 
     async def _delete_message(self, request: web.Request) -> web.Response:
-        rec = await self._record(request)
+        rec = await self._record(request, "delete_message")
         if isinstance(rec, web.Response):
             return rec
-        if self.messages.pop(int(request.match_info["mid"]), None) is None:
+        mid = request.match_info["mid"]
+        if self.messages.pop(int(mid), None) is None:
             return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        self.deletes.append(Deletion("delete_message", request.match_info["cid"], mid))
         return web.Response(status=204)
 
     async def _typing(self, request: web.Request) -> web.Response:
-        rec = await self._record(request)
+        rec = await self._record(request, "trigger_typing")
         return rec if isinstance(rec, web.Response) else web.Response(status=204)
 
     async def _attachment(self, request: web.Request) -> web.Response:

@@ -3,7 +3,13 @@
 It serves the Web API (`POST /api/{method}`), the files upload flow used by
 `files_upload_v2`, private file downloads that require the bot token, a Socket Mode
 websocket, and a helper that delivers signed HTTP events. Every call is recorded, so
-tests assert on the payloads the real client library sent.
+tests assert on the payloads the real client library sent; the edits (chat.update) and
+deletions (chat.delete) the fake applied are also in `edits` and `deletes`, with their
+monotonic time. Deleting a message twice is `message_not_found`, as on Slack.
+
+`fail_next(method, status, times, retry_after=1)` answers the next `times` calls of a
+method with `status`; 429 as Slack sends it (`ratelimited`, a whole-second Retry-After,
+which slack_sdk's AsyncRateLimitErrorRetryHandler parses with int()).
 
 By hand::
 
@@ -45,6 +51,27 @@ class Failure:
 
 
 @dataclass
+class Edit:
+    """An edit the fake applied (a refused one is only in `calls`)."""
+
+    method: str
+    chat_id: str
+    message_id: str  # the message's ts
+    text: str
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Deletion:
+    """A deletion the fake applied."""
+
+    method: str
+    chat_id: str
+    message_id: str
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
 class Upload:
     file_id: str
     filename: str
@@ -69,6 +96,8 @@ class FakeSlack:
         self.acks: dict[str, dict[str, Any]] = {}
         self.users: dict[str, str] = {"U1": "alice", "U2": "bob"}
         self.ws_connections = 0
+        self.edits: list[Edit] = []
+        self.deletes: list[Deletion] = []
         self._failures: dict[str, list[Failure]] = {}
         self._ts = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
@@ -108,9 +137,14 @@ class FakeSlack:
 
     # ------------------------------------------------------------------- controls
 
-    def fail_next(self, method: str, status: int = 500, times: int = 1) -> None:
-        """Answer the next `times` calls of `method` with `status` (429 = ratelimited)."""
-        self._failures.setdefault(method, []).extend(Failure(status) for _ in range(times))
+    def fail_next(
+        self, method: str, status: int = 500, times: int = 1, retry_after: int = 1
+    ) -> None:
+        """Answer the next `times` calls of `method` with `status` (429 = ratelimited, with
+        Retry-After `retry_after`: Slack sends whole seconds)."""
+        self._failures.setdefault(method, []).extend(
+            Failure(status, retry_after) for _ in range(times)
+        )
 
     def calls_to(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
@@ -345,10 +379,16 @@ class FakeSlack:
         }  # fmt: skip
 
     def _m_chat_update(self, p: dict[str, Any]) -> dict[str, Any]:
-        return {"channel": p.get("channel"), "ts": p.get("ts"), "text": p.get("text")}
+        channel, ts, text = str(p.get("channel")), str(p.get("ts")), str(p.get("text"))
+        self.edits.append(Edit("chat.update", channel, ts, text))
+        return {"channel": channel, "ts": ts, "text": text}
 
     def _m_chat_delete(self, p: dict[str, Any]) -> dict[str, Any]:
-        return {"channel": p.get("channel"), "ts": p.get("ts")}
+        channel, ts = str(p.get("channel")), str(p.get("ts"))
+        if any(d.chat_id == channel and d.message_id == ts for d in self.deletes):
+            return {"ok": False, "error": "message_not_found"}
+        self.deletes.append(Deletion("chat.delete", channel, ts))
+        return {"channel": channel, "ts": ts}
 
     def _m_reactions_add(self, _p: dict[str, Any]) -> dict[str, Any]:
         return {}

@@ -10,9 +10,17 @@ long-polls up to `timeout`, released on close), sendMessage, editMessageText,
 deleteMessage, sendChatAction, sendDocument and sendPhoto (multipart), getFile with the
 download under `/file/bot<TOKEN>/<path>`, setWebhook, deleteWebhook. A wrong token gets
 401. Parameters arrive form-encoded with non-string values JSON-encoded; `Call.params`
-holds them decoded. Every call is recorded in `fake.calls`.
+holds them decoded. Every call is recorded in `fake.calls`; the edits and deletions the
+fake applied also in `fake.edits` and `fake.deletes`, with their monotonic time.
+
+As Telegram does, text sent or edited with parse_mode HTML must parse (known tags,
+balanced) or the call is refused with 400 "can't parse entities", and an edit to the text
+the message already has is refused with 400 "message is not modified".
 
 `fake.fail_get_updates(n, status=502)` makes the next n getUpdates calls fail.
+`fake.fail_next(method, status, times, retry_after=1)` answers the next `times` calls of
+`method` with `status`; 429 in flood control's shape ("Too Many Requests: retry after N",
+`parameters.retry_after`), which python-telegram-bot raises as RetryAfter.
 `fake.on_call` (async, optional) sees every call first; a response it returns is sent
 instead of the method's (fault injection: refuse a send, kill the client mid-call).
 """
@@ -26,6 +34,8 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from http import HTTPStatus
 from typing import Any, Self
 
 from aiohttp import web
@@ -50,6 +60,11 @@ _JSON_PARAMS = {
     "disable_notification",
     "max_connections",
 }
+# The tags Telegram's HTML parse mode knows; anything else is refused.
+_HTML_TAGS = {
+    "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a",
+    "tg-emoji", "code", "pre", "blockquote",
+}  # fmt: skip
 
 
 @dataclass
@@ -63,6 +78,46 @@ class Call:
     at: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class Edit:
+    """An edit the fake applied (a refused one is only in `calls`)."""
+
+    method: str
+    chat_id: str
+    message_id: str
+    text: str
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Deletion:
+    """A deletion the fake applied."""
+
+    method: str
+    chat_id: str
+    message_id: str
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Failure:
+    status: int
+    retry_after: int = 1
+
+    def response(self) -> web.Response:
+        if self.status != 429:
+            return _error(self.status, HTTPStatus(self.status).phrase)
+        return web.json_response(
+            {
+                "ok": False,
+                "error_code": 429,
+                "description": f"Too Many Requests: retry after {self.retry_after}",
+                "parameters": {"retry_after": self.retry_after},
+            },
+            status=429,
+        )
+
+
 class FakeTelegram:
     """The fake server; see the module docstring."""
 
@@ -73,6 +128,10 @@ class FakeTelegram:
         self.updates: list[dict[str, Any]] = []
         self.files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, data)
         self.webhook: dict[str, Any] | None = None
+        self.edits: list[Edit] = []
+        self.deletes: list[Deletion] = []
+        self._texts: dict[tuple[str, int], str] = {}  # (chat, message) -> text as sent
+        self._failures: dict[str, list[Failure]] = {}
         self._fail_updates = 0
         self._fail_status = 502
         self._new_update = asyncio.Condition()
@@ -140,6 +199,15 @@ class FakeTelegram:
     def fail_get_updates(self, times: int, status: int = 502) -> None:
         self._fail_updates = times
         self._fail_status = status
+
+    def fail_next(
+        self, method: str, status: int = 500, times: int = 1, retry_after: int = 1
+    ) -> None:
+        """Answer the next `times` calls of `method` with `status` (429: flood control,
+        `retry_after` seconds; the Bot API gives whole seconds)."""
+        self._failures.setdefault(method, []).extend(
+            Failure(status, retry_after) for _ in range(times)
+        )
 
     def add_file(self, file_id: str, data: bytes, file_path: str) -> None:
         self.files[file_id] = (file_path, data)
@@ -215,6 +283,11 @@ class FakeTelegram:
             if early is not None:
                 call.status = early.status
                 return early
+        pending = self._failures.get(method)
+        if pending:
+            refused = pending.pop(0).response()
+            call.status = refused.status
+            return refused
         handler = getattr(self, f"_m_{method}", None)
         if handler is None:
             return _error(404, "Not Found: method not found")
@@ -286,12 +359,35 @@ class FakeTelegram:
         return self.updates[:limit]
 
     async def _m_sendMessage(self, call: Call) -> Any:
-        return self._message(call, text=call.params.get("text", ""))
+        refused = _refuse_html(call)
+        if refused is not None:
+            return refused
+        text = call.params.get("text", "")
+        message = self._message(call, text=text)
+        self._texts[(str(call.params["chat_id"]), message["message_id"])] = text
+        return message
 
     async def _m_editMessageText(self, call: Call) -> Any:
-        return self._message(call, text=call.params.get("text", ""))
+        refused = _refuse_html(call)
+        if refused is not None:
+            return refused
+        chat_id, message_id = str(call.params["chat_id"]), int(call.params["message_id"])
+        text = call.params.get("text", "")
+        if self._texts.get((chat_id, message_id)) == text:
+            return _error(
+                400,
+                "Bad Request: message is not modified: specified new message content and "
+                "reply markup are exactly the same as a current content and reply markup "
+                "of the message",
+            )
+        self._texts[(chat_id, message_id)] = text
+        self.edits.append(Edit(call.method, chat_id, str(message_id), text))
+        return self._message(call, text=text, message_id=message_id, edit_date=int(time.time()))
 
     async def _m_deleteMessage(self, call: Call) -> Any:
+        chat_id, message_id = str(call.params["chat_id"]), int(call.params["message_id"])
+        self._texts.pop((chat_id, message_id), None)
+        self.deletes.append(Deletion(call.method, chat_id, str(message_id)))
         return True
 
     async def _m_sendChatAction(self, call: Call) -> Any:
@@ -339,6 +435,45 @@ def _error(status: int, description: str) -> web.Response:
     return web.json_response(
         {"ok": False, "error_code": status, "description": description}, status=status
     )
+
+
+class _EntityCheck(HTMLParser):
+    """Telegram's verdict on parse_mode=HTML text: known tags, properly nested."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.open: list[str] = []
+        self.problem: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in _HTML_TAGS:
+            self.problem = self.problem or f'Unsupported start tag "{tag}"'
+        self.open.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.problem = self.problem or f'Unsupported start tag "{tag}"'
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.open and self.open[-1] == tag:
+            self.open.pop()
+            return
+        expected = f'"</{self.open[-1]}>"' if self.open else "none"
+        self.problem = self.problem or f'Unmatched end tag "{tag}", expected {expected}'
+
+
+def _refuse_html(call: Call) -> web.Response | None:
+    """The 400 Telegram answers when parse_mode=HTML text does not parse; else None."""
+    if str(call.params.get("parse_mode", "")).upper() != "HTML":
+        return None
+    check = _EntityCheck()
+    check.feed(str(call.params.get("text", "")))
+    check.close()
+    problem = check.problem
+    if problem is None and check.open:
+        problem = f'Can\'t find end tag corresponding to start tag "{check.open[-1]}"'
+    if problem is None:
+        return None
+    return _error(400, f"Bad Request: can't parse entities: {problem}")
 
 
 def _decode(key: str, value: str) -> Any:

@@ -500,6 +500,40 @@ async def test_the_stream_carries_messages_typing_status_edits_and_deletes_in_or
     ]
 
 
+async def test_a_reply_edited_as_it_grows_stays_a_reply_until_withdrawn(chat: Harness) -> None:
+    """A streaming preview: posted by send, edited in place, deleted once the answer is out."""
+    conv = ConversationRef("web", "main")
+    half = "Here is the fix:\n```python\nif a < b and **c"  # an open fence and an open **
+    async with (
+        chat.client() as http,
+        http.get("/api/chat/stream?space=main") as stream,
+    ):
+        preview = Reply(conv, "Here is", preview=True)
+        [pid] = (await chat.adapter.send(preview)).platform_message_ids
+        posted = chat.adapter.logs.current_cursor("main")
+        await chat.adapter.edit(conv, pid, half)
+        async with http.get("/api/chat/messages?space=main") as r:
+            fresh = (await r.json())["messages"]
+        async with http.get(f"/api/chat/messages?space=main&after={posted}") as r:
+            polled = (await r.json())["messages"]
+        await chat.adapter.delete(conv, pid)
+        async with http.get("/api/chat/messages?space=main") as r:
+            after_delete = (await r.json())["messages"]
+        events = await _events(stream, 3)
+
+    assert [k for k, _ in events] == ["message", "edit", "delete"]
+    assert events[0][1]["preview"] is True  # not the reply: pages and `mercury chat` can tell
+    edited = events[1][1]
+    assert (edited["id"], edited["role"], edited["text"]) == (pid, "assistant", half)
+    assert edited["preview"] is True
+    assert edited["cursor"] > events[0][1]["cursor"]
+    assert events[2][1] == {"id": pid, "space": "main"}
+    # A fresh view and a poller see the edited reply, still a reply; then nothing of it.
+    assert [(m["id"], m["role"], m["text"]) for m in fresh] == [(pid, "assistant", half)]
+    assert [(m["id"], m["role"], m["text"]) for m in polled] == [(pid, "assistant", half)]
+    assert after_delete == []
+
+
 async def test_a_reconnecting_stream_replays_from_its_cursor(chat: Harness) -> None:
     conv = ConversationRef("web", "main")
     first = await chat.adapter.send(Reply(conv, "a"))
@@ -797,4 +831,4 @@ async def test_a_reply_that_reads_like_a_status_is_still_a_reply(chat: Harness) 
     async with chat.client() as http, http.get("/api/chat/messages?space=main") as r:
         entries = (await r.json())["messages"]
     [entry] = [e for e in entries if e["id"] == sent.platform_message_ids[0]]
-    assert entry["role"] == "assistant"
+    assert entry["role"] == "assistant" and "preview" not in entry

@@ -27,7 +27,13 @@ from aiohttp import web
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from mercury.adapters.base import AdapterState, InboundSink, StateTracker, records_failure
+from mercury.adapters.base import (
+    AdapterState,
+    InboundSink,
+    StateTracker,
+    raises_rate_limited,
+    records_failure,
+)
 from mercury.adapters.dedup import SeenIds
 from mercury.config import DiscordConfig, Secrets
 from mercury.core.messages import (
@@ -48,6 +54,32 @@ MAX_MESSAGE = 2000
 MAX_FILES_PER_MESSAGE = 10
 _SEEN_LIMIT = 2048  # message ids remembered to drop a redelivered MESSAGE_CREATE
 _SENT_LIMIT = 4096  # ids of our own messages, to spot replies to the bot without a fetch
+
+
+def _discord_wait(exc: Exception) -> float | None:
+    """Seconds to wait when `exc` is a 429 discord.py stopped retrying; None otherwise.
+
+    discord.py 2.7 sleeps out a 429 itself and tries a request 5 times in all
+    (`HTTPClient.request`), then raises HTTPException with status 429; it raises its own
+    RateLimited instead when a wait exceeds `max_ratelimit_timeout` (unset here). The
+    exception keeps the response's headers but not its body: X-RateLimit-Reset-After
+    (milliseconds precise) when the limit hit is the route's own (scope "user"), else
+    Retry-After (whole seconds, rounded up), else a second.
+    """
+    if isinstance(exc, discord.RateLimited):
+        return float(exc.retry_after)
+    if not isinstance(exc, discord.HTTPException) or exc.status != 429:
+        return None
+    headers = getattr(exc.response, "headers", None) or {}
+    names = ["Retry-After"]
+    if headers.get("X-RateLimit-Scope", "user") == "user":
+        names.insert(0, "X-RateLimit-Reset-After")
+    for name in names:
+        try:
+            return float(headers[name])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return 1.0
 
 
 class DiscordStartError(RuntimeError):
@@ -356,6 +388,7 @@ class DiscordAdapter:
         return await self.send(Reply(conversation, text))
 
     @records_failure("send")
+    @raises_rate_limited("send", _discord_wait)
     async def send(self, reply: Reply) -> SentMessage:
         """Post `reply`: text chunks of at most 2000 characters, then files 10 at a time.
 
@@ -412,10 +445,14 @@ class DiscordAdapter:
         """Trigger the typing indicator once (Discord shows it for about 10 s)."""
         await self._channel(conversation).typing()
 
+    @raises_rate_limited("edit", _discord_wait)
     async def edit(self, conversation: ConversationRef, message_id: str, text: str) -> None:
+        """Cut at 2000; an unclosed fence or `**` shows as typed (Discord renders it so)."""
         msg = self._channel(conversation).get_partial_message(int(message_id))
-        await msg.edit(content=text[:MAX_MESSAGE])
+        # Discord refuses an empty message (50006).
+        await msg.edit(content=text[:MAX_MESSAGE] if text.strip() else "…")
 
+    @raises_rate_limited("delete", _discord_wait)
     async def delete(self, conversation: ConversationRef, message_id: str) -> None:
         msg = self._channel(conversation).get_partial_message(int(message_id))
         with contextlib.suppress(discord.NotFound):  # already gone: what the caller wanted

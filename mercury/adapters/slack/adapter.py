@@ -41,6 +41,7 @@ from mercury.adapters.base import (
     AdapterState,
     InboundSink,
     StateTracker,
+    raises_rate_limited,
     records_failure,
     require_secrets,
 )
@@ -66,6 +67,23 @@ TYPING_REACTION = "hourglass_flowing_sand"
 _SPOKEN_SUBTYPES = {None, "file_share", "thread_broadcast", "me_message", "bot_message"}
 _MEMORY = 2048  # ids remembered for dedup / thread bookkeeping
 _DOWNLOAD_HOSTS = ("slack.com", "slack-edge.com", "slack-files.com")
+
+
+def _slack_wait(exc: Exception) -> float | None:
+    """Seconds from Retry-After when `exc` is a 429 that AsyncRateLimitErrorRetryHandler
+    stopped retrying (its count is spent); None for any other error."""
+    if not isinstance(exc, SlackApiError) or getattr(exc.response, "status_code", None) != 429:
+        return None
+    headers = getattr(exc.response, "headers", None) or {}
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            # aiohttp gives a string; slack_sdk's own HttpResponse a list of them.
+            raw = value[0] if isinstance(value, list | tuple) and value else value
+            try:
+                return float(raw)
+            except (TypeError, ValueError):
+                break
+    return 1.0  # Slack always sends Retry-After; a second is its usual wait
 
 
 class SlackAdapter:
@@ -195,6 +213,7 @@ class SlackAdapter:
         log.info("slack adapter stopped")
 
     @records_failure("send")
+    @raises_rate_limited("send", _slack_wait)
     async def send_status(self, conversation: ConversationRef, text: str) -> SentMessage:
         """A plain message, edited in place and deleted at the end; in a channel it sits
         in the thread of the message being answered, next to the reply it announces."""
@@ -209,6 +228,7 @@ class SlackAdapter:
         return SentMessage(platform_message_ids=(f"{resp.get('channel') or channel}:{resp['ts']}",))
 
     @records_failure("send")
+    @raises_rate_limited("send", _slack_wait)
     async def send(self, reply: Reply) -> SentMessage:
         """Post the reply in the thread of the message it answers, split, then its files."""
         conv = reply.conversation
@@ -254,15 +274,22 @@ class SlackAdapter:
             if exc.response.get("error") != "already_reacted":
                 log.debug("slack reaction not added", error=exc.response.get("error"))
 
+    @raises_rate_limited("edit", _slack_wait)
     async def edit(self, conversation: ConversationRef, message_id: str, text: str) -> None:
+        """chat.update, cut at the limit. A half-written answer is fine: to_mrkdwn closes
+        a fence left open, and an unpaired `**` shows as typed."""
         channel, ts = _split_id(message_id, conversation.chat_id)
-        await self.client.chat_update(
-            channel=channel, ts=ts, text=to_mrkdwn(text)[:MAX_MESSAGE_CHARS]
-        )
+        mrkdwn = to_mrkdwn(text)[:MAX_MESSAGE_CHARS] if text.strip() else "…"  # no_text
+        await self.client.chat_update(channel=channel, ts=ts, text=mrkdwn)
 
+    @raises_rate_limited("delete", _slack_wait)
     async def delete(self, conversation: ConversationRef, message_id: str) -> None:
         channel, ts = _split_id(message_id, conversation.chat_id)
-        await self.client.chat_delete(channel=channel, ts=ts)
+        try:
+            await self.client.chat_delete(channel=channel, ts=ts)
+        except SlackApiError as exc:
+            if exc.response.get("error") != "message_not_found":
+                raise  # gone already is what the caller wanted
 
     async def download(self, attachment: Attachment, max_bytes: int) -> bytes:
         """Fetch a user's file with the bot token; ValueError past `max_bytes`."""
@@ -470,7 +497,8 @@ class SlackAdapter:
     # --------------------------------------------------------------------- helpers
 
     def _thread_for(self, conv: ConversationRef, reply: Reply) -> str | None:
-        """thread_ts for a reply: the conversation's thread, else the answered message."""
+        """thread_ts for a reply: the conversation's thread, else the answered message
+        (for a preview, which names none, the message a run most likely answers)."""
         if conv.thread_id:
             return conv.thread_id
         if self._is_dm(conv.chat_id):
@@ -479,6 +507,9 @@ class SlackAdapter:
             channel, _, ts = reply.reply_to.partition(":")
             if channel == conv.chat_id and _TS_RE.fullmatch(ts):
                 return ts
+        if reply.preview:
+            # A streamed answer's preview sits where the reply will, as a status does.
+            return self._anchors.get((conv.chat_id, None))
         return None
 
     def _is_dm(self, channel: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 _FENCE_RE = re.compile(r"^([ \t]*)```[^\n`]*\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
+_OPEN_FENCE_RE = re.compile(r"^([ \t]*)```[^\n`]*(?:\n(.*))?\Z", re.M | re.S)
 _INLINE_CODE_RE = re.compile(r"(`+)(.+?)\1", re.S)
 _LINK_RE = re.compile(r"!?\[([^\]\n]*)\]\(\s*([^)\s]+)(?:\s+\"[^\"]*\")?\s*\)")
 _AUTOLINK_RE = re.compile(r"<((?:https?|mailto):[^>\s]+)>")
@@ -48,7 +49,14 @@ def to_mrkdwn(markdown: str) -> str:
         body = m.group(2)
         return hold(f"{m.group(1)}```\n{escape(body)}```")
 
+    # A fence still open at the end (an answer being written, or cut) runs to the end and
+    # is closed here: its code stays code (a `# comment` is no heading), drawn as a block.
+    def open_fence(m: re.Match[str]) -> str:
+        body = (m.group(2) or "").rstrip("\n")
+        return hold(f"{m.group(1)}```\n{escape(body)}\n```")
+
     text = _FENCE_RE.sub(fence, text)
+    text = _OPEN_FENCE_RE.sub(open_fence, text)
     text = _INLINE_CODE_RE.sub(lambda m: hold(f"`{escape(m.group(2))}`"), text)
     text = _LINK_RE.sub(lambda m: hold(_link(m.group(2), m.group(1))), text)
     text = _AUTOLINK_RE.sub(lambda m: hold(_link(m.group(1), "")), text)

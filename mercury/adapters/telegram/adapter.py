@@ -24,22 +24,26 @@ import contextlib
 import hmac
 import json
 import re
-from datetime import UTC
+import warnings
+from collections.abc import Awaitable, Callable
+from datetime import UTC, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from aiohttp import web
 from telegram import Message, MessageEntity, ReplyParameters, Update
 from telegram.constants import ChatAction, ChatType, ParseMode
-from telegram.error import BadRequest, InvalidToken, TelegramError
+from telegram.error import BadRequest, InvalidToken, RetryAfter, TelegramError
 from telegram.ext import Application, ContextTypes, ExtBot, TypeHandler
 from telegram.request import HTTPXRequest
+from telegram.warnings import PTBDeprecationWarning
 
 from mercury.adapters.base import (
     AdapterState,
     InboundSink,
     StateTracker,
+    raises_rate_limited,
     records_failure,
     require_secrets,
 )
@@ -78,6 +82,35 @@ def _message_ref(chat_id: int | str, message_id: int) -> str:
 def _parse_message_ref(ref: str) -> int:
     """The Telegram message id of a "chat_id:message_id" reference (or a bare id)."""
     return int(ref.rsplit(":", 1)[-1])
+
+
+T = TypeVar("T")
+
+# The longest flood-control wait taken inside one reply (see `_after_flood_wait`).
+FLOOD_WAIT_MAX_S = 30.0
+
+
+def _flood_wait(exc: Exception) -> float | None:
+    """Seconds to wait for Telegram's flood control (429), None for any other error.
+
+    PTB raises RetryAfter at once (no AIORateLimiter here). Its `retry_after` is an int,
+    or a timedelta under PTB_TIMEDELTA=true (the default to come): both are taken. Reading
+    the int warns of that change; PTB's own constructor has warned already, once is enough.
+    """
+    if not isinstance(exc, RetryAfter):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _refused_html(exc: BadRequest) -> bool:
+    return "parse entities" in str(exc).lower()
+
+
+def _not_modified(exc: BadRequest) -> bool:
+    return "not modified" in str(exc).lower()
 
 
 class TelegramAdapter:
@@ -380,6 +413,7 @@ class TelegramAdapter:
         return await self.send(Reply(conversation, text))
 
     @records_failure("send")
+    @raises_rate_limited("send", _flood_wait)
     async def send(self, reply: Reply) -> SentMessage:
         """Send the text (Markdown -> HTML, split at 4096) and then the files."""
         bot = self._bot()
@@ -395,19 +429,41 @@ class TelegramAdapter:
         ids: list[str] = []
         if reply.text.strip():
             for markdown_chunk in split_markdown(reply.text, TELEGRAM_LIMIT):
-                sent = await self._send_text(
-                    bot, conv.chat_id, markdown_chunk, thread, reply_params
+                sent = await self._after_flood_wait(
+                    bool(ids),
+                    lambda c=markdown_chunk, r=reply_params: self._send_text(  # type: ignore[misc]
+                        bot, conv.chat_id, c, thread, r
+                    ),
                 )
                 ids.append(_message_ref(conv.chat_id, sent.message_id))
                 reply_params = None  # only the first chunk is a reply
         for out in reply.files:
-            sent_file = await self._send_file(
-                bot, conv.chat_id, out.path, out.name, thread, reply_params
+            sent_file = await self._after_flood_wait(
+                bool(ids),
+                lambda o=out, r=reply_params: self._send_file(  # type: ignore[misc]
+                    bot, conv.chat_id, o.path, o.name, thread, r
+                ),
             )
             if sent_file is not None:
                 ids.append(_message_ref(conv.chat_id, sent_file.message_id))
                 reply_params = None
         return SentMessage(platform_message_ids=tuple(ids))
+
+    async def _after_flood_wait(self, midway: bool, call: Callable[[], Awaitable[T]]) -> T:
+        """One part of a reply. Midway through a reply (a part is out already), Telegram's
+        flood control is waited out here, up to FLOOD_WAIT_MAX_S and twice: raised, it
+        would make the whole reply be sent again, doubling the parts already out. The
+        first part's refusal is raised (RateLimited), for the outbox to wait and retry."""
+        for attempt in range(3):
+            try:
+                return await call()
+            except RetryAfter as exc:
+                wait = _flood_wait(exc) or 1.0
+                if not midway or attempt == 2 or wait > FLOOD_WAIT_MAX_S:
+                    raise
+                log.info("telegram flood control mid-reply; waiting", retry_after=wait)
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
 
     async def _send_text(
         self,
@@ -426,7 +482,7 @@ class TelegramAdapter:
                 reply_parameters=reply_params,
             )
         except BadRequest as exc:
-            if "parse entities" not in str(exc).lower():
+            if not _refused_html(exc):
                 raise
             # Our HTML should always parse; if Telegram disagrees, the words still matter
             # more than the formatting.
@@ -490,21 +546,41 @@ class TelegramAdapter:
         except TelegramError as exc:
             log.debug("telegram typing failed", error=str(exc))
 
+    @raises_rate_limited("edit", _flood_wait)
     async def edit(self, conversation: ConversationRef, message_id: str, text: str) -> None:
-        """Edit a message we sent (the status message); text past 4096 is cut."""
-        html = split_for_telegram(text)[0] if text.strip() else "…"
+        """Edit a message we sent (a status, or a preview growing with the answer).
+
+        The text is cut at 4096. A half-written answer (an open fence, a lone `**`) still
+        converts to balanced HTML; should Telegram refuse the HTML anyway, the edit goes
+        out as plain text, as sends do. Editing to the same text is Telegram's error
+        "message is not modified", and nothing to us.
+        """
+        bot = self._bot()
+        chat_id, msg_id = conversation.chat_id, _parse_message_ref(message_id)
+        markdown = text if text.strip() else "…"
         try:
-            await self._bot().edit_message_text(
-                chat_id=conversation.chat_id,
-                message_id=_parse_message_ref(message_id),
-                text=html,
+            await bot.edit_message_text(
+                text=split_for_telegram(markdown)[0],
+                chat_id=chat_id,
+                message_id=msg_id,
                 parse_mode=ParseMode.HTML,
             )
+            return
         except BadRequest as exc:
-            # Editing to the same text is an error on Telegram's side, not ours.
-            if "not modified" not in str(exc).lower():
+            if _not_modified(exc):
+                return
+            if not _refused_html(exc):
+                raise
+            log.warning("telegram rejected HTML in an edit, sending plain text", error=str(exc))
+        try:
+            await bot.edit_message_text(
+                text=split_markdown(markdown)[0], chat_id=chat_id, message_id=msg_id
+            )
+        except BadRequest as exc:
+            if not _not_modified(exc):
                 raise
 
+    @raises_rate_limited("delete", _flood_wait)
     async def delete(self, conversation: ConversationRef, message_id: str) -> None:
         try:
             await self._bot().delete_message(

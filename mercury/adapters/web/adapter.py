@@ -126,7 +126,8 @@ class WebChatAdapter:
         self.logs.close_streams()
 
     async def send(self, reply: Reply) -> SentMessage:
-        """Store the reply (copying its files into the file store) and push it live."""
+        """Store the reply (copying its files into the file store) and push it live; a
+        preview is marked `"preview": true`."""
         space = reply.conversation.chat_id
         files = []
         for out in reply.files:
@@ -140,6 +141,10 @@ class WebChatAdapter:
             space, uuid.uuid4().hex, "assistant", self.bot_name, reply.text, files
         )
         entry["reply_to"] = reply.reply_to
+        if reply.preview:
+            # A streamed answer being written, deleted once the reply is out: the page and
+            # API clients (`mercury chat`) must not take it for the reply.
+            entry["preview"] = True
         self.logs.append(space, entry)
         return SentMessage(platform_message_ids=(entry["id"],))
 
@@ -155,10 +160,15 @@ class WebChatAdapter:
         self.logs.push(space, Event("typing", {"space": space, "ts": now_iso()}))
 
     async def edit(self, conversation: ConversationRef, message_id: str, text: str) -> None:
-        """Edit a status message (the only kind the pipeline edits)."""
+        """Change a status's or a reply's text in place; it keeps its role, and the page
+        and `mercury chat` get an "edit" event carrying the whole entry.
+
+        The text is kept whole, as `send` keeps it, and the page shows it as typed: a
+        half-written fence is no problem. Never rate limited."""
         self.logs.edit(conversation.chat_id, message_id, text)
 
     async def delete(self, conversation: ConversationRef, message_id: str) -> None:
+        """Withdraw a message: a "delete" event live, a tombstone for pollers."""
         self.logs.delete(conversation.chat_id, message_id)
 
     async def download(self, attachment: Attachment, max_bytes: int) -> bytes:

@@ -93,14 +93,14 @@ class SpaceLogs:
         self.push(space, Event("message", dict(entry), entry["cursor"]))
 
     def edit(self, space: str, message_id: str, text: str) -> None:
-        """Change a status message's text; a fresh cursor lets pollers pick it up."""
-        log_ = self._space(space)
-        entry = next((e for e in log_.entries if e["id"] == message_id), None)
+        """Change a message's text (a status, or a streamed answer's preview growing),
+        keeping its role; a fresh cursor, at the end of the log, lets pollers pick it up."""
+        entry = self.find_live(space, message_id)
         if entry is None:
-            return
-        # Only status messages are edited.
+            return  # withdrawn already, or never here: nothing to show
+        log_ = self._space(space)
         log_.entries.remove(entry)
-        entry.update(text=text, role="status", cursor=next(self._cursor))
+        entry.update(text=text, cursor=next(self._cursor))
         log_.entries.append(entry)
         self.push(space, Event("edit", dict(entry), entry["cursor"]))
 

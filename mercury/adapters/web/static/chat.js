@@ -41,15 +41,23 @@ function show(loggedIn, message) {
   if (error) error.textContent = message || "";
 }
 
+// A new entry, or an edit of one shown: a status or a reply growing while the model writes
+// (the server sends the whole entry again, same id and role), redrawn where it stands.
 function render(entry) {
   if (entry.deleted) { remove(entry.id); return; }
+  const box = $("messages");
+  // An edit follows the text down only for a reader already at the bottom: one who
+  // scrolled up to read is not pulled away about once a second.
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 48;
   let el = state.byId.get(entry.id);
+  const added = !el;
   if (!el) {
     el = document.createElement("div");
     state.byId.set(entry.id, el);
-    $("messages").appendChild(el);
+    box.appendChild(el);
   }
-  el.className = `msg ${entry.role}`;
+  // A preview is the answer while it is written: the reply replaces it (delete event).
+  el.className = `msg ${entry.role}${entry.preview ? " preview" : ""}`;
   el.replaceChildren();
   const meta = document.createElement("div");
   meta.className = "meta";
@@ -71,12 +79,11 @@ function render(entry) {
     }
     el.appendChild(files);
   }
-  if (entry.role === "assistant") $("typing").textContent = "";
+  if (entry.role === "assistant" && !entry.preview) $("typing").textContent = "";  // answered
   if (typeof entry.cursor === "number" && (state.cursor === null || entry.cursor > state.cursor)) {
     state.cursor = entry.cursor;
   }
-  const box = $("messages");
-  box.scrollTop = box.scrollHeight;
+  if (added || atBottom) box.scrollTop = box.scrollHeight;
 }
 
 function remove(id) {
@@ -124,8 +131,8 @@ function stream() {
   let opened = false;
   src.onopen = () => { opened = true; $("conn").textContent = "live"; };
   src.addEventListener("message", (e) => render(JSON.parse(e.data)));
-  src.addEventListener("edit", (e) => render(JSON.parse(e.data)));
-  src.addEventListener("delete", (e) => remove(JSON.parse(e.data).id));
+  src.addEventListener("edit", (e) => render(JSON.parse(e.data)));  // in place, by id
+  src.addEventListener("delete", (e) => remove(JSON.parse(e.data).id));  // a withdrawn preview
   src.addEventListener("typing", typing);
   src.onerror = () => {
     // The browser retries on its own; if the stream never worked, poll instead.
