@@ -119,7 +119,13 @@ class App:
             # lacks it: now if missing, and again when a run finds it gone.
             images = ImageBuildState(cfg.container.image, restorer=AgentImageBuilder(cfg.container))
             self.runner = ContainerRunner(
-                cfg, images, client=self.docker, resources_dir=resources_dir()
+                cfg,
+                images,
+                client=self.docker,
+                resources_dir=resources_dir(),
+                # Warm containers get their run's socket folder ahead of the run.
+                socket_folders=self.host.server,
+                preload=tuple(sorted({leg.provider for leg in cfg.model.chain})),
             )
         except (OSError, ValueError) as exc:  # container.user, disk.space_limit
             raise StartupError(str(exc)) from exc

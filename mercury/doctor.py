@@ -70,6 +70,29 @@ def check_image(config: Config, client: object | None) -> CheckResult:
     return CheckResult(name, Status.OK, f"{config.container.image} ({image.short_id})")
 
 
+def check_warm(config: Config, client: object | None) -> CheckResult:
+    """How many warm containers wait for a message now, and the memory they hold."""
+    from mercury.sandbox.warm import waiting_on_engine
+
+    name = "warm containers"
+    warm = config.container.warm
+    if not warm.enabled or warm.max == 0:
+        return CheckResult(name, Status.OK, "off (container.warm.enabled)", required=False)
+    if client is None:
+        return CheckResult(name, Status.SKIP, "needs the Docker engine", required=False)
+    try:
+        count, used = waiting_on_engine(client, config)
+    except Exception as exc:
+        return CheckResult(name, Status.WARN, str(exc).splitlines()[0][:200], required=False)
+    memory = f", {used / 1024**2:.0f} MiB in use" if count else ""
+    return CheckResult(
+        name,
+        Status.OK,
+        f"{count} waiting{memory} (at most {warm.max}, each removed after {warm.idle_ttl:g}s idle)",
+        required=False,
+    )
+
+
 async def check_database(config: Config) -> CheckResult:
     from mercury.storage import safe_url
     from mercury.storage.migrate import current_revision, head_revision
@@ -278,6 +301,7 @@ async def run_checks(
     if loaded is None:
         skipped = [
             "agent image present",
+            "warm containers",
             "database reachable and migrated",
             "data dir writable",
             "container user",
@@ -291,6 +315,7 @@ async def run_checks(
         return results
     config = loaded.config
     results.append(await asyncio.to_thread(check_image, config, client))
+    results.append(await asyncio.to_thread(check_warm, config, client))
     results.append(check_data_dir(config))
     results += check_host_side(config)
     results.append(await check_database(config))

@@ -139,6 +139,8 @@ class HostApiServer:
         self.app.router.add_get("/spaces/{space_id}/info", _space_info)
         self._runner: web.AppRunner | None = None
         self._runs: dict[str, _RunSocket] = {}
+        # Socket folders made ahead of their run, for warm containers (reserve_folder).
+        self._reserved: set[str] = set()
 
     def add_routes(self, routes: Iterable[web.AbstractRouteDef]) -> None:
         """Register more endpoints (e.g. a `web.RouteTableDef`); only before `start()`.
@@ -179,8 +181,12 @@ class HostApiServer:
         if not run_id or "/" in run_id or run_id in (".", ".."):
             raise ValueError(f"run id {run_id!r} is not a plain name")
         folder = self.socket_dir(run_id)
-        _remove(folder)
-        folder.mkdir(mode=0o700)
+        if run_id in self._reserved:
+            # A warm container has this very folder mounted: bind in it, never replace it.
+            self._reserved.discard(run_id)
+        else:
+            _remove(folder)
+            folder.mkdir(mode=0o700)
         entry = _RunSocket(run_id, folder)
         self._runs[run_id] = entry
         try:
@@ -214,6 +220,27 @@ class HostApiServer:
         await asyncio.sleep(0)  # let aborted connections run their connection_lost
         _remove(entry.folder)
 
+    def reserve_folder(self, run_id: str) -> Path:
+        """An empty socket folder for a run that has no socket yet: a warm container
+        (sandbox/warm.py) mounts it when it is made, and `open_run` binds the run's socket
+        in it at hand-over. A bind mount shows the folder it was given, so the folder must
+        be this one, not a new one of the same name. Mercury's own (0700) until then."""
+        if not run_id or "/" in run_id or run_id in (".", ".."):
+            raise ValueError(f"run id {run_id!r} is not a plain name")
+        if run_id in self._runs:
+            raise ValueError(f"run {run_id!r} already has a socket")
+        folder = self.socket_dir(run_id)
+        _remove(folder)
+        folder.mkdir(mode=0o700)
+        self._reserved.add(run_id)
+        return folder
+
+    def release_folder(self, run_id: str) -> None:
+        """Remove a reserved folder whose run never came (its warm container was removed)."""
+        if run_id in self._reserved:
+            self._reserved.discard(run_id)
+            _remove(self.socket_dir(run_id))
+
     def remove_stale(self) -> int:
         """Remove socket folders of a previous process's runs; how many there were.
 
@@ -223,7 +250,7 @@ class HostApiServer:
         found = 0
         if self.root.is_dir():
             for stale in self.root.iterdir():
-                if stale.name not in self._runs:
+                if stale.name not in self._runs and stale.name not in self._reserved:
                     _remove(stale)
                     found += 1
         return found

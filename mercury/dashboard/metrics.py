@@ -53,18 +53,20 @@ class MetricsSnapshot:
     runs: stats.RunSummary
     queue: Mapping[str, int] = field(default_factory=dict)
     running: int = 0
+    waiting: int = 0  # warm containers waiting for a message
     usage: list[stats.SpaceUsage] = field(default_factory=list)
     adapters: Mapping[str, AdapterState] = field(default_factory=dict)
 
 
 async def snapshot(
-    db: Database, *, running: int, adapters: Mapping[str, AdapterState]
+    db: Database, *, running: int, adapters: Mapping[str, AdapterState], waiting: int = 0
 ) -> MetricsSnapshot:
     """Read the stored numbers (cumulative, all time) and join the live ones."""
     return MetricsSnapshot(
         runs=await stats.run_summary(db),
         queue=await stats.queue_depth(db, limit=MAX_SPACES),
         running=running,
+        waiting=waiting,
         usage=await stats.usage_by_space(db, limit=MAX_SPACES),
         adapters=adapters,
     )
@@ -93,6 +95,11 @@ def families(snap: MetricsSnapshot) -> list[Metric]:
         queue.add_metric([space], depth)
     running = GaugeMetricFamily("mercury_running_containers", "Agent containers running now.")
     running.add_metric([], snap.running)
+    waiting = GaugeMetricFamily(
+        "mercury_warm_containers",
+        "Warm agent containers waiting for a space's next message (container.warm).",
+    )
+    waiting.add_metric([], snap.waiting)
     tokens = CounterMetricFamily(
         "mercury_tokens", "Model tokens used, per space.", labels=["space", "direction"]
     )
@@ -115,7 +122,7 @@ def families(snap: MetricsSnapshot) -> list[Metric]:
         up.add_metric([platform], 1 if state.connected else 0)
         if state.last_event_at is not None:
             last_event.add_metric([platform], state.last_event_at.timestamp())
-    return [runs, duration, queue, running, tokens, cost, up, last_event]
+    return [runs, duration, queue, running, waiting, tokens, cost, up, last_event]
 
 
 def _le(bound: float) -> str:
@@ -160,8 +167,9 @@ async def metrics(request: web.Request) -> web.Response:
             headers={"WWW-Authenticate": 'Bearer realm="mercury metrics"'},
         )
     running = len(d.runner.active_spaces()) if d.runner is not None else 0
+    waiting = d.runner.waiting_containers() if d.runner is not None else 0
     adapters = {name: adapter.state for name, adapter in d.adapters.items()}
-    body = exposition(await snapshot(d.db, running=running, adapters=adapters))
+    body = exposition(await snapshot(d.db, running=running, adapters=adapters, waiting=waiting))
     return web.Response(
         body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"}
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -30,6 +30,8 @@ LABEL_MANAGED = "mercury.managed"
 LABEL_INSTANCE = "mercury.instance"
 LABEL_SPACE = "mercury.space"
 LABEL_RUN = "mercury.run"
+# Set on a container made ahead of its message (warm.py); it serves one run like any other.
+LABEL_WARM = "mercury.warm"
 
 # Space and run ids become path components, container names and labels: keep them boring.
 # A leading alphanumeric rules out ".", ".." and option-looking names.
@@ -39,7 +41,9 @@ _NETWORK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Name parts that mark a credential even where mercury.logging's key heuristic does not.
 _SECRET_NAME_PARTS = {"dsn", "credential", "credentials", "passphrase", "apikey", "privatekey"}
 # Variables the host sets itself; config or a request may not replace them.
-_HOST_SET = ("MERCURY_RUN_ID", "MERCURY_SPACE_ID", "MERCURY_IO_DIR", "HOME")
+_HOST_SET = ("MERCURY_RUN_ID", "MERCURY_SPACE_ID", "MERCURY_IO_DIR", "HOME", "MERCURY_PRELOAD")
+# The agent's waiting mode (a warm container): its arguments after the image's entry point.
+WAIT_COMMAND = ("--wait",)
 # The engine's sockets: a container that can reach one owns the host.
 _DOCKER_SOCKETS = (Path("/var/run/docker.sock"), Path("/run/docker.sock"))
 # Container logs are only read for a crash's last lines; cap them so a chatty agent cannot
@@ -72,6 +76,8 @@ class ContainerSpec:
     environment: dict[str, str]
     mounts: tuple[BindMount, ...]
     host_config: dict[str, Any] = field(default_factory=dict)
+    # Arguments after the image's entry point; None = the image's own (a cold run).
+    command: tuple[str, ...] | None = None
 
 
 def check_id(kind: str, value: str) -> str:
@@ -100,6 +106,7 @@ def build_environment(
     run_id: str,
     space_id: str,
     granted: Mapping[str, str],
+    preload: Sequence[str] = (),
 ) -> dict[str, str]:
     """The container's whole environment: host-set run ids plus what config/extensions grant.
 
@@ -135,6 +142,9 @@ def build_environment(
             "HOME": "/tmp",
         }
     )
+    if preload:
+        # A waiting agent imports these providers' SDKs before its message comes.
+        env["MERCURY_PRELOAD"] = ",".join(p for p in preload if re.fullmatch(r"[a-z]+", p))
     return env
 
 
@@ -202,6 +212,8 @@ def container_spec(
     memory: int | None = None,
     network: str | None = None,
     user: str | None = None,
+    wait: bool = False,
+    preload: Sequence[str] = (),
 ) -> ContainerSpec:
     """The hardened container for one run (no Docker calls; ValueError on anything unsafe).
 
@@ -209,6 +221,8 @@ def container_spec(
     data_dir/io: only that space and that run are mounted, never their roots. `env` is what
     the request grants on top of `config.env`; `memory` and `network` override the config.
     `user` is the resolved `uid:gid` (identity.container_identity); by default the config's.
+    `wait`: a warm container (warm.py), made exactly like a cold one but started with the
+    agent's waiting mode and labelled so; `preload` names the SDKs it imports meanwhile.
     """
     check_id("instance", instance)
     check_id("run id", run_id)
@@ -264,7 +278,10 @@ def container_spec(
     net = _check_network(config.network if network is None else network)
 
     environment = build_environment(
-        run_id=run_id, space_id=space_id, granted={**config.env, **(env or {})}
+        run_id=run_id,
+        space_id=space_id,
+        granted={**config.env, **(env or {})},
+        preload=preload,
     )
 
     host_config: dict[str, Any] = {
@@ -300,7 +317,9 @@ def container_spec(
             LABEL_INSTANCE: instance,
             LABEL_SPACE: space_id,
             LABEL_RUN: run_id,
+            **({LABEL_WARM: "true"} if wait else {}),
         },
+        command=WAIT_COMMAND if wait else None,
         environment=environment,
         mounts=tuple(mounts),
         host_config=host_config,

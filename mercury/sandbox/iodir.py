@@ -51,20 +51,52 @@ def create_io_dir(
     replace: bool = False,
 ) -> Path:
     """data_dir/io/<run_id> with input.json in it; `replace` clears a stale dir first."""
+    path = empty_io_dir(data_dir, run_id, ident, replace=replace, chown=False)
+    # Written before the container exists, so nobody else can race this file; still,
+    # created exclusively, and owned by the container's uid alone (it holds the run token).
+    _write_input(path / INPUT_NAME, payload, ident)
+    if os.geteuid() == 0:
+        os.chown(path, ident.uid, ident.gid, follow_symlinks=False)
+    return path
+
+
+def empty_io_dir(
+    data_dir: Path,
+    run_id: str,
+    ident: ContainerIdentity,
+    *,
+    replace: bool = False,
+    chown: bool = True,
+) -> Path:
+    """data_dir/io/<run_id>, empty: a warm container's, whose input.json comes later."""
     check_id("run id", run_id)
     root = private_dir(io_root(data_dir))
     path = root / run_id
     if replace:
         remove_io_dir(path)
     path.mkdir(mode=0o700)
+    if chown and os.geteuid() == 0:
+        os.chown(path, ident.uid, ident.gid, follow_symlinks=False)
+    return path
+
+
+def hand_over_input(io_dir: Path, payload: Any, ident: ContainerIdentity) -> None:
+    """Put input.json into a waiting container's io dir, all at once.
+
+    The agent polls for the name, so the file is written under a temporary name first and
+    renamed into place: it never sees a half-written input. The io dir belongs to the
+    container's uid, but the container never served a message and runs only the agent's
+    waiting loop; the temporary name is still random and created exclusively, and the
+    rename replaces whatever might sit at input.json.
+    """
+    tmp = io_dir / f".input.{os.urandom(8).hex()}.tmp"
+    _write_input(tmp, payload, ident)
+    os.replace(tmp, io_dir / INPUT_NAME)
+
+
+def _write_input(path: Path, payload: Any, ident: ContainerIdentity) -> None:
     data = json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
-    # Written before the container exists, so nobody else can race this file; still,
-    # created exclusively, and owned by the container's uid alone (it holds the run token).
-    fd = os.open(
-        path / INPUT_NAME,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-        0o600,
-    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
         while view:
@@ -73,9 +105,6 @@ def create_io_dir(
             os.fchown(fd, ident.uid, ident.gid)
     finally:
         os.close(fd)
-    if os.geteuid() == 0:
-        os.chown(path, ident.uid, ident.gid, follow_symlinks=False)
-    return path
 
 
 def remove_io_dir(path: Path) -> None:

@@ -36,6 +36,7 @@ import docker.errors
 
 from mercury.config import Config
 from mercury.logging import get_logger
+from mercury.sandbox.contract import new_run_id
 from mercury.sandbox.engine import EngineUnavailable, connect_engine
 from mercury.sandbox.enginewatch import EngineHealth, short_error
 from mercury.sandbox.hardening import ContainerSpec, check_id, container_spec
@@ -46,6 +47,7 @@ from mercury.sandbox.reaper import ENGINE_ERRORS as _ENGINE_ERRORS
 from mercury.sandbox.reaper import Reaper
 from mercury.sandbox.spaces import SpaceStore, free_bytes
 from mercury.sandbox.types import ImageBuildState, RunReason, RunRequest, RunResult
+from mercury.sandbox.warm import SocketFolders, WarmPool, WarmSlot, plain_request
 from mercury.sandbox.watch import ActiveRun, RunWatching, mib
 
 log = get_logger("mercury.sandbox.runner")
@@ -86,6 +88,8 @@ class ContainerRunner(RunWatching):
         api_socket_dir: Path | None = None,
         poll_interval: float = 0.01,
         probe_interval: float = 1.0,
+        socket_folders: SocketFolders | None = None,
+        preload: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.images = images
@@ -114,6 +118,9 @@ class ContainerRunner(RunWatching):
         self._closed = False
         self.health = EngineHealth(self._ping, config.container.engine_outage_limit)
         self._reaper = Reaper(config, self.health, self._call, lambda: self._client)
+        # Warm containers (warm.py): only where runs get host-API sockets made ahead
+        # (`socket_folders`, the App's host API); `preload` = the chain's providers.
+        self.warm = WarmPool(self, socket_folders, preload)
 
     # ------------------------------------------------------------------ public API
 
@@ -135,6 +142,20 @@ class ContainerRunner(RunWatching):
             for r in self._runs.values()
         ]
         return sorted(found, key=lambda r: r.started_at)
+
+    async def next_run_id(self, space_id: str) -> str:
+        """The id for the space's next run: its waiting container's (reserved for it from
+        now on) when it has one, else a new one (a cold run). Pair with `release_run_id`."""
+        return await self.warm.take(space_id) or new_run_id()
+
+    def release_run_id(self, run_id: str) -> None:
+        """The run of an id from `next_run_id` is over or never started: a waiting
+        container still reserved for it is removed (a no-op once the run took it)."""
+        self.warm.release(run_id)
+
+    def waiting_containers(self) -> int:
+        """Warm containers waiting for a message now."""
+        return self.warm.waiting()
 
     async def abort(self, space_id: str) -> bool:
         """Kill the runs of `space_id` (they end as aborted). False if none was running."""
@@ -173,12 +194,16 @@ class ContainerRunner(RunWatching):
         are touched, so other installs on the same engine keep theirs.
         """
         client = await self._engine()
-        return await self._reaper.orphans(client, set(self._runs))
+        return await self._reaper.orphans(client, set(self._runs) | self.warm.run_ids())
 
     async def aclose(self) -> None:
-        """Kill what still runs, wait for every cleanup, release the pool and client."""
+        """Kill what still runs, wait for every cleanup, release the pool and client.
+        A second call does nothing."""
+        if self._closed:
+            return
         if self._runs:
             await self.kill_all()
+        await self.warm.aclose()
         # Removals waiting for a dead engine are the next start's (cleanup_orphans).
         self._reaper.close()
         await self.wait_cleanups()
@@ -296,6 +321,11 @@ class ContainerRunner(RunWatching):
         except EngineUnavailable as exc:
             self.health.mark_down(str(exc))
             return self._result(run, RunReason.CRASHED, error=str(exc), retry=True)
+        slot = self.warm.claim(req.run_id)
+        if slot is not None:
+            warm = await self._warm_start(run, client, slot, image)
+            if warm is not None:
+                return warm
         try:
             profile = req.input.get("profile")
             await self._call(
@@ -340,8 +370,25 @@ class ContainerRunner(RunWatching):
             return self._call_failed(run, "start failed", exc)
         run.started_container = True
         log.debug("run.started", run_id=req.run_id, space_id=req.space_id, container=run.name)
-
+        if plain_request(req):
+            self.warm.want(req.space_id)  # the space is active: its next container waits
         timeout = req.timeout_s or cfg.container.timeout
+        return await self._watch(run, client, time.monotonic() + timeout, timeout)
+
+    async def _warm_start(
+        self, run: ActiveRun, client: docker.DockerClient, slot: WarmSlot, image: str
+    ) -> RunResult | None:
+        """Hand the run to its waiting container and watch it; None when that container
+        cannot take it (warm.py `WarmPool.begin`): the run goes the cold way."""
+        if not await self.warm.begin(slot, run, client, image):
+            return None
+        run.image = slot.image
+        run.maybe_created = True
+        run.started_container = True
+        req = run.request
+        log.debug("run.started", run_id=req.run_id, space_id=req.space_id, warm=True)
+        self.warm.want(req.space_id)
+        timeout = req.timeout_s or self.config.container.timeout
         return await self._watch(run, client, time.monotonic() + timeout, timeout)
 
     async def _space_free(self, previous: asyncio.Task[None]) -> bool:

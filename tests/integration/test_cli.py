@@ -215,6 +215,7 @@ def test_doctor_against_the_real_engine(tmp_path: Path) -> None:
     assert " ok " in _row(out, "config valid")
     assert " ok " in _row(out, "web adapter has its token")
     assert " ok " in _row(out, "model provider key or base URL")
+    assert "0 waiting (at most 4" in _row(out, "warm containers")
     # every check is shown with its state
     for name in (
         "agent image present",

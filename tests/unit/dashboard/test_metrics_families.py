@@ -36,6 +36,7 @@ def test_running_containers_adapters_and_a_quiet_database() -> None:
     snap = MetricsSnapshot(
         runs=EMPTY_RUNS,
         running=3,
+        waiting=2,
         adapters={
             "slack": AdapterState(connected=True, last_event_at=event),
             "discord": AdapterState(connected=False, last_error="send failed: x"),
@@ -43,6 +44,7 @@ def test_running_containers_adapters_and_a_quiet_database() -> None:
     )
     s = _parse(snap)
     assert s[("mercury_running_containers", ())] == 3
+    assert s[("mercury_warm_containers", ())] == 2
     assert s[("mercury_adapter_up", (("platform", "slack"),))] == 1
     assert s[("mercury_adapter_up", (("platform", "discord"),))] == 0
     last = "mercury_adapter_last_event_timestamp_seconds"
