@@ -151,8 +151,14 @@ async def _send_and_wait(http: aiohttp.ClientSession, base: str, space: str, tex
 
 
 def _is_reply(entry: dict[str, Any], message_id: str) -> bool:
-    # A reply names the message it answers; one that names none is taken as ours too.
-    return entry.get("role") == "assistant" and entry.get("reply_to") in (message_id, None)
+    # A reply names the message it answers; one that names none is taken as ours too. A
+    # streamed answer's preview is not the reply (it is withdrawn once the reply is out).
+    return (
+        entry.get("role") == "assistant"
+        and not entry.get("preview")
+        and not entry.get("deleted")
+        and entry.get("reply_to") in (message_id, None)
+    )
 
 
 async def _post(http: aiohttp.ClientSession, base: str, space: str, text: str) -> str:

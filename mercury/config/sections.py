@@ -119,6 +119,18 @@ class TriggerConfig(Section):
     reply_to_bot: bool = True
 
 
+class WarmConfig(Section):
+    # Keep the next container of an active space created, started and waiting with the
+    # agent's imports done, so its next message skips the cold start (docs/performance.md).
+    # Each still serves one message only. Costs the memory of one idle agent per waiting
+    # container (about 60 MiB; docs/configuration.md).
+    enabled: bool = True
+    # Removed when no message came for this long.
+    idle_ttl: Duration = 600.0
+    # Waiting containers at most, across all spaces; the longest idle makes room.
+    max: int = Field(4, ge=0)
+
+
 class ContainerConfig(Section):
     image: str = "mercury-agent:latest"
     base_image: str = "python:3.12-slim"
@@ -153,6 +165,7 @@ class ContainerConfig(Section):
     # before they fail with a notice for the operator. Runs the outage cut short are run
     # again; nothing starts while it lasts.
     engine_outage_limit: Duration = 600.0
+    warm: WarmConfig = Field(default_factory=WarmConfig)
 
     @field_validator("user")
     @classmethod
@@ -250,8 +263,21 @@ class AgentConfig(Section):
     bash_timeout: Duration = 120.0
 
 
+class StreamConfig(Section):
+    # Show the answer growing in place while the model writes (a preview message edited
+    # as text comes, replaced by the reply when it is done); false = only the reply.
+    enabled: bool = True
+    # Seconds between two edits of the preview at most: the platform's edit rate limit.
+    interval: Duration = 1.0
+
+
+def _stream(interval: float) -> Any:
+    return Field(default_factory=lambda: StreamConfig(interval=interval))
+
+
 class SlackConfig(Section):
     enabled: bool = False
+    stream: StreamConfig = _stream(1.2)
     # socket: Socket Mode, no public URL needed; http: Events API on /slack/events.
     mode: Literal["socket", "http"] = "socket"
     api_base_url: str = "https://slack.com/api/"
@@ -259,12 +285,14 @@ class SlackConfig(Section):
 
 class DiscordConfig(Section):
     enabled: bool = False
+    stream: StreamConfig = _stream(1.0)
     api_base_url: str = "https://discord.com/api/v10"
     gateway_url: str = "wss://gateway.discord.gg"
 
 
 class TelegramConfig(Section):
     enabled: bool = False
+    stream: StreamConfig = _stream(1.0)
     mode: Literal["polling", "webhook"] = "polling"
     api_base_url: str = "https://api.telegram.org/bot"
     file_base_url: str = "https://api.telegram.org/file/bot"
@@ -272,6 +300,7 @@ class TelegramConfig(Section):
 
 class WebChatConfig(Section):
     enabled: bool = True
+    stream: StreamConfig = _stream(0.1)
     # Largest upload accepted by the web chat.
     max_upload: ByteSize = 20 * 1024**2
 

@@ -61,3 +61,11 @@ def _open_fence(text: str) -> str | None:
         if stripped.startswith(FENCE):
             opener = None if opener is not None else stripped
     return opener
+
+
+def close_open_fence(text: str) -> str:
+    """`text` with a code block it ends inside closed: a half-written answer renders as
+    it will once finished, instead of turning everything after it into code."""
+    if _open_fence(text) is None:
+        return text
+    return text + ("" if text.endswith("\n") else "\n") + FENCE

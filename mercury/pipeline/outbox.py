@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mercury.adapters.base import Adapter
+from mercury.adapters.base import Adapter, RateLimited
 from mercury.core.messages import ConversationRef, OutboundFile, Reply
 from mercury.logging import first_line, get_logger
 from mercury.storage import Database, ReplyStatus, replies
@@ -35,6 +35,8 @@ T = TypeVar("T")
 # Waits between send attempts when the platform refuses or cannot be reached: about a
 # minute in all, then the reply is failed (and the operator sees why in the log).
 SEND_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+# The longest a platform's retry-after is waited for before the next attempt.
+MAX_RETRY_AFTER_S = 120.0
 # Waits between attempts of a write that must not be lost (capped, retried forever).
 STORE_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
@@ -140,7 +142,11 @@ class ReplyOutbox:
             return False
         message = reply_of(reply.payload)
         error = "not sent"
+        retry_after = 0.0  # a platform's own word on when to try again (a 429)
         for attempt, delay in enumerate((0.0, *self.send_retry_delays)):
+            if attempt:
+                delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
+                retry_after = 0.0
             if delay:
                 await asyncio.sleep(delay)
             claimed = await until_stored(
@@ -154,6 +160,8 @@ class ReplyOutbox:
                 # Shutdown mid-send: left `sending`; the next start treats it as out.
                 raise
             except Exception as exc:
+                if isinstance(exc, RateLimited):
+                    retry_after = exc.retry_after
                 error = f"{type(exc).__name__}: {first_line(exc)}"
                 log.warning(
                     "sending a reply failed",

@@ -12,6 +12,7 @@ from typing import Any
 
 from mercury.adapters.base import Adapter
 from mercury.api.runhost import RunHost
+from mercury.api.stream_events import StreamEvent
 from mercury.api.usage import MeteredCall, UsageTotals
 from mercury.config import Config
 from mercury.core.commands import MODEL_PREF
@@ -23,7 +24,8 @@ from mercury.logging import first_line, get_logger
 from mercury.pipeline.dispatcher import JobDeferred
 from mercury.pipeline.outbox import ReplyOutbox, keep_files, reply_payload, until_stored
 from mercury.pipeline.payload import JobPayload
-from mercury.sandbox.contract import Caller, RunInput, new_run_id, run_input
+from mercury.pipeline.preview import StreamPreview
+from mercury.sandbox.contract import Caller, RunInput, run_input
 from mercury.sandbox.outputs import DroppedFile, outputs_root, remove_outputs
 from mercury.sandbox.runner import ContainerRunner
 from mercury.sandbox.types import RunReason, RunRequest, RunResult
@@ -78,14 +80,32 @@ class RunExecutor:
         self.outbox = ReplyOutbox(db, adapters, config.data_dir)
         # run_id -> its metered model calls (from the meter's hook), for the run record.
         self._calls: dict[str, list[MeteredCall]] = {}
+        # run_id -> the preview of its streamed answer, while it runs.
+        self._previews: dict[str, StreamPreview] = {}
         if host is not None:
             host.meter.add_hook(self._keep_call)
+            host.add_stream_hook(self._on_stream)
 
     def _keep_call(self, call: MeteredCall) -> None:
         """The usage meter's hook: a live run's model calls, kept for its record."""
         calls = self._calls.get(call.run_id)
         if calls is not None and len(calls) < MAX_RECORDED_CALLS:
             calls.append(call)
+
+    def _on_stream(self, run_id: str, event: StreamEvent) -> None:
+        """The model proxy's hook: what a run's model writes, for its preview."""
+        preview = self._previews.get(run_id)
+        if preview is not None:
+            preview.on_event(event)
+
+    def _preview_for(self, conv: ConversationRef) -> StreamPreview | None:
+        """A preview for a run answering in `conv`, if its platform streams replies."""
+        adapter = self.adapters.get(conv.platform)
+        section = getattr(self.config.adapters, conv.platform, None)
+        stream = getattr(section, "stream", None)
+        if adapter is None or stream is None or not stream.enabled:
+            return None
+        return StreamPreview(adapter, conv, interval=stream.interval)
 
     async def send_interim(self, run_id: str, space_id: str, text: str) -> None:
         conv = self._conversations.get(run_id)
@@ -120,15 +140,21 @@ class RunExecutor:
             await self._answer(job, payload, notice, JobStatus.FAILED)
             return JobStatus.FAILED
         space = await repo.get_or_create_space(self.db, job.space_id)
-        run_id = new_run_id()
-        data = await self._input(job, payload, run_id, space.profile, space.context_reset_at)
+        # The space's warm container's id when it has one waiting (sandbox/warm.py).
+        run_id = await self.runner.next_run_id(job.space_id)
         started = utcnow()
         result: RunResult | None = None
         usage: Any = None
         deferred = False
         recorded = False
+        preview = self._preview_for(conv)
         try:
+            data = await self._input(job, payload, run_id, space.profile, space.context_reset_at)
+            if preview is not None:
+                self._previews[run_id] = preview
             result = await self._run(job, payload, data, run_id)
+            if preview is not None:
+                await preview.stop()
             if result.retry:
                 # Not run (low disk, engine down, image being rebuilt since our check) or cut
                 # short by the engine: back in the queue, not counted as an attempt. A run
@@ -150,6 +176,12 @@ class RunExecutor:
                 await self.outbox.deliver(stored)
             return status
         finally:
+            self.runner.release_run_id(run_id)
+            if preview is not None:
+                # After the reply (or the notice) went out: it replaces the preview.
+                self._previews.pop(run_id, None)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(preview.finish())
             # On any other way out (an exception, a cancellation, a shutdown abort) the run
             # and the model usage it caused are still recorded, and its file copies go.
             if not deferred and not recorded:
@@ -173,7 +205,8 @@ class RunExecutor:
         conv = payload.conversation
         self._conversations[run_id] = conv
         self._calls[run_id] = []
-        indicator = asyncio.get_running_loop().create_task(self._indicate(conv))
+        preview = self._previews.get(run_id)
+        indicator = asyncio.get_running_loop().create_task(self._indicate(conv, preview))
         try:
             access = await self.host.open_run(
                 run_id,
@@ -267,8 +300,9 @@ class RunExecutor:
 
     # ------------------------------------------------------------------ while it runs
 
-    async def _indicate(self, conv: ConversationRef) -> None:
-        """Typing while the run goes; past 30 s a "still working (Ns)" status, kept fresh."""
+    async def _indicate(self, conv: ConversationRef, preview: StreamPreview | None = None) -> None:
+        """Typing while the run goes; past 30 s a "still working (Ns)" status, kept fresh,
+        unless the answer already shows as it is written (a streamed preview)."""
         adapter = self.adapters.get(conv.platform)
         if adapter is None:
             return
@@ -279,7 +313,8 @@ class RunExecutor:
                 with contextlib.suppress(Exception):
                     await adapter.set_typing(conv)
                 elapsed = time.monotonic() - begun
-                if elapsed >= STATUS_AFTER_S:
+                streaming = preview is not None and preview.visible
+                if elapsed >= STATUS_AFTER_S and not streaming:
                     text = f"still working ({int(elapsed)}s)"
                     with contextlib.suppress(Exception):
                         if status_id is None:
@@ -289,7 +324,8 @@ class RunExecutor:
                             await adapter.edit(conv, status_id, text)
                     await asyncio.sleep(STATUS_EVERY_S)
                 else:
-                    await asyncio.sleep(min(TYPING_EVERY_S, STATUS_AFTER_S - elapsed))
+                    left = STATUS_AFTER_S - elapsed
+                    await asyncio.sleep(min(TYPING_EVERY_S, left) if left > 0 else TYPING_EVERY_S)
         finally:
             if status_id is not None:
                 with contextlib.suppress(Exception):

@@ -414,7 +414,12 @@ async def rig(
             "model": {
                 "chain": [{"provider": "anthropic", "model": "claude-test", "base_url": fake.url}]
             },
-            "adapters": {"web": {"enabled": False}, **driver.config()},
+            # Streamed previews off: this suite counts the messages the bot posts; streaming
+            # (on by default) has its own suite on every platform, test_streaming.py.
+            "adapters": {
+                "web": {"enabled": False},
+                **{k: {**v, "stream": {"enabled": False}} for k, v in driver.config().items()},
+            },
             "dashboard": {"enabled": False},
         }
         path = tmp_path / "mercury.yaml"

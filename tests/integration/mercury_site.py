@@ -185,7 +185,13 @@ class Mercury:
         return list(self.request("GET", f"/api/chat/messages?space={space}")["messages"])
 
     def replies(self, space: str) -> list[dict[str, Any]]:
-        return [m for m in self.messages(space) if m["role"] == "assistant"]
+        """The bot's replies: not a streamed answer's preview (edited as the model writes,
+        withdrawn once the reply is out), nor a withdrawn message."""
+        return [
+            m
+            for m in self.messages(space)
+            if m["role"] == "assistant" and not m.get("preview") and not m.get("deleted")
+        ]
 
     def wait_replies(self, space: str, n: int, timeout: float = 120) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout

@@ -81,6 +81,9 @@ def telegram_site(site: Any, tg: ThreadedTelegram, **cfg: Any) -> Mercury:
                     "enabled": True,
                     "api_base_url": tg.fake.base_url,
                     "file_base_url": tg.fake.file_url,
+                    # Replies are what is sent exactly once; a streamed preview is a
+                    # transient message (tests/adapters/test_streaming.py), off here.
+                    "stream": {"enabled": False},
                 }
             }
         },

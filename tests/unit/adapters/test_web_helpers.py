@@ -81,6 +81,9 @@ def test_what_counts_as_the_reply() -> None:
     assert _is_reply({"role": "assistant", "reply_to": "m1"}, "m1")
     assert _is_reply({"role": "assistant", "reply_to": None}, "m1")
     assert not _is_reply({"role": "assistant", "reply_to": "m0"}, "m1")
+    # A streamed answer's preview is not the reply, and neither is a withdrawn message.
+    assert not _is_reply({"role": "assistant", "reply_to": None, "preview": True}, "m1")
+    assert not _is_reply({"role": "assistant", "reply_to": "m1", "deleted": True}, "m1")
     assert not _is_reply({"role": "status", "reply_to": "m1"}, "m1")
     assert not _is_reply({"role": "user", "reply_to": None}, "m1")
 

@@ -86,3 +86,32 @@ async def test_short_runs_show_no_status(monkeypatch: pytest.MonkeyPatch, tmp_pa
     with pytest.raises(asyncio.CancelledError):
         await task
     assert {k for k, _ in adapter.events} == {"typing"}
+
+
+async def test_a_streamed_preview_replaces_the_still_working_status(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Once the answer shows as it is written, a "still working" status would only be
+    noise: typing goes on, no status is posted."""
+    from mercury.api.stream_events import TextDelta
+    from mercury.pipeline.preview import StreamPreview
+
+    monkeypatch.setattr(runs, "STATUS_AFTER_S", 0.3)
+    monkeypatch.setattr(runs, "STATUS_EVERY_S", 0.2)
+    monkeypatch.setattr(runs, "TYPING_EVERY_S", 0.1)
+    adapter = RecordingAdapter()
+    executor = runs.RunExecutor(
+        Config(data_dir=tmp_path), db=None, runner=None, host=None, adapters={"web": adapter}
+    )  # type: ignore[arg-type]
+    conv = ConversationRef("web", "main")
+    preview = StreamPreview(adapter, conv, interval=0.0)  # type: ignore[arg-type]
+    preview.on_event(TextDelta("partial answer"))
+    task = asyncio.create_task(executor._indicate(conv, preview))
+    await asyncio.sleep(0.9)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await preview.stop()
+    sends = [v for k, v in adapter.events if k == "send"]
+    assert sends == ["partial answer"]  # the preview; no "still working" status
+    assert [k for k, _ in adapter.events].count("typing") >= 3
