@@ -123,7 +123,7 @@ class WarmConfig(Section):
     # Keep the next container of an active space created, started and waiting with the
     # agent's imports done, so its next message skips the cold start (docs/performance.md).
     # Each still serves one message only. Costs the memory of one idle agent per waiting
-    # container (about 60 MiB; docs/configuration.md).
+    # container (about 85 MiB; docs/configuration.md).
     enabled: bool = True
     # Removed when no message came for this long.
     idle_ttl: Duration = 600.0

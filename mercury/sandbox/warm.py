@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mercury.logging import get_logger
 from mercury.sandbox.contract import new_run_id
@@ -109,6 +109,9 @@ class WarmSlot:
     made_at: float  # time.monotonic() when it was started
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     failed: bool = False
+    # Its liveness check, started when a run reserves it (so it overlaps the run's own
+    # preparation instead of delaying the hand-over).
+    probe: asyncio.Future[dict[str, Any]] | None = None
 
 
 def plain_request(req: RunRequest) -> bool:
@@ -197,7 +200,14 @@ class WarmPool:
             self._discard(slot, "image changed")
             return None
         self._taken[slot.run_id] = slot
+        slot.probe = asyncio.ensure_future(self._inspect(slot))
+        # Read by hand_over; a slot released unused must not log an unread failure.
+        slot.probe.add_done_callback(lambda f: f.cancelled() or f.exception())
         return slot.run_id
+
+    async def _inspect(self, slot: WarmSlot) -> dict[str, Any]:
+        client = await self.runner._engine()
+        return dict(await self.runner._call(client.api.inspect_container, slot.name))
 
     def release(self, run_id: str) -> None:
         """A reserved container whose run never came: removed."""
@@ -269,7 +279,8 @@ class WarmPool:
         """
         runner = self.runner
         try:
-            info = await runner._call_run(run, client.api.inspect_container, slot.name)
+            probe = slot.probe or asyncio.ensure_future(self._inspect(slot))
+            info = await probe
             alive = (info.get("State") or {}).get("Status") == "running"
         except Exception:
             alive = False

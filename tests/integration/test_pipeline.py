@@ -16,7 +16,7 @@ import docker
 import pytest
 
 from mercury.sandbox.hardening import LABEL_INSTANCE
-from tests.fakes.model_server import FakeModelServer, Text, ToolCall
+from tests.fakes.model_server import FakeModelServer, Text, ToolCall, Turn
 from tests.integration.mercury_site import PASSWORD, echo_responder
 
 pytestmark = pytest.mark.docker
@@ -214,4 +214,35 @@ def test_no_model_configured_says_what_to_configure(
     (reply,) = m.wait_replies("nokey", 1)
     assert "ANTHROPIC_API_KEY" in reply["text"] and "no model configured" in reply["text"]
     assert fake.requests == []
+    assert m.stop() == 0
+
+
+def test_mercury_run_streams_the_answer_and_hands_the_next_message_to_a_warm_container(
+    site: Any, fake: FakeModelServer
+) -> None:
+    """The shipped defaults through a real `mercury run`: the answer shows as a preview
+    while the model writes it (web chat), and the space's second message goes to the
+    container that waited for it."""
+    m = site()
+    m.start()
+    words = [f"w{i:02d}" for i in range(30)]
+    fake.script([Text("first")])
+    m.post("warm", "one")
+    assert m.wait_replies("warm", 1)[0]["text"] == "first"
+    deadline = time.monotonic() + 60
+    while "warm.ready" not in m.logs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    fake.script([Turn([Text(" ".join(words))], first_token_delay=0.3, tokens_per_second=10)])
+    m.post("warm", "two")
+    previews: list[str] = []
+    while time.monotonic() < deadline + 60 and len(m.replies("warm")) < 2:
+        previews += [e["text"] for e in m.messages("warm") if e.get("preview")]
+        time.sleep(0.05)
+    assert m.wait_replies("warm", 2)[1]["text"].split() == words
+    assert previews, "no preview was shown while the model wrote"
+    assert any(0 < len(p.split()) < len(words) for p in previews)  # part of the answer
+    logs = m.logs()
+    assert "warm.handover" in logs, logs[-3000:]
+    # The preview is withdrawn once the reply is out.
+    assert not [e for e in m.messages("warm") if e.get("preview") and not e.get("deleted")]
     assert m.stop() == 0
