@@ -256,16 +256,19 @@ class RunExecutor:
     ) -> RunInput:
         """The run's input.json but for its host API token (set once its access opens)."""
         hist_cfg = self.config.history
-        rows = await repo.recent_messages(
-            self.db,
-            job.space_id,
-            limit=hist_cfg.turns + 1,
-            # Accepted requests, our replies and overheard chatter; never a refused message.
-            roles=(MessageRole.USER, MessageRole.ASSISTANT, MessageRole.AMBIENT),
-            # The history ends at the message this run answers: what was said after it is
-            # the future (a scheduled task answers no message and sees everything).
-            answering=payload.message_id,
-        )
+        # One session for the run's reads: each of its own costs a round of the pool.
+        async with self.db.transaction() as s:
+            rows = await repo.recent_messages(
+                s,
+                job.space_id,
+                limit=hist_cfg.turns + 1,
+                # Accepted requests, our replies and overheard chatter; never a refused message.
+                roles=(MessageRole.USER, MessageRole.ASSISTANT, MessageRole.AMBIENT),
+                # The history ends at the message this run answers: what was said after it is
+                # the future (a scheduled task answers no message and sees everything).
+                answering=payload.message_id,
+            )
+            prefs = await repo.get_preferences(s, job.space_id)
         items = [
             HistoryItem(
                 id=str(m.id),
@@ -282,7 +285,6 @@ class RunExecutor:
         window = select_history(
             items, turns=hist_cfg.turns, max_chars=hist_cfg.max_chars, since=reset_at
         )
-        prefs = await repo.get_preferences(self.db, job.space_id)
         return run_input(
             self.config,
             run_id=run_id,

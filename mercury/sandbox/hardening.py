@@ -44,6 +44,10 @@ _SECRET_NAME_PARTS = {"dsn", "credential", "credentials", "passphrase", "apikey"
 _HOST_SET = ("MERCURY_RUN_ID", "MERCURY_SPACE_ID", "MERCURY_IO_DIR", "HOME", "MERCURY_PRELOAD")
 # The agent's waiting mode (a warm container): its arguments after the image's entry point.
 WAIT_COMMAND = ("--wait",)
+# CPU weight of a warm container while it starts and waits (Docker's default is 1024): its
+# imports yield to the runs going on; raised to the default when a run is handed to it.
+WAITING_CPU_SHARES = 128
+RUN_CPU_SHARES = 1024
 # The engine's sockets: a container that can reach one owns the host.
 _DOCKER_SOCKETS = (Path("/var/run/docker.sock"), Path("/run/docker.sock"))
 # Container logs are only read for a crash's last lines; cap them so a chatty agent cannot
@@ -303,6 +307,8 @@ def container_spec(
         # can hold open, the host API connections included.
         "ulimits": [{"name": "nofile", "soft": config.nofile, "hard": config.nofile}],
     }
+    if wait:
+        host_config["cpu_shares"] = WAITING_CPU_SHARES
     if config.no_new_privileges:
         host_config["security_opt"] = ["no-new-privileges:true"]
     if config.runtime:

@@ -39,6 +39,7 @@ from mercury.sandbox.hardening import (
     LABEL_MANAGED,
     LABEL_RUN,
     LABEL_WARM,
+    RUN_CPU_SHARES,
     ContainerSpec,
     container_spec,
 )
@@ -170,6 +171,7 @@ class WarmPool:
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
         self.handovers = 0  # runs given to a waiting container (logs, tests, bench)
+        self.raised = 0  # of those, raised to a run's CPU weight
 
     # ------------------------------------------------------------------ counts
 
@@ -291,6 +293,9 @@ class WarmPool:
             return False
         await runner._call(hand_over_input, slot.io_dir, payload, runner.identity)
         self.handovers += 1
+        # Now a run: its CPU weight as a cold run's. Off the hand-over's path (the run
+        # goes on meanwhile); a failure leaves it at the waiting weight, which is logged.
+        self._spawn(self._full_weight(slot))
         log.info(
             "warm.handover",
             run_id=slot.run_id,
@@ -299,6 +304,16 @@ class WarmPool:
             waiting=self.waiting(),
         )
         return True
+
+    async def _full_weight(self, slot: WarmSlot) -> None:
+        try:
+            client = await self.runner._engine()
+            await self.runner._call(
+                client.api.update_container, slot.name, cpu_shares=RUN_CPU_SHARES
+            )
+            self.raised += 1
+        except Exception as exc:
+            log.warning("warm.weight_not_raised", run_id=slot.run_id, error=str(exc)[:200])
 
     # ------------------------------------------------------------------ make
 

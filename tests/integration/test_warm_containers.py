@@ -169,11 +169,15 @@ async def test_the_next_run_is_handed_to_a_fresh_waiting_container(rig: Rig) -> 
     assert host_config["NetworkMode"] == "none"
     assert host_config["ReadonlyRootfs"] is True
     assert host_config["CapDrop"] == ["ALL"]
+    # Its imports yield the CPU to the runs going on until a run is handed to it.
+    assert host_config["CpuShares"] == 128
 
     second = await rig.run(runner, "two")
     assert second.ok, (second.error, second.log_tail)
     assert second.reply == "second done"
     assert runner.warm.handovers == 1
+    await asyncio.gather(*list(runner.warm._tasks))
+    assert runner.warm.raised == 1  # a run's CPU weight from its hand-over on
     assert second.run_id == slot_id and second.container_name == waiting.name
     assert first.container_name != second.container_name
     # The file the first run left in its /tmp is not in the second's: the tool result the

@@ -391,3 +391,16 @@ def test_invalid_env_names_are_refused(data_dir: Path, name: str) -> None:
 def test_nul_in_env_value_is_refused(data_dir: Path) -> None:
     with pytest.raises(ValueError, match="NUL"):
         spec(data_dir, env={"A": "x\x00y"})
+
+
+def test_a_warm_container_is_a_cold_one_in_waiting_mode(tmp_path: Path) -> None:
+    """Same mounts, limits and hardening; only the agent's arguments, a label, the SDKs to
+    preload and a low CPU weight while it waits differ."""
+    cold = spec(tmp_path)
+    warm = spec(tmp_path, wait=True, preload=("anthropic", "openai"))
+    assert cold.command is None and warm.command == ("--wait",)
+    assert warm.labels == {**cold.labels, "mercury.warm": "true"}
+    assert warm.environment == {**cold.environment, "MERCURY_PRELOAD": "anthropic,openai"}
+    assert warm.mounts == cold.mounts
+    assert {k: v for k, v in warm.host_config.items() if k != "cpu_shares"} == cold.host_config
+    assert warm.host_config["cpu_shares"] < 1024 and "cpu_shares" not in cold.host_config
