@@ -203,9 +203,9 @@ class ContainerRunner(RunWatching):
             return
         if self._runs:
             await self.kill_all()
-        await self.warm.aclose()
         # Removals waiting for a dead engine are the next start's (cleanup_orphans).
         self._reaper.close()
+        await self.warm.aclose()
         await self.wait_cleanups()
         self._closed = True
         await self.health.aclose()

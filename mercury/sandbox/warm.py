@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from docker import errors as docker_errors
+
 from mercury.logging import get_logger
 from mercury.sandbox.contract import new_run_id
 from mercury.sandbox.hardening import (
@@ -110,6 +112,9 @@ class WarmSlot:
     made_at: float  # time.monotonic() when it was started
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     failed: bool = False
+    removed: bool = False  # gone, or being removed (hand_over)
+    # EngineHealth.outages when it was made: an engine outage since then likely killed it.
+    outages: int = 0
     # Its liveness check, started when a run reserves it (so it overlaps the run's own
     # preparation instead of delaying the hand-over).
     probe: asyncio.Future[dict[str, Any]] | None = None
@@ -201,6 +206,9 @@ class WarmPool:
         if slot.image != self.runner.images.current_image():
             self._discard(slot, "image changed")
             return None
+        if slot.outages != self.runner.health.outages:
+            self._discard(slot, "the engine was down since it was made")
+            return None
         self._taken[slot.run_id] = slot
         slot.probe = asyncio.ensure_future(self._inspect(slot))
         # Read by hand_over; a slot released unused must not log an unread failure.
@@ -249,8 +257,10 @@ class WarmPool:
             except (OSError, ValueError, TypeError) as exc:
                 log.warning("warm.handover_failed", run_id=req.run_id, error=str(exc))
                 usable = False
-        if not usable:
+        if not usable and not slot.removed:
+            # The engine answers: gone before the cold run of this id reuses its name.
             await runner._reaper.remove(slot.name, req.run_id)
+            await runner._call(remove_io_dir, slot.io_dir)
         return usable
 
     def spec(self, slot: WarmSlot) -> ContainerSpec:
@@ -277,19 +287,27 @@ class WarmPool:
     ) -> bool:
         """Give the run to its waiting container: True once input.json is in place.
 
-        False (the container is removed; the run goes the cold way) when it no longer runs.
+        False when it no longer runs; `slot.removed` says whether it is gone already (or
+        goes in the background, when the engine does not answer: the cold run then waits
+        for the engine like any other and is put back in the queue, under a new id).
         """
         runner = self.runner
         try:
             probe = slot.probe or asyncio.ensure_future(self._inspect(slot))
             info = await probe
-            alive = (info.get("State") or {}).get("Status") == "running"
-        except Exception:
-            alive = False
-        if not alive:
-            log.warning("warm.lost", run_id=slot.run_id, space_id=slot.space_id)
-            await runner._reaper.remove(slot.name, slot.run_id)
+        except docker_errors.NotFound:
+            log.warning("warm.lost", run_id=slot.run_id, space_id=slot.space_id, why="gone")
+            slot.removed = True
             await runner._call(remove_io_dir, slot.io_dir)
+            return False
+        except Exception as exc:
+            if runner.health.report(exc) or runner.health.down:
+                log.warning("warm.lost", run_id=slot.run_id, why="the engine does not answer")
+                slot.removed = True
+                self._spawn(self._remove(slot, True))
+            return False
+        if (info.get("State") or {}).get("Status") != "running":
+            log.warning("warm.lost", run_id=slot.run_id, space_id=slot.space_id, why="exited")
             return False
         await runner._call(hand_over_input, slot.io_dir, payload, runner.identity)
         self.handovers += 1
@@ -343,6 +361,7 @@ class WarmPool:
             io_dir=io_root(runner.config.data_dir) / run_id,
             socket_dir=Path(),
             made_at=self._clock(),
+            outages=runner.health.outages,
         )
         self._slots[space_id] = slot
         self._spawn(self._make(slot))
@@ -425,6 +444,9 @@ class WarmPool:
                 elif slot.image != current:
                     del self._slots[space]
                     self._discard(slot, "image changed")
+                elif slot.outages != self.runner.health.outages:
+                    del self._slots[space]
+                    self._discard(slot, "the engine was down since it was made")
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]

@@ -47,7 +47,7 @@ def test_chat_in_the_dashboard_sends_receives_live_and_uploads(
     page.press("#text", "Enter")
     expect(page.locator(".msg.user", has_text="hello from the dashboard")).to_be_visible()
     expect(page.locator("#text")).to_have_value("")
-    reply = page.locator(".msg.assistant", has_text="re: hello from the dashboard")
+    reply = page.locator(".msg.assistant:not(.preview)", has_text="re: hello from the dashboard")
     expect(reply).to_be_visible(timeout=REPLY_TIMEOUT_MS)
 
     content = b"first line\nsecond line: uploaded from the dashboard\n"
@@ -66,7 +66,7 @@ def test_chat_in_the_dashboard_sends_receives_live_and_uploads(
     download = page.request.get(href)  # the dashboard session's cookie, no password
     assert download.ok, download.status
     assert download.body() == content
-    second = page.locator(".msg.assistant", has_text="re: here is the plan")
+    second = page.locator(".msg.assistant:not(.preview)", has_text="re: here is the plan")
     expect(second).to_be_visible(timeout=REPLY_TIMEOUT_MS)
     expect(second).to_contain_text("plan.txt")
     assert page.evaluate("window.__mercuryTestMark") == "same-document"  # never reloaded
@@ -82,7 +82,9 @@ def test_chat_in_the_dashboard_sends_receives_live_and_uploads(
     expect(listed).to_be_visible()
     listed.click()
     expect(page).to_have_url(re.compile(rf"/dashboard/chat\?space={SPACE}$"))
-    expect(page.locator(".msg.assistant", has_text="re: hello from the dashboard")).to_be_visible()
+    expect(
+        page.locator(".msg.assistant:not(.preview)", has_text="re: hello from the dashboard")
+    ).to_be_visible()
 
     # On a phone the list stacks above the conversation and the compose form stays usable.
     page.set_viewport_size({"width": 390, "height": 844})

@@ -120,12 +120,12 @@ def test_create_pause_resume_and_run_a_task_now(
     chat = context.new_page()
     chat.goto(f"/chat?space={TASK_SPACE}")
     expect(chat.locator("#chat")).to_be_visible()
-    expect(chat.locator(".msg.assistant", has_text="re: hello tasks")).to_be_visible()
+    expect(chat.locator(".msg.assistant:not(.preview)", has_text="re: hello tasks")).to_be_visible()
     expect(chat.locator("#conn")).to_have_text("live")
 
     row.get_by_role("button", name="Run now").click()
     expect(row.get_by_role("status")).to_have_text("Task queued to run now.")
-    reply = chat.locator(".msg.assistant", has_text="scheduled hello")
+    reply = chat.locator(".msg.assistant:not(.preview)", has_text="scheduled hello")
     expect(reply).to_be_visible(timeout=REPLY_TIMEOUT_MS)
     replies = mercury.wait_replies(TASK_SPACE, 2, timeout=REPLY_TIMEOUT_S)
     assert "scheduled hello" in replies[-1]["text"]
@@ -134,7 +134,9 @@ def test_create_pause_resume_and_run_a_task_now(
     # The same conversation on the dashboard's Chat page, beside the list of chats.
     page.goto(f"/dashboard/chat?space={TASK_SPACE}")
     expect(page.locator(f".chat-convs li[data-chat='{TASK_SPACE}']")).to_be_visible()
-    expect(page.locator("#messages .msg.assistant", has_text="scheduled hello")).to_be_visible()
+    expect(
+        page.locator("#messages .msg.assistant:not(.preview)", has_text="scheduled hello")
+    ).to_be_visible()
 
     # The task's last result is that run, ok, with a link to its detail. (A fresh load of
     # the list, not a reload: that would keep the #task-N anchor's scroll for the shot.)

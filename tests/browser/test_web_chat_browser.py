@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import Page, expect
 
@@ -64,7 +65,7 @@ def test_a_message_gets_the_agents_reply_without_reloading(
     mine = page.locator(".msg.user", has_text="hello from the browser")
     expect(mine).to_be_visible()
     expect(page.locator("#text")).to_have_value("")
-    reply = page.locator(".msg.assistant", has_text="re: hello from the browser")
+    reply = page.locator(".msg.assistant:not(.preview)", has_text="re: hello from the browser")
     expect(reply).to_be_visible(timeout=REPLY_TIMEOUT_MS)
     assert_not_reloaded(page)
     shot("web-chat-reply")
@@ -96,7 +97,7 @@ def test_an_uploaded_file_shows_in_the_conversation_and_downloads(
     assert download.body() == content
 
     # The agent was handed the file in its space (the echo model repeats the prompt's note).
-    reply = page.locator(".msg.assistant", has_text="re: here are my notes")
+    reply = page.locator(".msg.assistant:not(.preview)", has_text="re: here are my notes")
     expect(reply).to_be_visible(timeout=REPLY_TIMEOUT_MS)
     expect(reply).to_contain_text("/space/inbox/")
     expect(reply).to_contain_text("notes.txt")
@@ -104,3 +105,30 @@ def test_an_uploaded_file_shows_in_the_conversation_and_downloads(
     shot("web-chat-upload")
     stored = [m for m in mercury.messages("browser-files") if m["role"] == "user"]
     assert [f["name"] for f in stored[0]["files"]] == ["notes.txt"]
+
+
+def test_the_answer_grows_in_place_while_the_model_writes(
+    page: Page, mercury: Mercury, fake: Any, shot: Callable[[str], Path]
+) -> None:
+    """Streamed replies in a real browser: a preview (dashed) shows part of the answer
+    while the model writes, then the reply takes its place and the preview is gone."""
+    from tests.fakes.model_server import Text, Turn
+
+    words = [f"word{i:02d}" for i in range(40)]
+    fake.script([Turn([Text(" ".join(words))], first_token_delay=0.3, tokens_per_second=8)])
+    log_in(page, "browser-stream")
+    expect(page.locator("#conn")).to_have_text("live")
+    mark_page(page)
+    page.fill("#text", "write slowly")
+    page.press("#text", "Enter")
+    preview = page.locator(".msg.assistant.preview")
+    expect(preview).to_be_visible(timeout=REPLY_TIMEOUT_MS)
+    expect(preview).to_contain_text(words[0])
+    shown = preview.inner_text()
+    assert words[-1] not in shown  # part of the answer, while it is written
+    shot("web-chat-streaming")
+    reply = page.locator(".msg.assistant:not(.preview)", has_text=words[-1])
+    expect(reply).to_be_visible(timeout=REPLY_TIMEOUT_MS)
+    expect(page.locator(".msg.assistant.preview")).to_have_count(0)
+    assert reply.inner_text().split()[-len(words) :] == words
+    assert_not_reloaded(page)

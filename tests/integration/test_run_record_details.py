@@ -55,7 +55,8 @@ async def test_store_outcome_keeps_prompt_attempts_calls_and_log_tail(tmp_path: 
         )
         job = await enqueue_job(db, "space-a", payload=payload.to_dict())
         meter = UsageMeter()
-        host: Any = SimpleNamespace(meter=meter)  # only the meter is used by the record
+        # Only the meter is used by the record; the stream hook feeds previews, unused here.
+        host: Any = SimpleNamespace(meter=meter, add_stream_hook=lambda hook: None)
         executor = RunExecutor(
             Config(data_dir=tmp_path / "data"), db, runner=None, host=host, adapters={}
         )  # type: ignore[arg-type]
