@@ -217,6 +217,7 @@ def container_spec(
     network: str | None = None,
     user: str | None = None,
     wait: bool = False,
+    wait_timeout: float | None = None,
     preload: Sequence[str] = (),
 ) -> ContainerSpec:
     """The hardened container for one run (no Docker calls; ValueError on anything unsafe).
@@ -226,7 +227,9 @@ def container_spec(
     the request grants on top of `config.env`; `memory` and `network` override the config.
     `user` is the resolved `uid:gid` (identity.container_identity); by default the config's.
     `wait`: a warm container (warm.py), made exactly like a cold one but started with the
-    agent's waiting mode and labelled so; `preload` names the SDKs it imports meanwhile.
+    agent's waiting mode and labelled so; `preload` names the SDKs it imports meanwhile;
+    `wait_timeout`: the agent exits by itself after that long without a message (so one
+    left behind by a killed Mercury does not wait for ever).
     """
     check_id("instance", instance)
     check_id("run id", run_id)
@@ -325,7 +328,11 @@ def container_spec(
             LABEL_RUN: run_id,
             **({LABEL_WARM: "true"} if wait else {}),
         },
-        command=WAIT_COMMAND if wait else None,
+        command=(
+            (*WAIT_COMMAND, *(("--wait-timeout", f"{wait_timeout:g}") if wait_timeout else ()))
+            if wait
+            else None
+        ),
         environment=environment,
         mounts=tuple(mounts),
         host_config=host_config,

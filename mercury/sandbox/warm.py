@@ -279,6 +279,8 @@ class WarmPool:
             api_socket_dir=slot.socket_dir,
             user=runner.identity.user,
             wait=True,
+            # Its own end, a minute past the pool's: for one whose Mercury was killed.
+            wait_timeout=self.ttl + 60,
             preload=self.preload,
         )
 

@@ -399,6 +399,8 @@ def test_a_warm_container_is_a_cold_one_in_waiting_mode(tmp_path: Path) -> None:
     cold = spec(tmp_path)
     warm = spec(tmp_path, wait=True, preload=("anthropic", "openai"))
     assert cold.command is None and warm.command == ("--wait",)
+    timed = spec(tmp_path, wait=True, wait_timeout=660.0)
+    assert timed.command == ("--wait", "--wait-timeout", "660")
     assert warm.labels == {**cold.labels, "mercury.warm": "true"}
     assert warm.environment == {**cold.environment, "MERCURY_PRELOAD": "anthropic,openai"}
     assert warm.mounts == cold.mounts
