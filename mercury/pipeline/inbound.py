@@ -176,38 +176,44 @@ class InboundHandler:
             )
             raise InboundUnavailable(reason) from exc
 
-    async def _space_for(self, msg: InboundMessage) -> str:
+    async def _space_for(self, store: Store, msg: InboundMessage) -> str:
         conv = msg.conversation
-        space_id = await repo.space_for_conversation(self.db, conv.platform, conv.chat_id)
+        space_id = await repo.space_for_conversation(store, conv.platform, conv.chat_id)
         if space_id is None:
             space_id = default_space_id(conv)
-            await repo.get_or_create_space(self.db, space_id, profile=self.config.agent.profile)
-            await repo.link_conversation(self.db, conv.platform, conv.chat_id, space_id)
+            await repo.get_or_create_space(store, space_id, profile=self.config.agent.profile)
+            await repo.link_conversation(store, conv.platform, conv.chat_id, space_id)
         return space_id
 
     async def _handle(self, msg: InboundMessage) -> None:
         now = utcnow()
-        if await repo.has_message(self.db, msg.platform, msg.platform_message_id):
-            log.info("redelivered event ignored", platform=msg.platform)
-            return
-        space_id = await self._space_for(msg)
-        space = await repo.get_or_create_space(self.db, space_id)
         key = user_key(msg.platform, msg.author_id)
-        roles = {
-            user_key(r.platform, r.user_id): r.role
-            for r in await repo.list_roles(self.db, space_id)
-        }
-        role = role_of(
-            key,
-            roles,
-            self.admins,
-            self.config.permissions.default_role,
-            operator=msg.from_operator,
-        )
-        custom: dict[str, set[str]] = {}
-        if is_custom(role):
-            custom[role] = await repo.role_permissions(self.db, space_id, role)
-        prefs = await repo.get_preferences(self.db, space_id)
+        # Everything the router needs, read in one transaction: one round of the pool
+        # instead of one per read, on every message's path to its reply.
+        async with self.db.transaction() as s:
+            if await repo.has_message(s, msg.platform, msg.platform_message_id):
+                log.info("redelivered event ignored", platform=msg.platform)
+                return
+            space_id = await self._space_for(s, msg)
+            # Read-only when the space exists (every message but a space's first): the
+            # transaction then takes no write lock.
+            space = await repo.get_space(s, space_id) or await repo.get_or_create_space(s, space_id)
+            roles = {
+                user_key(r.platform, r.user_id): r.role for r in await repo.list_roles(s, space_id)
+            }
+            role = role_of(
+                key,
+                roles,
+                self.admins,
+                self.config.permissions.default_role,
+                operator=msg.from_operator,
+            )
+            custom: dict[str, set[str]] = {}
+            if is_custom(role):
+                custom[role] = await repo.role_permissions(s, space_id, role)
+            prefs = await repo.get_preferences(s, space_id)
+            muted = await repo.is_muted(s, space_id, msg.platform, msg.author_id, now=now)
+            conv_rec = await repo.get_conversation(s, msg.platform, msg.conversation.chat_id)
         rule = space_rule(self.rule, prefs.get(TRIGGER_PREF))
         # Adapters that know the bot's handle ("@name_bot") let the router strip it.
         handles = self.adapters[msg.platform].bot_handles if msg.platform in self.adapters else ()
@@ -222,13 +228,12 @@ class InboundHandler:
             used_today=self.ledger.used_today(key, now),
             paused=space.is_paused(now),
             paused_until=space.pause_ends,
-            muted=await repo.is_muted(self.db, space_id, msg.platform, msg.author_id, now=now),
+            muted=muted,
         )
         decision = route(msg, ctx, now)
         log.debug("routed", action=decision.action.value, reason=decision.reason)
         if decision.action is Action.IGNORE:
             return
-        conv_rec = await repo.get_conversation(self.db, msg.platform, msg.conversation.chat_id)
         conv_id = conv_rec.id if conv_rec else None
         if decision.action is Action.RUN:
             await self._accept_run(msg, decision, space_id, space.profile, conv_id, key, role)
