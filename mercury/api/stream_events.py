@@ -32,6 +32,7 @@ characters, and `StreamHooks` never lets a hook's failure reach the proxy's rela
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -111,7 +112,7 @@ def _text(value: Any) -> TextDelta | None:
     return TextDelta(value) if isinstance(value, str) and value else None
 
 
-class _SSEEvents:
+class _SSEEvents(ABC):
     """Shared part: SSE framing, JSON decoding, merging a chunk's consecutive texts."""
 
     def __init__(self, max_line: int = 1 << 20) -> None:
@@ -139,8 +140,9 @@ class _SSEEvents:
                     out.append(event)
         return out
 
+    @abstractmethod
     def _parse(self, data: Mapping[str, Any]) -> Iterator[StreamEvent | None]:
-        raise NotImplementedError
+        """The events of one decoded SSE payload (None entries are skipped)."""
 
 
 _ANTHROPIC_TOOL_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
