@@ -63,7 +63,9 @@ if TYPE_CHECKING:
 
 log = get_logger("mercury.sandbox.warm")
 
-SWEEP_EVERY_S = 15.0
+# How often waiting containers are checked for their time-to-live, an image change or an
+# engine outage since they were made (no engine call unless one is removed).
+SWEEP_EVERY_S = 2.0
 
 
 def waiting_on_engine(client: docker.DockerClient, config: Config) -> tuple[int, int]:
