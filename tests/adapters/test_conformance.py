@@ -410,7 +410,13 @@ async def rig(
             "instance": instance,
             "data_dir": str(tmp_path / "data"),
             "server": {"port": free_port()},
-            "container": {"image": agent_image, "memory": "512m", "timeout": 90},
+            # Warm containers off, as streaming: test_streaming.py is this rig with both on.
+            "container": {
+                "image": agent_image,
+                "memory": "512m",
+                "timeout": 90,
+                "warm": {"enabled": False},
+            },
             "model": {
                 "chain": [{"provider": "anthropic", "model": "claude-test", "base_url": fake.url}]
             },

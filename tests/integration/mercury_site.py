@@ -94,6 +94,11 @@ class Mercury:
                 "memory": "512m",
                 "timeout": cfg.get("timeout", 60),
                 "max_concurrency": cfg.get("max_concurrency", 2),
+                # Off unless a test asks (warm=True): a waiting container per active space
+                # costs each test its making and removal; tests/integration/
+                # test_warm_containers.py, tests/adapters/test_streaming.py and the
+                # pipeline's mercury-run test prove the default (on).
+                "warm": {"enabled": bool(cfg.get("warm", False))},
             },
             "model": {"chain": [{"provider": "anthropic", "model": "claude-test",
                                  "base_url": fake.url}]},

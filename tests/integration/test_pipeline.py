@@ -233,7 +233,7 @@ def test_mercury_run_streams_the_answer_and_hands_the_next_message_to_a_warm_con
     """The shipped defaults through a real `mercury run`: the answer shows as a preview
     while the model writes it (web chat), and the space's second message goes to the
     container that waited for it."""
-    m = site()
+    m = site(warm=True)
     m.start()
     words = [f"w{i:02d}" for i in range(30)]
     fake.script([Text("first")])
