@@ -36,6 +36,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.changes import Deletion, Edit
+
 API = "/api/v10"
 TOKEN = "fake-discord-bot-token.abc.def"
 BOT_ID = 1000000000000000001
@@ -92,27 +94,6 @@ class Call:
     json: Any = None
     files: list[tuple[str, bytes]] = field(default_factory=list)  # (filename, content)
     headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Edit:
-    """An edit the fake applied (a refused one is only in `calls`)."""
-
-    method: str
-    chat_id: str
-    message_id: str
-    text: str
-    at: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class Deletion:
-    """A deletion the fake applied."""
-
-    method: str
-    chat_id: str
-    message_id: str
-    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

@@ -34,6 +34,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.fakes.changes import Deletion, Edit
+
 
 @dataclass
 class Call:
@@ -48,27 +50,6 @@ class Call:
 class Failure:
     status: int  # 429 for ratelimited, 5xx for a broken server
     retry_after: int = 1
-
-
-@dataclass
-class Edit:
-    """An edit the fake applied (a refused one is only in `calls`)."""
-
-    method: str
-    chat_id: str
-    message_id: str  # the message's ts
-    text: str
-    at: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class Deletion:
-    """A deletion the fake applied."""
-
-    method: str
-    chat_id: str
-    message_id: str
-    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

@@ -41,6 +41,8 @@ from typing import Any, Self
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from tests.fakes.changes import Deletion, Edit
+
 BOT_ID = 7000001
 BOT_USERNAME = "mercury_test_bot"
 # Values PTB JSON-encodes (everything that is not a plain string).
@@ -75,27 +77,6 @@ class Call:
     params: dict[str, Any]
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # field -> (name, bytes)
     status: int = 200
-    at: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class Edit:
-    """An edit the fake applied (a refused one is only in `calls`)."""
-
-    method: str
-    chat_id: str
-    message_id: str
-    text: str
-    at: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class Deletion:
-    """A deletion the fake applied."""
-
-    method: str
-    chat_id: str
-    message_id: str
     at: float = field(default_factory=time.monotonic)
 
 
