@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,7 +85,8 @@ def waiting_on_engine(client: docker.DockerClient, config: Config) -> tuple[int,
     count = used = 0
     for info in found:
         run_id = (info.get("Labels") or {}).get(LABEL_RUN, "")
-        if not run_id or (io_root(config.data_dir) / run_id / INPUT_NAME).exists():
+        # lexists: the io dir is the container's; a link there is not followed.
+        if not run_id or os.path.lexists(io_root(config.data_dir) / run_id / INPUT_NAME):
             continue  # handed over: a run now, not a waiting container
         count += 1
         with contextlib.suppress(Exception):
