@@ -30,6 +30,9 @@ forwarded with the operator's key, so each request passes the allow-lists of
   leg with that model, else the provider's first leg; the body is forwarded byte for byte;
 - request headers: only an allow-list (no credentials, no organisation/project headers),
   then the host's key.
+- spending: with a call guard set (spending caps, pipeline/budget.py), each inference
+  call is asked about before it is forwarded; a refused one gets 402
+  `spending_cap_reached` with the plain reason, and never reaches the provider.
 
 Redirects are never followed (a cross-origin redirect would re-send the key to another
 host): an upstream 3xx becomes a 502 for the agent, without its Location. The query string
@@ -51,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -79,6 +83,9 @@ from mercury.config import Config, Secrets
 from mercury.logging import get_logger, scrub_text
 
 log = get_logger(__name__)
+
+# Asked before each model call is forwarded: why the run may not spend now, or None.
+CallGuard = Callable[[RunGrant], Awaitable[str | None]]
 
 # Request bodies larger than this are parsed in a worker thread, not on the event loop.
 _PARSE_INLINE_MAX = 1024**2
@@ -122,6 +129,12 @@ class ModelProxy:
         self._inflight: dict[str, set[_Call]] = {}
         self._closing: set[str] = set()
         self._stream_hooks = StreamHooks()
+        self._guard: CallGuard | None = None
+
+    def set_call_guard(self, guard: CallGuard) -> None:
+        """Ask `guard(grant)` before forwarding each inference call (spending caps): a text
+        refuses the call with 402 `spending_cap_reached` and that text, unforwarded."""
+        self._guard = guard
 
     def add_stream_hook(self, hook: StreamHook) -> None:
         """Call `hook(run_id, event)` for what every streamed answer from now on writes.
@@ -245,6 +258,12 @@ class ModelProxy:
             if refusal is not None:
                 return json_error(403, "permission_error", refusal)
             model = requested
+            if self._guard is not None:
+                # Each call is asked, so retries, fail-over to another leg and parallel
+                # streams are all refused once a cap is reached.
+                why = await self._guard(grant)
+                if why is not None:
+                    return json_error(402, "spending_cap_reached", why)
         leg = select_leg(self._config, provider, model)
         assert leg is not None  # the provider has a leg (checked above)
         url = upstream_url(provider, leg, tail, request.rel_url.raw_query_string)
@@ -370,6 +389,8 @@ class ModelProxy:
                 model,
                 status=status,
                 incomplete=not complete,
+                user_key=grant.user_key,
+                task_id=grant.task_id,
             )
             call.hooks = self._meter.add(rec)
         except Exception:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mercury.api.model_proxy import CallGuard
 from mercury.api.server import HostApiServer
 from mercury.api.stream_events import StreamHook
 from mercury.api.tokens import TokenStore
@@ -58,6 +59,10 @@ class RunHost:
         answers (see `mercury.api.stream_events`); synchronous, so it must be cheap."""
         self.server.proxy.add_stream_hook(hook)
 
+    def set_call_guard(self, guard: CallGuard) -> None:
+        """Ask `guard(grant)` before each model call of every run (spending caps)."""
+        self.server.proxy.set_call_guard(guard)
+
     async def stop(self) -> None:
         await self.server.stop()
 
@@ -67,13 +72,20 @@ class RunHost:
         space_id: str,
         role: str,
         permissions: frozenset[str] | None = None,
+        *,
+        user_key: str | None = None,
+        task_id: int | None = None,
     ) -> RunAccess:
         """A token and a socket of its own for one run (close it with `close_run`).
 
         `permissions`: the caller's in this space (core.permissions), which a custom role
-        needs; None gives a built-in role its own."""
+        needs; None gives a built-in role its own. `user_key` and `task_id`: whom its
+        model calls are counted against (spending caps)."""
         folder = await self.server.open_run(run_id)
-        return RunAccess(self.tokens.mint(run_id, space_id, role, permissions), folder)
+        token = self.tokens.mint(
+            run_id, space_id, role, permissions, user_key=user_key, task_id=task_id
+        )
+        return RunAccess(token, folder)
 
     async def close_run(self, run_id: str) -> UsageTotals:
         """End a run's access: token revoked, model calls cut, connections closed.

@@ -27,6 +27,10 @@ class RunGrant:
     # What the role may do in this space, resolved by core.permissions when the run began
     # (a custom role's set comes from the space); None = the built-in role's permissions.
     permissions: frozenset[str] | None = None
+    # Who the run's spending counts against (pipeline/budget.py): the sender's
+    # "platform:user_id" (None for a scheduled task) and the task that queued the run.
+    user_key: str | None = None
+    task_id: int | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def may(self, permission: str) -> bool:
@@ -48,6 +52,9 @@ class TokenStore:
         space_id: str,
         role: str,
         permissions: frozenset[str] | None = None,
+        *,
+        user_key: str | None = None,
+        task_id: int | None = None,
     ) -> str:
         """A fresh random token for `run_id`; a run may hold several (all die on revoke).
 
@@ -55,7 +62,14 @@ class TokenStore:
         if not run_id or not space_id or not role:
             raise ValueError("run_id, space_id and role must be non-empty")
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        grant = RunGrant(run_id=run_id, space_id=space_id, role=role, permissions=permissions)
+        grant = RunGrant(
+            run_id=run_id,
+            space_id=space_id,
+            role=role,
+            permissions=permissions,
+            user_key=user_key,
+            task_id=task_id,
+        )
         with self._lock:
             self._grants[token] = grant
         return token

@@ -155,6 +155,9 @@ class MeteredCall:
     cost_usd: float | None
     status: int | None = None
     incomplete: bool = False
+    # Whom the call is counted against by spending caps (from the run's grant).
+    user_key: str | None = None
+    task_id: int | None = None
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -238,6 +241,8 @@ class UsageMeter:
         *,
         status: int | None = None,
         incomplete: bool = False,
+        user_key: str | None = None,
+        task_id: int | None = None,
     ) -> MeteredCall:
         """Price `usage`: by the model asked for (the price table's names), else as reported."""
         return MeteredCall(
@@ -250,6 +255,8 @@ class UsageMeter:
             cost_usd=cost_usd(self._prices, usage, requested_model, usage.model),
             status=status,
             incomplete=incomplete,
+            user_key=user_key,
+            task_id=task_id,
         )
 
     def add(self, rec: MeteredCall) -> asyncio.Future[None]:

@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from mercury.core.budget import Cap, CapError, Caps, parse_cap
 from mercury.core.durations import DurationError
 from mercury.core.durations import parse_duration as core_parse_duration
 
@@ -364,6 +365,37 @@ class ExtensionsConfig(Section):
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
+def _cap(value: Any) -> Cap | None:
+    try:
+        return parse_cap(value)
+    except CapError as exc:
+        raise PydanticCustomError("cap", str(exc)) from None
+
+
+CapSetting = Annotated[Cap | None, BeforeValidator(_cap)]
+
+
+class BudgetsConfig(Section):
+    """Spending caps (core/budget.py): a dollar amount ("$5", 2.5), tokens ("500k tokens"),
+    or null for none. Days and months are UTC. An admin may set a space's own space_*,
+    user_day and task_run caps (/budget); instance_day only here."""
+
+    instance_day: CapSetting = None
+    space_day: CapSetting = None
+    space_month: CapSetting = None
+    user_day: CapSetting = None
+    task_run: CapSetting = None
+
+    def caps(self) -> Caps:
+        return Caps(
+            instance_day=self.instance_day,
+            space_month=self.space_month,
+            space_day=self.space_day,
+            user_day=self.user_day,
+            task_run=self.task_run,
+        )
+
+
 class Config(Section):
     """The whole configuration. `secrets` is filled from the environment only."""
 
@@ -386,6 +418,7 @@ class Config(Section):
     permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     extensions: ExtensionsConfig = Field(default_factory=ExtensionsConfig)
 
     @field_validator("database_url")

@@ -48,6 +48,9 @@ class RouteContext:
     muted: bool = False
     # Same platform + message id already stored: a redelivered event.
     duplicate: bool = False
+    # Set when a spending cap of the space, the author or the instance is reached: what to
+    # tell the author (core.budget.budget_notice).
+    budget_notice: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,9 @@ def route(msg: InboundMessage, ctx: RouteContext, now: datetime) -> Decision:
     """Decide what to do with one inbound message.
 
     Order matters: duplicates and mutes first (nothing else may leak through), bots before
-    triggers (bots never start runs), commands before pause (so /resume works while paused)
-    and before rate limits (controls are never rate-limited).
+    triggers (bots never start runs), commands before pause (so /resume works while paused,
+    and /budget while over budget) and before rate limits (controls are never
+    rate-limited); a spending cap before the rate limit (a refused message uses no quota).
 
     Muted authors are dropped entirely, not kept as ambient: a mute exists to keep that
     person's text away from the agent, and ambient context goes into its prompt.
@@ -156,6 +160,12 @@ def route(msg: InboundMessage, ctx: RouteContext, now: datetime) -> Decision:
     if not trig.prompt and not msg.attachments:
         # A bare mention: nothing to do, and not worth a run or a rate-limit slot.
         return Decision(Action.AMBIENT, "ambient", reason="empty prompt")
+    if ctx.budget_notice is not None:
+        if not explicit:
+            return Decision(Action.AMBIENT, "ambient", reason="over budget (always mode, silent)")
+        return Decision(
+            Action.REFUSE, "user", trig.prompt, notice=ctx.budget_notice, reason="over budget"
+        )
     verdict = check_rate(ctx.recent, ctx.used_today, ctx.role, ctx.rate_rule, now)
     if not verdict.allowed:
         return Decision(

@@ -20,3 +20,6 @@ class RunReason(StrEnum):
     # Stopped because the space outgrew disk.space_size (watched spaces) or the host's
     # free disk fell below disk.min_free while it ran.
     DISK = "disk"
+    # Stopped because a spending cap (budgets.*) was reached: the host's model proxy
+    # refused its next model call.
+    BUDGET = "budget"

@@ -31,6 +31,7 @@ from mercury.core.router import (
 from mercury.core.spaces import default_space_id
 from mercury.core.triggers import TRIGGER_PREF, TriggerMode, TriggerRule, space_rule
 from mercury.logging import first_line, get_logger
+from mercury.pipeline.budget import BudgetBook
 from mercury.pipeline.commands import ChatCommands
 from mercury.pipeline.dispatcher import Dispatcher
 from mercury.pipeline.payload import JobPayload
@@ -137,8 +138,11 @@ class InboundHandler:
         dispatcher: Dispatcher,
         runner: ContainerRunner,
         adapters: Mapping[str, Adapter],
+        *,
+        budget: BudgetBook | None = None,
     ) -> None:
         self.config = config
+        self.budget = budget
         self.db = db
         self.dispatcher = dispatcher
         self.runner = runner
@@ -229,6 +233,7 @@ class InboundHandler:
             paused=space.is_paused(now),
             paused_until=space.pause_ends,
             muted=muted,
+            budget_notice=await self._over_budget(space_id, key, prefs),
         )
         decision = route(msg, ctx, now)
         log.debug("routed", action=decision.action.value, reason=decision.reason)
@@ -258,6 +263,13 @@ class InboundHandler:
             and decision.notice
         ):
             await self._notify(msg, decision.notice)
+
+    async def _over_budget(self, space_id: str, key: str, prefs: Mapping[str, str]) -> str | None:
+        """The notice when a spending cap of this space, user or the instance is reached."""
+        if self.budget is None:
+            return None
+        verdict = await self.budget.check(space_id, key, prefs=prefs)
+        return None if verdict.allowed else self.budget.notice(verdict)
 
     async def _accept_run(
         self,

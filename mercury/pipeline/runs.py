@@ -21,6 +21,7 @@ from mercury.core.messages import ConversationRef, Reply
 from mercury.core.permissions import is_custom, permissions_of
 from mercury.core.router import DISK_WAIT_NOTICE, failure_notice, unavailable_notice
 from mercury.logging import first_line, get_logger
+from mercury.pipeline.budget import BudgetBook
 from mercury.pipeline.dispatcher import JobDeferred
 from mercury.pipeline.outbox import ReplyOutbox, keep_files, reply_payload, until_stored
 from mercury.pipeline.payload import JobPayload
@@ -61,6 +62,7 @@ class RunExecutor:
         adapters: Mapping[str, Adapter],
         *,
         model_problem: str | None = None,
+        budget: BudgetBook | None = None,
     ) -> None:
         self.config = config
         self.db = db
@@ -69,6 +71,9 @@ class RunExecutor:
         self.adapters = adapters
         # Set when no chain leg has a key or base URL: runs would fail, say what to fix.
         self.model_problem = model_problem
+        # Spending caps: checked before a run starts; the cap that stopped a run, after.
+        self.budget = budget
+        self._budget_stops: dict[str, Any] = {}
         self.stopping = False
         # run_id -> conversation, for interim messages sent through the host API.
         self._conversations: dict[str, ConversationRef] = {}
@@ -139,6 +144,14 @@ class RunExecutor:
             notice = unavailable_notice(unavailable)
             await self._answer(job, payload, notice, JobStatus.FAILED)
             return JobStatus.FAILED
+        if self.budget is not None:
+            # A cap reached while the message waited in the queue: said, not run.
+            verdict = await self.budget.check(
+                job.space_id, payload.user_key, task_id=payload.task_id
+            )
+            if not verdict.allowed:
+                await self._answer(job, payload, self.budget.notice(verdict), JobStatus.FAILED)
+                return JobStatus.FAILED
         space = await repo.get_or_create_space(self.db, job.space_id)
         # The space's warm container's id when it has one waiting (sandbox/warm.py).
         run_id = await self.runner.next_run_id(job.space_id)
@@ -163,6 +176,7 @@ class RunExecutor:
                 raise JobDeferred(result.error or "not run")
             if self.stopping and result.reason is RunReason.ABORTED:
                 return JobStatus.ABORTED  # killed by shutdown: requeued, no notice
+            result = self._budget_outcome(result)
             status = job_status_of(result)
             usage = self._last_usage.pop(run_id, None)
             # The answer is stored with the run record before anything is sent: from here
@@ -174,8 +188,10 @@ class RunExecutor:
             recorded = True
             if stored is not None:
                 await self.outbox.deliver(stored)
+            await self._budget_warnings(conv, job.space_id, payload.user_key)
             return status
         finally:
+            self._budget_stops.pop(run_id, None)
             self.runner.release_run_id(run_id)
             if preview is not None:
                 # After the reply (or the notice) went out: it replaces the preview.
@@ -207,12 +223,16 @@ class RunExecutor:
         self._calls[run_id] = []
         preview = self._previews.get(run_id)
         indicator = asyncio.get_running_loop().create_task(self._indicate(conv, preview))
+        if self.budget is not None:
+            self.budget.begin_run(run_id)
         try:
             access = await self.host.open_run(
                 run_id,
                 job.space_id,
                 payload.role,
                 await self._permissions(job.space_id, payload.role),
+                user_key=payload.user_key,
+                task_id=payload.task_id,
             )
             return await self.runner.run(
                 RunRequest(
@@ -241,6 +261,35 @@ class RunExecutor:
                 self._last_usage[run_id] = await self.host.close_run(run_id)
             except Exception:
                 log.exception("closing the run's host access failed", run_id=run_id)
+            if self.budget is not None:
+                # After close_run: every call of the run is counted by now.
+                stop = self.budget.end_run(run_id)
+                if stop is not None:
+                    self._budget_stops[run_id] = stop
+
+    def _budget_outcome(self, result: RunResult) -> RunResult:
+        """A run whose model call was refused for a cap ended for that reason, whatever
+        the agent says (its result.json is its word; the refusal is the host's fact)."""
+        stop = self._budget_stops.get(result.run_id)
+        if stop is None or result.ok or result.reason is RunReason.ABORTED:
+            return result
+        cap = stop.cap.describe() if stop.cap else "?"
+        scope = stop.scope.value if stop.scope else "?"
+        return replace(
+            result, reason=RunReason.BUDGET, error=f"spending cap {scope} ({cap}) reached"
+        )
+
+    async def _budget_warnings(
+        self, conv: ConversationRef, space_id: str, user_key: str | None
+    ) -> None:
+        """Tell the space's admins, once per cap and period, that a cap is 80 % used."""
+        if self.budget is None:
+            return
+        try:
+            for text in await self.budget.warnings(space_id, user_key):
+                await self._send(Reply(conv, text))
+        except Exception:
+            log.exception("budget warning failed", space_id=space_id)
 
     async def _permissions(self, space_id: str, role: str) -> frozenset[str]:
         """The caller's permissions in the space, as core.permissions resolves them."""
@@ -396,6 +445,9 @@ class RunExecutor:
         )
         if result.reason is RunReason.ABORTED:
             return None  # /stop answered already ("Stopped the running request.")
+        stop = self._budget_stops.get(result.run_id)
+        if result.reason is RunReason.BUDGET and stop is not None and self.budget is not None:
+            return self.budget.notice(stop)
         error_class = (result.result or {}).get("error_class")
         limits = {"budget": self.config.model.budget, "max_turns": self.config.model.max_turns}
         return failure_notice(

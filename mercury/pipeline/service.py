@@ -9,6 +9,7 @@ from mercury.api.runhost import RunHost
 from mercury.config import Config, Secrets
 from mercury.core.messages import Reply
 from mercury.logging import get_logger
+from mercury.pipeline.budget import BudgetBook
 from mercury.pipeline.dispatcher import Dispatcher
 from mercury.pipeline.inbound import InboundHandler
 from mercury.pipeline.payload import JobPayload, PayloadError
@@ -51,8 +52,18 @@ class Pipeline:
         self.db = db
         self.runner = runner
         self.adapters = adapters
+        # Spending caps: every metered call is counted, every model call asked about.
+        self.budget = BudgetBook(config, db)
+        host.meter.add_hook(self.budget.count)
+        host.set_call_guard(self.budget.refuse_call)
         self.executor = RunExecutor(
-            config, db, runner, host, adapters, model_problem=model_problem(config, secrets)
+            config,
+            db,
+            runner,
+            host,
+            adapters,
+            model_problem=model_problem(config, secrets),
+            budget=self.budget,
         )
         self.dispatcher = Dispatcher(
             db,
@@ -63,7 +74,9 @@ class Pipeline:
             # queued messages wait.
             gate=runner.hold_reason,
         )
-        self.inbound = InboundHandler(config, db, self.dispatcher, runner, adapters)
+        self.inbound = InboundHandler(
+            config, db, self.dispatcher, runner, adapters, budget=self.budget
+        )
 
     async def start(self) -> None:
         stale = await self.dispatcher.recover()
@@ -81,6 +94,7 @@ class Pipeline:
             except Exception:
                 log.exception("could not tell the user about a failed job", job_id=job.id)
         await self.inbound.seed_ledger()
+        await self.budget.load()
         self.dispatcher.start()
 
     def adapters_started(self) -> None:
@@ -92,3 +106,4 @@ class Pipeline:
         self.executor.stopping = True
         await self.executor.outbox.stop()
         await self.dispatcher.stop(grace, on_timeout=self.runner.kill_all)
+        await self.budget.drain()

@@ -420,6 +420,44 @@ class Usage(Base):
     runs: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class ModelCall(Base):
+    """One metered model call, written as it ends: what spending caps count (0007).
+
+    The usage table sums whole runs when they end; caps need every call at once, with who
+    caused it (the run's user, its task), so that a restart, a crash mid-run or a run that
+    keeps retrying cannot spend past a cap. Rows older than the longest cap period are
+    pruned at start (pipeline/budget.py)."""
+
+    __tablename__ = "model_calls"
+    __table_args__ = (Index("ix_model_calls_space_id_at", "space_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    space_id: Mapped[str] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"))
+    user_key: Mapped[str | None] = mapped_column(String(255))  # "platform:user_id"
+    task_id: Mapped[int | None] = mapped_column(Integer)  # no FK: a task may be deleted
+    run_id: Mapped[str] = mapped_column(String(64))
+    provider: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(200))
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[float | None] = mapped_column(Float)  # None: the model has no price
+    status: Mapped[int | None] = mapped_column(Integer)
+    incomplete: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class BudgetAlert(Base):
+    """An admin was warned that a cap is nearly used: once per cap, subject and period."""
+
+    __tablename__ = "budget_alerts"
+
+    scope: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The space id; "space_id user_key" for a user's cap; "*" for the instance's.
+    subject: Mapped[str] = mapped_column(String(300), primary_key=True)
+    period: Mapped[date] = mapped_column(Date, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Session(Base):
     """A browser login (dashboard and web chat): only the SHA-256 of its id is stored,
     so a copy of this table logs nobody in."""

@@ -5,6 +5,8 @@ from message text), by the pure `classify`:
 
 - 401/403: the credentials are refused -> stop now (`fail`); no other leg does better,
   since every leg goes through the same host and the same keys.
+- 402 `spending_cap_reached`: the host's spending cap is reached -> stop now (`fail`),
+  for the same reason; the host ends the run with reason "budget" whatever we report.
 - 402/404/429/413/422, context too long, other 4xx (e.g. a server without tool support)
   -> this leg cannot serve the run (`next_leg`).
 - 408/409/5xx/529, timeouts, connection errors -> transient (`retry` the same leg after
@@ -26,7 +28,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from mercury_agent.contract import AUTH, BUDGET, MODEL, AgentError, LegSpec
+from mercury_agent.contract import (
+    AUTH,
+    BUDGET,
+    MODEL,
+    SPENDING_CAP,
+    SPENDING_CAP_ERROR,
+    AgentError,
+    LegSpec,
+)
 from mercury_agent.conversation import ModelReply, ModelRequest
 from mercury_agent.providers import Backend, MalformedReply
 
@@ -105,6 +115,9 @@ def classify_status(status: int, body: object = None) -> Action:
     """The action for an HTTP error status (and its decoded body, when there is one)."""
     if status in (401, 403):
         return Action(ActionKind.FAIL, "auth")
+    if status == 402 and SPENDING_CAP_ERROR in _error_fields(body):
+        # The host's spending cap: every leg goes through the same host and is refused too.
+        return Action(ActionKind.FAIL, "spending_cap")
     if any(f in _CONTEXT_CODES for f in _error_fields(body)):
         return Action(ActionKind.NEXT_LEG, "context_too_long")
     if status in (408, 409):
@@ -315,6 +328,10 @@ class Chain:
                         raise self._budget_error(last_error) from exc
                     if action.kind is ActionKind.FAIL:
                         self._record(turn, "fail", status, started, describe(exc))
+                        if action.reason == "spending_cap":
+                            raise ChainError(
+                                f"the host refused the model call: {last_error}", SPENDING_CAP
+                            ) from exc
                         raise ChainError(
                             f"the model provider refused the credentials ({last_error}); "
                             "check the API key configured on the Mercury host",

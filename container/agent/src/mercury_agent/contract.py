@@ -19,6 +19,9 @@ BUDGET = "budget"  # model.budget_s ran out
 MODEL = "model"  # every leg of the model chain failed
 MAX_TURNS = "max_turns"  # the model was still calling tools after model.max_turns turns
 AGENT_CLI = "agent_cli"  # the agent CLI (agent.command) failed or reported an error
+SPENDING_CAP = "spending_cap"  # the host refused a model call: a spending cap is reached
+# The error type of the host model proxy's 402 for a reached spending cap.
+SPENDING_CAP_ERROR = "spending_cap_reached"
 
 PROVIDERS = ("anthropic", "openai")
 DEFAULT_MAX_TURNS = 40
