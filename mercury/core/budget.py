@@ -14,10 +14,10 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from mercury.core.timefmt import as_utc, format_clock, format_wait, next_utc_midnight
+from mercury.core.timefmt import as_utc, format_wait, next_utc_midnight
 
 
 class Scope(StrEnum):
@@ -269,6 +269,14 @@ _WHO = {
 }
 
 
+def _reset_clock(when: datetime, now: datetime) -> str:
+    """ "00:00 UTC" within a day (the wait is said next to it), else with the date."""
+    when = as_utc(when)
+    if when - as_utc(now) <= timedelta(days=1):
+        return when.strftime("%H:%M UTC")
+    return when.strftime("%Y-%m-%d %H:%M UTC")
+
+
 def budget_notice(verdict: BudgetVerdict, now: datetime) -> str:
     """One plain line: which cap was reached, when it resets, and who can raise it."""
     scope = verdict.scope
@@ -279,20 +287,29 @@ def budget_notice(verdict: BudgetVerdict, now: datetime) -> str:
         when = "It applies to each run of the task."
     else:
         wait = format_wait((as_utc(verdict.resets_at) - as_utc(now)).total_seconds())
-        when = f"It resets at {format_clock(verdict.resets_at, now)} (in {wait})."
+        when = f"It resets at {_reset_clock(verdict.resets_at, now)} (in {wait})."
     return f"Sorry — {what} is reached, so I can't spend more on this. {when} {_WHO[scope]}"
 
 
-def warning_notice(scope: Scope, cap: Cap, spent: Spent, now: datetime) -> str:
-    """The one-time heads-up to admins at WARN_AT of a cap."""
-    used = f"{share(cap, spent):.0%}"
+# The heads-up is for the space's admins, so a user's cap is named in the third person.
+_WARN_WHAT = {**_WHAT, Scope.USER_DAY: "the daily spending cap of {who} in this space"}
+
+
+def warning_notice(
+    scope: Scope, cap: Cap, spent: Spent, now: datetime, *, who: str = "a user"
+) -> str:
+    """The one-time heads-up to admins at WARN_AT of a cap (`who`: the user, by name)."""
     amount = format_usd(spent.usd) if cap.usd is not None else f"{spent.tokens:,} tokens"
     reset = resets_at(scope, now)
-    when = f" It resets at {format_clock(reset, now)}." if reset is not None else ""
-    return (
-        f"Heads-up for admins: {used} of {_WHAT[scope]} ({cap.describe()}) is used "
-        f"({amount}).{when} /budget shows the caps; an admin can raise them."
-    )
+    when = f" It resets at {_reset_clock(reset, now)}." if reset is not None else ""
+    what = _WARN_WHAT[scope].format(who=who)
+    if reached(cap, spent):
+        # Passed in one go (a single run spent the last 20 % and more).
+        head = f"Heads-up for admins: {what} ({cap.describe()}) is used up ({amount})."
+    else:
+        used = f"{share(cap, spent):.0%}"
+        head = f"Heads-up for admins: {used} of {what} ({cap.describe()}) is used ({amount})."
+    return f"{head}{when} /budget shows the caps; an admin can raise them."
 
 
 __all__ = [

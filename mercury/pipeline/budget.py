@@ -382,8 +382,11 @@ class BudgetBook:
         self._runs.pop(run_id, None)
         return self._stopped.pop(run_id, None)
 
-    async def warnings(self, space_id: str, user_key: str | None) -> list[str]:
-        """Heads-ups for caps of this space/user past 80 %, each given once per period."""
+    async def warnings(
+        self, space_id: str, user_key: str | None, who: str | None = None
+    ) -> list[str]:
+        """Heads-ups for caps of this space/user past 80 %, each given once per period
+        (`who`: the user's name, for their cap's heads-up)."""
         caps = (await self.caps_for(space_id)).with_overrides({Scope.TASK_RUN: None})
         if user_key is None:
             caps = caps.with_overrides({Scope.USER_DAY: None})
@@ -413,7 +416,7 @@ class BudgetBook:
                     spent_usd=round(spent[scope].usd, 4),
                     spent_tokens=spent[scope].tokens,
                 )
-                texts.append(warning_notice(scope, cap, spent[scope], now))
+                texts.append(warning_notice(scope, cap, spent[scope], now, who=who or "a user"))
         return texts
 
 

@@ -188,7 +188,7 @@ class RunExecutor:
             recorded = True
             if stored is not None:
                 await self.outbox.deliver(stored)
-            await self._budget_warnings(conv, job.space_id, payload.user_key)
+            await self._budget_warnings(conv, job.space_id, payload.user_key, payload.author_name)
             return status
         finally:
             self._budget_stops.pop(run_id, None)
@@ -280,13 +280,13 @@ class RunExecutor:
         )
 
     async def _budget_warnings(
-        self, conv: ConversationRef, space_id: str, user_key: str | None
+        self, conv: ConversationRef, space_id: str, user_key: str | None, who: str
     ) -> None:
         """Tell the space's admins, once per cap and period, that a cap is 80 % used."""
         if self.budget is None:
             return
         try:
-            for text in await self.budget.warnings(space_id, user_key):
+            for text in await self.budget.warnings(space_id, user_key, who):
                 await self._send(Reply(conv, text))
         except Exception:
             log.exception("budget warning failed", space_id=space_id)
