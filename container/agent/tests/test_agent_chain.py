@@ -112,6 +112,8 @@ def test_a_plain_bad_request_is_not_called_context_too_long() -> None:
         (anthropic_error(403, "permission_error"), FAIL, "auth"),
         (anthropic_error(429, "rate_limit_error"), NEXT, "rate_limited"),
         (anthropic_error(402, "billing_error"), NEXT, "payment_required"),
+        (anthropic_error(402, "spending_cap_reached"), FAIL, "spending_cap"),
+        (openai_error(402, "spending_cap_reached"), FAIL, "spending_cap"),
         (anthropic_error(404, "not_found_error"), NEXT, "not_found"),
         (anthropic_error(500, "api_error"), RETRY, "server_error"),
         (anthropic_error(413, "request_too_large"), NEXT, "context_too_long"),
@@ -414,3 +416,14 @@ async def test_close_closes_every_backend_built() -> None:
 def test_a_chain_needs_a_leg() -> None:
     with pytest.raises(ValueError, match="at least one leg"):
         Chain([], lambda leg: None, retries_per_leg=0, budget_s=None)  # type: ignore[arg-type,return-value]
+
+
+async def test_the_hosts_spending_cap_stops_the_chain_without_failing_over() -> None:
+    chain, backends, _ = make_chain(
+        {"first": [anthropic_error(402, "spending_cap_reached")], "second": ["never"]}
+    )
+    with pytest.raises(ChainError) as info:
+        await chain.complete(REQUEST)
+    assert info.value.error_class == "spending_cap"
+    assert outcomes(chain) == [(0, "fail", 402)]
+    assert "second" not in backends
