@@ -83,6 +83,22 @@ def generate_password() -> str:
     return secrets.token_urlsafe(18)
 
 
+# Left commented: caps are the operator's choice, but a new install should see where they
+# go. Dollars are counted with the shipped price table (resources/prices.yaml).
+BUDGETS_BLOCK = """
+# Spending caps (docs/budgets.md): uncomment to limit what the model may cost. Dollars
+# are counted with the shipped price table (resources/prices.yaml; model.prices
+# overrides it); a model without a price counts toward token caps ("500k tokens") only.
+# A space's admin may set its own space_*, user_day and task_run with /budget.
+# budgets:
+#   instance_day: $20             # all spaces together, per UTC day
+#   space_day: $5                 # one space, per UTC day
+#   space_month: $50              # one space, per UTC month
+#   user_day: $1                  # one person in one space, per UTC day
+#   task_run: $0.50               # one run of a scheduled task
+"""
+
+
 def render_config(answers: InitAnswers) -> str:
     leg: dict[str, object] = {"provider": answers.provider, "model": answers.model}
     if answers.model_base_url:
@@ -102,7 +118,7 @@ def render_config(answers: InitAnswers) -> str:
         "# Every key and its default: mercury.example.yaml; docs/configuration.md explains them.\n"
         "# Secrets are not kept here: they live in .env next to this file (mode 0600).\n\n"
     )
-    return header + yaml.safe_dump(data, sort_keys=False)
+    return header + yaml.safe_dump(data, sort_keys=False) + BUDGETS_BLOCK
 
 
 def render_env(answers: InitAnswers, dashboard_password: str) -> str:

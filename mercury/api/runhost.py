@@ -17,6 +17,7 @@ from mercury.api.stream_events import StreamHook
 from mercury.api.tokens import TokenStore
 from mercury.api.usage import UsageMeter, UsageTotals
 from mercury.config import Config, Secrets
+from mercury.config.prices import price_table
 from mercury.sandbox.identity import container_identity
 
 
@@ -40,7 +41,8 @@ class RunHost:
         self.config = config
         self.root = api_root(config)
         self.tokens = TokenStore()
-        self.meter = UsageMeter(config.model.prices)
+        # The shipped price table with model.prices on top (config/prices.py).
+        self.meter = UsageMeter(price_table(config))
         ident = container_identity(config.container)
         self.server = HostApiServer(
             self.root,

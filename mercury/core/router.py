@@ -76,7 +76,7 @@ _DENIED: dict[str, str] = {
     Permission.PAUSE: "pause or resume me",
     Permission.MODEL: "switch the model",
     Permission.CLEAR: "clear the conversation",
-    Permission.ADMIN: "manage roles",
+    Permission.ADMIN: "change this space's admin settings (roles, mutes, spending caps)",
     Permission.RUN: "use me",
 }
 
