@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import delete, select
 
 from mercury.storage.models import Preference, utcnow
@@ -17,6 +19,19 @@ async def get_preferences(store: Store, space_id: str) -> dict[str, str]:
             .order_by(Preference.key)
         )
         return {k: v for k, v in rows}
+
+
+async def preference_values(
+    store: Store, key: str, space_ids: Sequence[str] | None = None
+) -> dict[str, str]:
+    """{space_id: value} of every space (or of `space_ids`) that has preference `key` set:
+    one query, however many spaces there are."""
+    q = select(Preference.space_id, Preference.value).where(Preference.key == key)
+    if space_ids is not None:
+        q = q.where(Preference.space_id.in_(list(space_ids)))
+    async with tx(store) as s:
+        rows = await s.execute(q)
+        return {space: value for space, value in rows}
 
 
 async def set_preference(store: Store, space_id: str, key: str, value: str) -> None:
@@ -41,4 +56,4 @@ async def delete_preference(store: Store, space_id: str, key: str) -> bool:
         return bool(rowcount(result))
 
 
-__all__ = ["delete_preference", "get_preferences", "set_preference"]
+__all__ = ["delete_preference", "get_preferences", "preference_values", "set_preference"]

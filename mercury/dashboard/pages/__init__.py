@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mercury.dashboard.pages import chat, config_page, health, overview, runs, spaces, tasks, usage
+from mercury.dashboard.pages import (
+    budgets,
+    chat,
+    config_page,
+    health,
+    overview,
+    runs,
+    spaces,
+    tasks,
+    usage,
+)
 
 __all__ = ["PAGES", "page_routes"]
 
@@ -19,6 +29,7 @@ PAGES: tuple[web.RouteTableDef, ...] = (
     tasks.routes,
     runs.routes,
     usage.routes,
+    budgets.routes,
     health.routes,
     config_page.routes,
     chat.routes,

@@ -33,6 +33,7 @@ from mercury.core.permissions import role_name_problem
 from mercury.core.spaces import is_safe_space_id
 from mercury.core.triggers import TRIGGER_PREF, TriggerMode
 from mercury.dashboard.deps import deps
+from mercury.dashboard.pages.budgets import caps_card
 from mercury.dashboard.render import page, render
 from mercury.pipeline.commands import find_leg
 from mercury.sandbox.browse import BrowseError, list_folder, open_file, split_path
@@ -227,6 +228,7 @@ async def _detail(
         trigger_modes=[m.value for m in TriggerMode],
         trigger_from=trigger_source(d.loaded.sources, d.loaded.path),
         platforms=list(PLATFORMS),
+        caps=await caps_card(d, space.id),
         notice=NOTICES.get(request.query.get("done", "")),
         error=error,
     )
