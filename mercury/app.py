@@ -153,16 +153,18 @@ class App:
         self.host.server.remove_stale()
         self._build_adapters()
         self.pipeline = Pipeline(cfg, secrets, self.db, self.runner, self.host, self.adapters)
-        from mercury.pipeline.scheduler import Scheduler, next_cron_run
+        from mercury.pipeline.scheduler import Scheduler
 
         mount_space_api(
             self.host.server,
             self.db,
             send_interim=self.pipeline.executor.send_interim,
-            next_cron_run=next_cron_run,
+            budget=self.pipeline.budget,
+            timezone=cfg.scheduler.timezone,
         )
         if cfg.scheduler.enabled:
-            self.scheduler = Scheduler(self.db, self.pipeline.dispatcher, tick=cfg.scheduler.tick)
+            # Checks due tasks like messages; told by the executor how their runs ended.
+            self.scheduler = Scheduler.for_app(cfg, self.db, self.pipeline)
         self._build_dashboard()
         await self.host.start()
         problem = model_problem(cfg, secrets)

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from mercury import __version__
-from mercury.cli import chat, db, doctor, image, init, run, sandbox
+from mercury.cli import budget, chat, db, doctor, image, init, run, sandbox, tasks, usage
 from mercury.cli.common import config_path_option, remember_config_path
 
 
@@ -33,6 +33,9 @@ for _command in (
     sandbox.sandbox,
     image.image,
     chat.chat,
+    tasks.tasks,
+    usage.usage,
+    budget.budget,
 ):
     main.add_command(_command)
 

@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 from mercury.core.budget import Cap, CapError, Caps, parse_cap
 from mercury.core.durations import DurationError
 from mercury.core.durations import parse_duration as core_parse_duration
+from mercury.core.when import WhenError, zone_named
 
 ENV_PREFIX = "MERCURY_"
 ENV_NESTING = "__"
@@ -247,7 +248,9 @@ class ModelConfig(Section):
     retries_per_leg: int = Field(2, ge=0, le=10)
     budget: Duration = 300.0
     max_turns: int = Field(40, ge=1)
-    # Model name -> price; runs of models listed here get cost_usd in their usage.
+    # Model name -> price, on top of the shipped table resources/prices.yaml (config/prices.py):
+    # an entry here replaces the shipped price of that name or adds a model. Calls of a
+    # priced model get cost_usd (and count toward dollar caps); others count tokens only.
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     # Models runs may call besides the chain's (e.g. an agent CLI's small model); the model
     # proxy refuses every other name. They go to their provider's first leg.
@@ -352,10 +355,27 @@ class HistoryConfig(Section):
     max_chars: int = Field(20000, ge=0)
 
 
+class SchedulerRetriesConfig(Section):
+    # A task's failed run is tried again `attempts` times (0 = never), the first `backoff`
+    # after the failure, each next one twice as long after; then reported once.
+    attempts: int = Field(3, ge=0, le=20)
+    backoff: Duration = 60.0
+
+
 class SchedulerConfig(Section):
     enabled: bool = True
     tick: Duration = 30.0
+    retries: SchedulerRetriesConfig = Field(default_factory=SchedulerRetriesConfig)
+    # The zone task times are read and shown in (core/when.py); a space may set its own.
     timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        try:
+            return zone_named(v).key
+        except WhenError as exc:
+            raise PydanticCustomError("timezone", "{why}", {"why": str(exc)}) from None
 
 
 class ExtensionsConfig(Section):

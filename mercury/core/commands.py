@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from mercury.core import durations
+from mercury.core.budget import CapError
+from mercury.core.budget_text import VALUE_HELP, BudgetSetting, parse_setting
 
 # The space preference `/model switch` stores: the chain leg its runs try first.
 MODEL_PREF = "_model"
@@ -20,6 +22,9 @@ class CommandKind(StrEnum):
     MODEL_LIST = "model_list"
     MODEL_SWITCH = "model_switch"
     CLEAR = "clear"  # start a fresh context boundary
+    TASKS = "tasks"  # list the space's scheduled tasks
+    BUDGET = "budget"  # show the spending caps and what is used
+    BUDGET_SET = "budget_set"  # set one of the space's own caps (admins)
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,8 @@ class Command:
     duration_s: float | None = None
     # /model switch: a 1-based list number or a model name, as typed.
     model: str | None = None
+    # /budget <cap> <value>: the space's own cap to store.
+    budget: BudgetSetting | None = None
     # Set when the arguments were unusable: show this to the user instead of acting.
     error: str | None = None
 
@@ -42,6 +49,9 @@ Commands:
   /model list — the models available here
   /model switch <number|name> — use another model here
   clear — start a fresh conversation (earlier messages are forgotten)
+  /tasks — the scheduled tasks here: next run, last result, cost
+  /budget — the spending caps here and what is used
+  /budget <cap> <value> — set a cap of this space (admins), e.g. /budget day $5
   /help — this text"""
 
 # A pause longer than this is almost certainly a typo; "until /resume" is the open-ended form.
@@ -64,7 +74,9 @@ _SLASH = {
     "help": CommandKind.HELP,
     "status": CommandKind.STATUS,
     "clear": CommandKind.CLEAR,
+    "tasks": CommandKind.TASKS,
     "model": CommandKind.MODEL_LIST,  # refined below
+    "budget": CommandKind.BUDGET,  # refined below
 }
 _MODEL_USAGE = "Usage: /model list, or /model switch <number|name>."
 
@@ -94,6 +106,8 @@ def parse_command(text: str) -> Command | None:
         return _pause(args)
     if kind is CommandKind.MODEL_LIST:
         return _model(args)
+    if kind is CommandKind.BUDGET:
+        return _budget(args)
     return Command(kind)
 
 
@@ -125,3 +139,22 @@ def _model(args: list[str]) -> Command:
             return Command(CommandKind.MODEL_SWITCH, error=_MODEL_USAGE)
         return Command(CommandKind.MODEL_SWITCH, model=" ".join(args[1:]))
     return Command(CommandKind.MODEL_LIST, error=_MODEL_USAGE)
+
+
+_BUDGET_USAGE = (
+    "Usage: /budget to see the caps, or /budget <cap> <value> to set one, e.g. /budget day $5."
+)
+
+
+def _budget(args: list[str]) -> Command:
+    """/budget alone shows; /budget <cap> <value> sets (checked here, so an admin's typo is
+    answered before anything is stored)."""
+    if not args:
+        return Command(CommandKind.BUDGET)
+    if len(args) < 2:
+        return Command(CommandKind.BUDGET_SET, error=f"{_BUDGET_USAGE} Values: {VALUE_HELP}.")
+    try:
+        setting = parse_setting(args[0], " ".join(args[1:]))
+    except CapError as exc:
+        return Command(CommandKind.BUDGET_SET, error=f"I couldn't set that: {exc}.")
+    return Command(CommandKind.BUDGET_SET, budget=setting)

@@ -30,7 +30,7 @@ class Permission(StrEnum):
     PAUSE = "pause"
     MODEL = "model"
     CLEAR = "clear"
-    ADMIN = "admin"  # manage roles and mutes
+    ADMIN = "admin"  # manage roles, mutes and the space's spending caps
 
 
 ADMIN_ROLE = "admin"
@@ -104,6 +104,11 @@ _COMMAND_PERMISSION: dict[CommandKind, Permission | None] = {
     CommandKind.MODEL_LIST: None,
     CommandKind.MODEL_SWITCH: Permission.MODEL,
     CommandKind.CLEAR: Permission.CLEAR,
+    # The task list shows prompts and costs: for whoever may use the agent here.
+    CommandKind.TASKS: Permission.RUN,
+    # Seeing the caps is for whoever may use the agent; changing one is the admins'.
+    CommandKind.BUDGET: Permission.RUN,
+    CommandKind.BUDGET_SET: Permission.ADMIN,
 }
 
 

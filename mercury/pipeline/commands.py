@@ -1,4 +1,5 @@
-"""Carrying out chat commands (stop, /pause, /resume, /status, /model, clear, /help).
+"""Carrying out chat commands (stop, /pause, /resume, /status, /model, clear, /budget, /tasks,
+/help).
 
 The inbound handler parses and routes a message (`core.router`); when the router says
 COMMAND, it hands the parsed `core.commands.Command` here and sends back the text this
@@ -13,8 +14,15 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from mercury.config import Config, ModelLeg
+from mercury.core.budget import Caps
+from mercury.core.budget_text import BudgetSetting, caps_text, setting_text
 from mercury.core.commands import HELP_TEXT, MODEL_PREF, Command, CommandKind
 from mercury.core.router import status_text
+from mercury.core.task_text import TaskLine, tasks_text
+from mercury.core.when import space_timezone
+from mercury.pipeline.budget import BudgetBook, read_overrides, write_override
+from mercury.pipeline.budget_status import budget_statuses
+from mercury.pipeline.task_gate import task_cost_estimate
 from mercury.storage import JobStatus, Store, repo, utcnow
 
 
@@ -48,17 +56,32 @@ def model_list_text(chain: Sequence[ModelLeg], current: str) -> str:
 class ChatCommands:
     """Carries out one command in one space and says what it did, in one line or few."""
 
-    def __init__(self, config: Config, db: Store, runner: RunControl) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: Store,
+        runner: RunControl,
+        *,
+        budget: BudgetBook | None = None,
+    ) -> None:
         self.config = config
         self.db = db
         self.runner = runner
+        # The running spending counters (pipeline/budget.py); without them /budget reads
+        # the spend from the database.
+        self.budget = budget
 
-    async def run(self, cmd: Command, space_id: str) -> str:
+    async def run(self, cmd: Command, space_id: str, user_key: str | None = None) -> str:
         """Do `cmd` in the space; the text for the chat.
 
+        `user_key`: who sent it ("platform:user_id"), for /budget's "you: ... used".
         Every command is safe to do twice (the inbound handler may, when storing the
         message failed after the command was done and the sender retries)."""
         kind = cmd.kind
+        if kind is CommandKind.BUDGET:
+            return await self.show_budget(space_id, user_key)
+        if kind is CommandKind.BUDGET_SET and cmd.budget is not None:
+            return await self.set_budget(space_id, cmd.budget)
         if kind is CommandKind.STOP:
             return await self.stop(space_id)
         if kind is CommandKind.PAUSE:
@@ -69,6 +92,8 @@ class ChatCommands:
             return await self.clear(space_id)
         if kind is CommandKind.STATUS:
             return await self.status(space_id)
+        if kind is CommandKind.TASKS:
+            return await self.tasks(space_id)
         if kind is CommandKind.MODEL_LIST:
             return model_list_text(self.config.model.chain, await self._model(space_id))
         if kind is CommandKind.MODEL_SWITCH:
@@ -122,6 +147,51 @@ class ChatCommands:
             return f"No model {wanted.strip()!r} in the chain; /model list shows them."
         await repo.set_preference(self.db, space_id, MODEL_PREF, leg.model)
         return f"This space now uses {leg.provider}/{leg.model} first."
+
+    async def show_budget(self, space_id: str, user_key: str | None = None) -> str:
+        """/budget: every cap in force here and what is used (the instance's too)."""
+        now = self.budget.clock() if self.budget is not None else utcnow()
+        statuses = await budget_statuses(
+            self.db, self._base_caps(), space_id, user_key, now, book=self.budget
+        )
+        return caps_text(statuses, now, user_known=user_key is not None)
+
+    async def set_budget(self, space_id: str, setting: BudgetSetting) -> str:
+        """/budget <cap> <value>: store the space's own cap; the running checks see it at once."""
+        await repo.get_or_create_space(self.db, space_id)
+        await write_override(self.db, space_id, setting.scope, setting.cap, reset=setting.reset)
+        if self.budget is not None:
+            self.budget.forget_overrides(space_id)
+        caps = self._base_caps().with_overrides(await read_overrides(self.db, space_id))
+        return setting_text(setting, caps.get(setting.scope))
+
+    def _base_caps(self) -> Caps:
+        """The config's caps (the running book's, which read the same config)."""
+        return self.budget.base if self.budget is not None else self.config.budgets.caps()
+
+    async def tasks(self, space_id: str, now: datetime | None = None) -> str:
+        """/tasks: the space's tasks, next runs on its clock, last results, average costs."""
+        now = now or utcnow()
+        zone = space_timezone(
+            await repo.get_preferences(self.db, space_id), self.config.scheduler.timezone
+        )
+        lines = [
+            TaskLine(
+                id=t.id,
+                prompt=t.prompt,
+                cron=t.cron,
+                interval_s=t.interval_s,
+                enabled=t.enabled,
+                next_run_at=t.next_run_at,
+                last_outcome=t.last_outcome,
+                last_detail=t.last_detail,
+                last_outcome_at=t.last_outcome_at,
+                silent=t.silent,
+                cost=await task_cost_estimate(self.db, t.id),
+            )
+            for t in await repo.list_tasks(self.db, space_id)
+        ]
+        return tasks_text(lines, now, zone)
 
     async def _model(self, space_id: str) -> str:
         """The model the space's runs try first: its /model switch choice, else the chain's."""

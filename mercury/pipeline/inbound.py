@@ -19,7 +19,7 @@ from sqlalchemy import exc as sa_exc
 from mercury.adapters.base import Adapter, InboundUnavailable
 from mercury.config import Config
 from mercury.core.messages import Attachment, InboundMessage, Reply
-from mercury.core.permissions import is_custom, permissions_of, role_of, user_key
+from mercury.core.permissions import user_key
 from mercury.core.ratelimit import RateLedger, RateRule
 from mercury.core.router import (
     DISK_WAIT_NOTICE,
@@ -35,6 +35,7 @@ from mercury.pipeline.budget import BudgetBook
 from mercury.pipeline.commands import ChatCommands
 from mercury.pipeline.dispatcher import Dispatcher
 from mercury.pipeline.payload import JobPayload
+from mercury.pipeline.standing import standing_in
 from mercury.sandbox.runner import ContainerRunner
 from mercury.storage import (
     Database,
@@ -150,7 +151,7 @@ class InboundHandler:
         self.rule = trigger_rule(config)
         self.ledger = RateLedger(rate_rule(config))
         self.admins = set(config.permissions.admins)
-        self.commands = ChatCommands(config, db, runner)
+        self.commands = ChatCommands(config, db, runner, budget=budget)
         # user key -> (lock, how many hold or wait for it): see _one_at_a_time.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
@@ -202,19 +203,15 @@ class InboundHandler:
             # Read-only when the space exists (every message but a space's first): the
             # transaction then takes no write lock.
             space = await repo.get_space(s, space_id) or await repo.get_or_create_space(s, space_id)
-            roles = {
-                user_key(r.platform, r.user_id): r.role for r in await repo.list_roles(s, space_id)
-            }
-            role = role_of(
+            standing = await standing_in(
+                s,
+                space_id,
                 key,
-                roles,
                 self.admins,
                 self.config.permissions.default_role,
                 operator=msg.from_operator,
             )
-            custom: dict[str, set[str]] = {}
-            if is_custom(role):
-                custom[role] = await repo.role_permissions(s, space_id, role)
+            role = standing.role
             prefs = await repo.get_preferences(s, space_id)
             muted = await repo.is_muted(s, space_id, msg.platform, msg.author_id, now=now)
             conv_rec = await repo.get_conversation(s, msg.platform, msg.conversation.chat_id)
@@ -226,7 +223,7 @@ class InboundHandler:
         ctx = RouteContext(
             rule=rule,
             role=role,
-            permissions=permissions_of(role, custom),
+            permissions=standing.permissions,
             rate_rule=self.ledger.rule,
             recent=self.ledger.recent(space_id, key, now),
             used_today=self.ledger.used_today(key, now),
@@ -248,7 +245,7 @@ class InboundHandler:
             # told to try again, and a command done twice (pause, stop, a model switch)
             # changes nothing more. Stored the other way round, the retry would be taken
             # for a redelivery and the command never done.
-            text = await self.commands.run(decision.command, space_id)
+            text = await self.commands.run(decision.command, space_id, key)
             if await self._store(self.db, msg, space_id, conv_id, MessageRole.USER):
                 await self._notify(msg, text)
             return

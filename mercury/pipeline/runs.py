@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mercury.adapters.base import Adapter
 from mercury.api.runhost import RunHost
@@ -50,6 +50,21 @@ TYPING_EVERY_S = 5.0
 MAX_RECORDED_CALLS = 200  # model calls kept per run for its record (storage's cap too)
 
 
+class TaskHook(Protocol):
+    """Scheduled tasks (pipeline/scheduler.py, which sets `RunExecutor.tasks`): what a
+    task's job shows in its chat. Jobs of no task never reach it."""
+
+    async def silent(self, task_id: int) -> bool:
+        """True: the run shows no typing, status or preview (its reply may not be posted)."""
+        ...
+
+    async def ended(
+        self, job: JobRecord, task_id: int, reason: RunReason, text: str | None
+    ) -> str | None:
+        """Told how the task's job ended (`text`: its reply or notice); what to post."""
+        ...
+
+
 class RunExecutor:
     """The dispatcher's job handler."""
 
@@ -81,6 +96,8 @@ class RunExecutor:
         self._last_usage: dict[str, Any] = {}
         # Jobs already told that the disk is too full to start them.
         self._disk_noticed: set[int] = set()
+        # Scheduled tasks: retries, silent tasks, one report of a failure (set by them).
+        self.tasks: TaskHook | None = None
         # Every answer goes out through the outbox: stored first, sent once.
         self.outbox = ReplyOutbox(db, adapters, config.data_dir)
         # run_id -> its metered model calls (from the meter's hook), for the run record.
@@ -150,7 +167,8 @@ class RunExecutor:
                 job.space_id, payload.user_key, task_id=payload.task_id
             )
             if not verdict.allowed:
-                await self._answer(job, payload, self.budget.notice(verdict), JobStatus.FAILED)
+                notice = self.budget.notice(verdict)
+                await self._answer(job, payload, notice, JobStatus.FAILED, RunReason.BUDGET)
                 return JobStatus.FAILED
         space = await repo.get_or_create_space(self.db, job.space_id)
         # The space's warm container's id when it has one waiting (sandbox/warm.py).
@@ -160,12 +178,13 @@ class RunExecutor:
         usage: Any = None
         deferred = False
         recorded = False
-        preview = self._preview_for(conv)
+        quiet = await self._task_silent(payload)
+        preview = None if quiet else self._preview_for(conv)
         try:
             data = await self._input(job, payload, run_id, space.profile, space.context_reset_at)
             if preview is not None:
                 self._previews[run_id] = preview
-            result = await self._run(job, payload, data, run_id)
+            result = await self._run(job, payload, data, run_id, quiet=quiet)
             if preview is not None:
                 await preview.stop()
             if result.retry:
@@ -179,10 +198,12 @@ class RunExecutor:
             result = self._budget_outcome(result)
             status = job_status_of(result)
             usage = self._last_usage.pop(run_id, None)
+            text = self._reply_text(job, result)
+            answer = (text, await self._task_text(job, payload, result.reason, text))
             # The answer is stored with the run record before anything is sent: from here
             # on the job is never run again, and a crash only delays its delivery.
             stored = await until_stored(
-                lambda: self._store_outcome(job, payload, result, usage, started),
+                lambda: self._store_outcome(job, payload, result, usage, started, answer=answer),
                 "run outcome",
             )
             recorded = True
@@ -215,14 +236,18 @@ class RunExecutor:
                 await asyncio.to_thread(remove_outputs, self.config.data_dir, run_id)
 
     async def _run(
-        self, job: JobRecord, payload: JobPayload, data: RunInput, run_id: str
+        self, job: JobRecord, payload: JobPayload, data: RunInput, run_id: str, *, quiet: bool
     ) -> RunResult:
-        """One run with its own host API access; never raises for a failure of the run."""
+        """One run with its own host API access; never raises for a failure of the run.
+
+        `quiet` (a silent task): no typing indicator or status message while it runs."""
         conv = payload.conversation
         self._conversations[run_id] = conv
         self._calls[run_id] = []
         preview = self._previews.get(run_id)
-        indicator = asyncio.get_running_loop().create_task(self._indicate(conv, preview))
+        indicator = asyncio.get_running_loop().create_task(
+            asyncio.sleep(0) if quiet else self._indicate(conv, preview)
+        )
         if self.budget is not None:
             self.budget.begin_run(run_id)
         try:
@@ -391,15 +416,21 @@ class RunExecutor:
         result: RunResult,
         usage: Any,
         started: Any,
+        *,
+        answer: tuple[str | None, str | None] | None = None,
     ) -> ReplyRecord | None:
         """In one transaction: the run record, the history entry and the outbox reply.
 
         Returns the stored reply, or None when there is nothing to say (a run stopped by
-        /stop: the command itself answered).
+        /stop: the command itself answered; a silent task's reply, kept in history only).
+        `answer`: (the reply or notice, what of it is posted), when already decided.
         """
-        text = self._reply_text(job, result)
+        if answer is None:
+            reply = self._reply_text(job, result)
+            answer = (reply, reply)
+        text, posted = answer
         files: list[tuple[Path, str]] = []
-        if text is not None and result.ok and result.files:
+        if posted is not None and result.ok and result.files:
             outputs = outputs_root(self.config.data_dir) / result.run_id
             kept = await asyncio.to_thread(keep_files, self.config.data_dir, outputs, job.id)
             if kept is not None:
@@ -419,12 +450,14 @@ class RunExecutor:
                     is_bot=True,
                     attachments=[name for _, name in files],
                 )
+            if posted is None:
+                return None
             return await replies.add_reply(
                 s,
                 job_id=job.id,
                 space_id=job.space_id,
                 job_status=job_status_of(result),
-                payload=reply_payload(payload.conversation, text, files, payload.reply_to),
+                payload=reply_payload(payload.conversation, posted, files, payload.reply_to),
             )
 
     def _reply_text(self, job: JobRecord, result: RunResult) -> str | None:
@@ -457,9 +490,18 @@ class RunExecutor:
         )
 
     async def _answer(
-        self, job: JobRecord, payload: JobPayload, text: str, status: JobStatus
+        self,
+        job: JobRecord,
+        payload: JobPayload,
+        text: str,
+        status: JobStatus,
+        reason: RunReason = RunReason.ERROR,
     ) -> None:
         """A job answered without a run (e.g. no model configured), through the outbox."""
+        posted = await self._task_text(job, payload, reason, text)
+        if posted is None:
+            return
+        text = posted
         reply = await until_stored(
             lambda: replies.add_reply(
                 self.db,
@@ -471,6 +513,31 @@ class RunExecutor:
             "notice",
         )
         await self.outbox.deliver(reply)
+
+    # ------------------------------------------------------------------ scheduled tasks
+
+    async def _task_silent(self, payload: JobPayload) -> bool:
+        """Whether a task's run works unseen (TaskHook.silent); False for other jobs."""
+        if payload.task_id is None or self.tasks is None:
+            return False
+        try:
+            return await self.tasks.silent(payload.task_id)
+        except Exception:
+            log.exception("asking whether a task is silent failed", task_id=payload.task_id)
+            return False
+
+    async def _task_text(
+        self, job: JobRecord, payload: JobPayload, reason: RunReason, text: str | None
+    ) -> str | None:
+        """What of a job's answer is posted: all of it, unless the job is a task's and the
+        scheduler says otherwise (a retry coming, a silent task, its one failure report)."""
+        if payload.task_id is None or self.tasks is None:
+            return text
+        try:
+            return await self.tasks.ended(job, payload.task_id, reason, text)
+        except Exception:
+            log.exception("recording a task's outcome failed", task_id=payload.task_id)
+            return text
 
     def _notice_detail(self, result: RunResult, error_class: Any) -> Any:
         if result.reason is RunReason.TIMEOUT:

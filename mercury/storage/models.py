@@ -391,6 +391,20 @@ class Task(Base):
     next_run_at: Mapped[datetime | None]
     last_run_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A silent task posts only what fails (and what its agent sends itself).
+    silent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sql_text("false"))
+    # A slot missed while Mercury was down: "once" (run at start) or "skip".
+    catch_up: Mapped[str] = mapped_column(
+        String(8), default="once", server_default=sql_text("'once'")
+    )
+    # Failed attempts of the current due run, and when the next retry is due.
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default=sql_text("0"))
+    retry_at: Mapped[datetime | None]
+    # What became of the task's last due run: queued | ok | failed | refused | skipped,
+    # why in plain words, and when (pipeline/scheduler.py).
+    last_outcome: Mapped[str | None] = mapped_column(String(32))
+    last_detail: Mapped[str | None] = mapped_column(Text)
+    last_outcome_at: Mapped[datetime | None]
 
 
 class ExtensionState(Base):

@@ -3,6 +3,11 @@
 Storage does not interpret cron expressions: the scheduler computes each next run time and
 hands it in (`add_task(next_run_at=...)`, `mark_task_ran`, `update_task`, `set_task_enabled`).
 
+What became of a task's last due run is kept on the task (`last_outcome`, one of
+OUTCOMES, with `last_detail` in plain words and `last_outcome_at`), with the failed
+attempts of that run (`failures`) and when it is retried (`retry_at`): the scheduler
+(pipeline/scheduler.py) writes them, the CLI, chat and dashboard show them.
+
 The dashboard's task list (`task_page`) shows each task with its last result: the newest
 job whose payload names the task, and that job's newest run. Both are looked up by the
 database for the tasks of one page only, so the list stays fast however many jobs exist.
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
@@ -33,6 +39,23 @@ class TaskRecord:
     next_run_at: datetime | None
     last_run_at: datetime | None
     created_at: datetime
+    silent: bool = False
+    catch_up: str = "once"
+    failures: int = 0
+    retry_at: datetime | None = None
+    last_outcome: str | None = None
+    last_detail: str | None = None
+    last_outcome_at: datetime | None = None
+
+
+# What a task's last due run came to (TaskRecord.last_outcome).
+QUEUED = "queued"  # its job is in the queue or running
+OK = "ok"
+FAILED = "failed"  # the run failed (a retry may be due: retry_at)
+REFUSED = "refused"  # not run: paused space, muted or unauthorised creator, limits, caps
+SKIPPED = "skipped"  # not run: missed while Mercury was down, and the task skips those
+OUTCOMES = (QUEUED, OK, FAILED, REFUSED, SKIPPED)
+CATCH_UPS = ("once", "skip")
 
 
 async def add_task(
@@ -46,13 +69,17 @@ async def add_task(
     next_run_at: datetime | None = None,
     created_by: str | None = None,
     conversation_id: int | None = None,
+    silent: bool = False,
+    catch_up: str = "once",
 ) -> TaskRecord:
     """Schedule a prompt by exactly one of cron, interval_s or run_at.
 
     `next_run_at` defaults to run_at, or now + interval_s; a cron task needs the scheduler
     (which parses cron) to pass it, since storage does not interpret cron expressions.
+    `silent`: post only failures; `catch_up`: "once" or "skip" a slot missed while down.
     """
     _one_schedule(cron, interval_s, run_at)
+    _catch_up(catch_up)
     now = utcnow()
     if next_run_at is None:
         if run_at is not None:
@@ -72,10 +99,24 @@ async def add_task(
             next_run_at=next_run_at,
             last_run_at=None,
             created_at=now,
+            silent=silent,
+            catch_up=catch_up,
+            failures=0,
         )
         s.add(task)
         await s.flush()
         return to_record(TaskRecord, task)
+
+
+async def task_creator(store: Store, user_key: str | None, task_id: int | None) -> str | None:
+    """The `created_by` of a task a run creates: the run's sender ("platform:user_id"), or
+    for a run of a scheduled task that task's own creator (so a task's tasks act for the
+    same person, or the operator). None when neither is known."""
+    if task_id is not None:
+        parent = await get_task(store, task_id)
+        if parent is not None:
+            return parent.created_by
+    return user_key
 
 
 async def list_tasks(
@@ -103,12 +144,19 @@ async def cancel_task(store: Store, task_id: int, *, space_id: str | None = None
 
 
 async def due_tasks(store: Store, now: datetime | None = None) -> list[TaskRecord]:
-    """Enabled tasks whose next run is at or before `now`, soonest first."""
+    """Enabled tasks whose next run is at or before `now`, and tasks whose retry is due,
+    soonest first.
+
+    A retry is due whether or not the task is enabled: a one-shot task is disabled once its
+    run is queued, and its retries still follow; pausing a task clears its retry
+    (`set_task_enabled`).
+    """
+    now = now or utcnow()
     async with tx(store) as s:
         rows = await s.scalars(
             select(Task)
-            .where(Task.enabled.is_(True), Task.next_run_at <= (now or utcnow()))
-            .order_by(Task.next_run_at, Task.id)
+            .where((Task.enabled.is_(True) & (Task.next_run_at <= now)) | (Task.retry_at <= now))
+            .order_by(func.coalesce(Task.next_run_at, Task.retry_at), Task.id)
         )
         return [to_record(TaskRecord, t) for t in rows]
 
@@ -123,6 +171,11 @@ async def mark_task_ran(
             .where(Task.id == task_id)
             .values(last_run_at=ran_at, next_run_at=next_run_at, enabled=next_run_at is not None)
         )
+
+
+def _catch_up(value: str) -> None:
+    if value not in CATCH_UPS:
+        raise ValueError(f"catch_up must be 'once' or 'skip', got {value!r}")
 
 
 def _one_schedule(cron: str | None, interval_s: int | None, run_at: datetime | None) -> None:
@@ -183,13 +236,16 @@ async def set_task_enabled(
     """Pause (enabled False) or resume a task; resuming sets its next run to `next_run_at`.
 
     Pausing keeps the next run time, so the list still shows where the schedule stood.
-    None if there is no such task.
+    Either way a pending retry is dropped: a paused task does not run, a resumed one
+    starts afresh. None if there is no such task.
     """
     async with tx(store) as s:
         task = await s.get(Task, task_id, populate_existing=True)
         if task is None:
             return None
         task.enabled = enabled
+        task.failures = 0
+        task.retry_at = None
         if enabled:
             task.next_run_at = next_run_at
         await s.flush()
@@ -200,6 +256,88 @@ async def note_task_run(store: Store, task_id: int, *, ran_at: datetime) -> None
     """Record an extra run of a task (run now) without touching its schedule."""
     async with tx(store) as s:
         await s.execute(update(Task).where(Task.id == task_id).values(last_run_at=ran_at))
+
+
+def _outcome(outcome: str, detail: str | None, at: datetime) -> dict[str, Any]:
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown task outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
+    return {"last_outcome": outcome, "last_detail": detail, "last_outcome_at": at}
+
+
+async def note_task_outcome(
+    store: Store,
+    task_id: int,
+    outcome: str,
+    detail: str | None,
+    at: datetime,
+    *,
+    failures: int | None = None,
+    retry_at: datetime | None = None,
+    disable: bool = False,
+) -> None:
+    """Record what became of a task's due run (`outcome`: one of OUTCOMES; `detail`: why,
+    in plain words). With `failures`, also set the failed attempts and the retry time
+    (None: no retry); with `disable`, the task is disabled (a one-shot task that is done)."""
+    values = _outcome(outcome, detail, at)
+    if failures is not None:
+        values |= {"failures": failures, "retry_at": retry_at}
+    if disable:
+        values["enabled"] = False
+    async with tx(store) as s:
+        await s.execute(update(Task).where(Task.id == task_id).values(**values))
+
+
+async def set_task_retry(
+    store: Store, task_id: int, *, failures: int, retry_at: datetime | None
+) -> None:
+    """Set a task's failed attempts of its current run, and when it is retried (None: not)."""
+    async with tx(store) as s:
+        await s.execute(
+            update(Task).where(Task.id == task_id).values(failures=failures, retry_at=retry_at)
+        )
+
+
+async def start_task_run(
+    store: Store,
+    task_id: int,
+    *,
+    ran_at: datetime,
+    next_run_at: datetime | None,
+    move: bool,
+    detail: str | None = None,
+) -> None:
+    """A due run of a task was queued: record it (outcome "queued") and clear its retry.
+
+    With `move` (its regular slot came due) the schedule moves on to `next_run_at`, and a
+    one-shot task (next_run_at None) is disabled, as `mark_task_ran` does; without (a
+    retry, a run now) the schedule stays where it is. Failed attempts are kept: they count
+    until the run succeeds or is reported.
+    """
+    values = _outcome(QUEUED, detail, ran_at) | {"last_run_at": ran_at, "retry_at": None}
+    if move:
+        values |= {"next_run_at": next_run_at, "enabled": next_run_at is not None}
+    async with tx(store) as s:
+        await s.execute(update(Task).where(Task.id == task_id).values(**values))
+
+
+async def pass_task_slot(
+    store: Store,
+    task_id: int,
+    outcome: str,
+    detail: str | None,
+    at: datetime,
+    *,
+    next_run_at: datetime | None,
+    move: bool,
+) -> None:
+    """A due run of a task did not happen (refused, skipped): record why, drop its retry and
+    failed attempts, and with `move` go on to `next_run_at` (None: a one-shot task, which
+    is disabled)."""
+    values = _outcome(outcome, detail, at) | {"failures": 0, "retry_at": None}
+    if move:
+        values |= {"next_run_at": next_run_at, "enabled": next_run_at is not None}
+    async with tx(store) as s:
+        await s.execute(update(Task).where(Task.id == task_id).values(**values))
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +452,13 @@ async def task_page(
 
 
 __all__ = [
+    "CATCH_UPS",
+    "FAILED",
+    "OK",
+    "OUTCOMES",
+    "QUEUED",
+    "REFUSED",
+    "SKIPPED",
     "TaskRecord",
     "TaskResult",
     "TaskRow",
@@ -325,8 +470,13 @@ __all__ = [
     "last_task_results",
     "list_tasks",
     "mark_task_ran",
+    "note_task_outcome",
     "note_task_run",
+    "pass_task_slot",
     "set_task_enabled",
+    "set_task_retry",
+    "start_task_run",
+    "task_creator",
     "task_page",
     "update_task",
 ]

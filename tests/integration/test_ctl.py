@@ -155,7 +155,7 @@ async def test_tasks(relay: Relay) -> None:
     r = await relay.run("tasks")
     assert r.code == 0
     rows = r.out.splitlines()
-    assert rows[0].split()[:2] == ["ID", "SCHEDULE"]
+    assert rows[0].split() == ["ID", "SCHEDULE", "NEXT", "RUN", "STATE", "LAST", "PROMPT"]
     assert rows[1].startswith(str(every.id)) and "Check the build" in rows[1]
     assert "cron 0 9 * * 1-5" in rows[2]
 

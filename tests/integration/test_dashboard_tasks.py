@@ -92,7 +92,7 @@ def test_parse_schedule_reads_each_kind_with_the_host_api_rules() -> None:
         ("cron", "0 9 * *", "5 fields"),
         ("cron", "0 25 * * *", "outside 0-23"),
         ("at", "2026-03-10T12:00", "in the past"),
-        ("at", "tomorrow", "not an ISO time"),
+        ("at", "tomorrow", "needs a time of day"),
         ("every", "  ", "give a schedule"),
         ("every", "1" * 200, "longer than"),
         ("weekly", "1d", "cron, every or at"),

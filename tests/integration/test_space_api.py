@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -33,6 +34,8 @@ from mercury.storage import (
     set_preference,
     upgrade,
 )
+from mercury.storage.spend import add_model_call
+from mercury.storage.tasks import note_task_outcome
 
 BASE = "http://mercury"  # any host: the connection goes to the socket
 
@@ -223,7 +226,7 @@ async def test_tasks_add_list_cancel(api: Api) -> None:
     assert status == 201, body
     every = body["task"]
     assert every["prompt"] == "standup" and every["every_s"] == 1800
-    assert every["created_by"] == "run:run-member-a"
+    assert every["created_by"] is None  # the run's sender; this token names none
     nxt = datetime.fromisoformat(every["next_run_at"])
     assert before + timedelta(minutes=29) < nxt < before + timedelta(minutes=31)
 
@@ -260,6 +263,38 @@ async def test_tasks_add_list_cancel(api: Api) -> None:
     assert_error(*await api.call("DELETE", f"{t}/abc", api.member_a), 404, "not_found_error")
 
 
+async def test_tasks_say_their_last_outcome_and_average_cost(api: Api) -> None:
+    quiet = await add_task(
+        api.db, "space-a", "check the site", interval_s=3600, silent=True, catch_up="skip"
+    )
+    fresh = await add_task(api.db, "space-a", "new one", interval_s=3600)
+    for run, usd, tokens in (("r1", 0.01, 1000), ("r2", 0.02, 2000), ("r3", 0.03, 3000)):
+        await add_model_call(
+            api.db, space_id="space-a", run_id=run, provider="anthropic", model="m",
+            input_tokens=tokens, output_tokens=0, cost_usd=usd, status=200, incomplete=False,
+            task_id=quiet.id,
+        )  # fmt: skip
+    at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    await note_task_outcome(api.db, quiet.id, "refused", "space is paused", at)
+    status, body = await api.call("GET", "/spaces/space-a/tasks", api.member_a)
+    assert status == 200
+    rows = {t["id"]: t for t in body["tasks"]}
+    assert rows[quiet.id]["silent"] is True and rows[quiet.id]["catch_up"] == "skip"
+    assert rows[quiet.id]["last_outcome"] == "refused"
+    assert rows[quiet.id]["last_detail"] == "space is paused"
+    assert datetime.fromisoformat(rows[quiet.id]["last_outcome_at"]) == at
+    assert rows[quiet.id]["avg_cost_usd"] == pytest.approx(0.02)
+    assert rows[quiet.id]["avg_tokens"] == 2000
+    assert rows[quiet.id]["next_run_at"] is not None
+    assert {k: rows[fresh.id][k] for k in ("silent", "catch_up", "last_outcome")} == {
+        "silent": False,
+        "catch_up": "once",
+        "last_outcome": None,
+    }
+    assert rows[fresh.id]["avg_cost_usd"] is None and rows[fresh.id]["avg_tokens"] is None
+    assert body["timezone"] == "UTC"  # mount_space_api's default: no zone configured
+
+
 async def test_task_of_another_space(api: Api) -> None:
     b_task = await add_task(api.db, "space-b", "b's task", interval_s=3600)
     # Through space A's path: the task is not there.
@@ -270,7 +305,7 @@ async def test_task_of_another_space(api: Api) -> None:
     assert_error(status, body, 403, "permission_error")
     assert [t.id for t in await list_tasks(api.db, "space-b")] == [b_task.id]
     # Listing A shows none of B's tasks; B's own member can cancel it.
-    assert (await api.call("GET", "/spaces/space-a/tasks", api.admin_a))[1] == {"tasks": []}
+    assert (await api.call("GET", "/spaces/space-a/tasks", api.admin_a))[1]["tasks"] == []
     status, _ = await api.call("DELETE", f"/spaces/space-b/tasks/{b_task.id}", api.member_b)
     assert status == 200
     assert await list_tasks(api.db, "space-b") == []
@@ -291,7 +326,7 @@ async def test_task_of_another_space(api: Api) -> None:
         ({"prompt": "p", "cron": "0 9 * * 1-9"}, "day of week"),
         ({"prompt": "p", "cron": "0 9 * foo *"}, "month"),
         ({"prompt": "p", "cron": "*/0 * * * *"}, "step"),
-        ({"prompt": "p", "at": "tomorrow-ish"}, "not an ISO time"),
+        ({"prompt": "p", "at": "tomorrow-ish"}, "cannot read 'tomorrow-ish' as a time"),
         ({"prompt": "p", "at": "2001-01-01T00:00:00Z"}, "in the past"),
         ({"prompt": "p", "every": "1h", "priority": 1}, "unknown field"),
         ({"prompt": "x" * 9000, "every": "1h"}, "too long"),
@@ -303,19 +338,12 @@ async def test_task_validation(api: Api, body: dict[str, Any], fragment: str) ->
     assert await list_tasks(api.db, "space-a") == []
 
 
-async def test_cron_task_gets_next_run_from_the_scheduler_hook(
-    tmp_path: Path, db: Database
-) -> None:
-    seen: list[tuple[str, datetime]] = []
-    when = datetime(2031, 1, 6, 9, 0, tzinfo=UTC)
-
-    def next_cron_run(expr: str, after: datetime) -> datetime:
-        seen.append((expr, after))
-        return when
-
+async def test_task_times_are_read_on_the_space_clock(tmp_path: Path, db: Database) -> None:
+    # scheduler.timezone (mount_space_api's timezone) unless the space has its own zone.
     async def send(run_id: str, space_id: str, text: str) -> None:
         return None
 
+    await set_preference(db, "space-b", "_timezone", "America/New_York")
     tokens = TokenStore()
     server = HostApiServer(
         tmp_path / "api",
@@ -324,23 +352,49 @@ async def test_cron_task_gets_next_run_from_the_scheduler_hook(
         secrets=Secrets(),
         meter=UsageMeter(),
     )
-    mount_space_api(server, db, send_interim=send, next_cron_run=next_cron_run)
+    mount_space_api(server, db, send_interim=send, timezone="Europe/Berlin")
+    made: list[tuple[str, dict[str, Any]]] = []
+    zone_names: dict[str, str] = {}
     async with server:
         folder = await server.open_run("r1")
         async with aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=str(folder / SOCKET_NAME))
         ) as s:
-            token = tokens.mint("r1", "space-a", "member")
-            async with s.post(
-                f"{BASE}/spaces/space-a/tasks",
-                json={"prompt": "p", "cron": "0 9 * * 1"},
-                headers={"Authorization": f"Bearer {token}"},
-            ) as resp:
-                assert resp.status == 201
-                body = await resp.json()
-    assert [e for e, _ in seen] == ["0 9 * * 1"]
-    assert datetime.fromisoformat(body["task"]["next_run_at"]) == when
-    assert (await list_tasks(db, "space-a"))[0].next_run_at == when
+            for space in ("space-a", "space-b"):
+                token = tokens.mint(f"r-{space}", space, "member")
+                for body in (
+                    {"prompt": "p", "cron": "0 9 * * 1"},
+                    {"prompt": "p", "at": "mon 9am"},
+                    {"prompt": "p", "at": "2099-06-01 12:00"},
+                ):
+                    async with s.post(
+                        f"{BASE}/spaces/{space}/tasks",
+                        json=body,
+                        headers={"Authorization": f"Bearer {token}"},
+                    ) as resp:
+                        assert resp.status == 201, await resp.text()
+                        made.append((space, (await resp.json())["task"]))
+                async with s.get(
+                    f"{BASE}/spaces/{space}/tasks", headers={"Authorization": f"Bearer {token}"}
+                ) as resp:
+                    zone_names[space] = (await resp.json())["timezone"]
+    assert zone_names == {"space-a": "Europe/Berlin", "space-b": "America/New_York"}
+    zones = {"space-a": ZoneInfo("Europe/Berlin"), "space-b": ZoneInfo("America/New_York")}
+    for space, task in made:
+        if task["at"] and task["at"].startswith("2099"):
+            continue
+        # The cron task and "mon 9am": Monday 09:00 on the space's own clock.
+        local = datetime.fromisoformat(task["next_run_at"]).astimezone(zones[space])
+        assert (local.weekday(), local.hour, local.minute) == (0, 9, 0), (space, task)
+    fixed = [datetime.fromisoformat(t["at"]) for _, t in made if (t["at"] or "")[:4] == "2099"]
+    assert fixed == [  # 12:00 in summer: CEST (+2) and EDT (-4)
+        datetime(2099, 6, 1, 10, 0, tzinfo=UTC),
+        datetime(2099, 6, 1, 16, 0, tzinfo=UTC),
+    ]
+    stored = {t.id: t.next_run_at for t in await list_tasks(db)}
+    assert [stored[t["id"]] for _, t in made] == [
+        datetime.fromisoformat(t["next_run_at"]) for _, t in made
+    ]
 
 
 # --------------------------------------------------------------------------- interim messages
@@ -477,7 +531,7 @@ async def test_mutes_by_admin(api: Api) -> None:
 
     for bad, fragment in [
         ({"until": "2001-01-01T00:00:00"}, "in the past"),
-        ({"until": "later"}, "not an iso time"),
+        ({"until": "later"}, "cannot read 'later' as a time"),
         ({"reason": "r" * 600}, "too long"),
         ({"for": "1h"}, "unknown field"),
     ]:

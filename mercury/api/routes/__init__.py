@@ -7,6 +7,7 @@ One module per resource, each a `web.RouteTableDef` of top-level handlers:
     messages.py     /spaces/{space_id}/messages                    (interim messages)
     roles.py        /spaces/{space_id}/roles[/{platform}/{user_id}]   admin
     mutes.py        /spaces/{space_id}/mutes[/{platform}/{user_id}]   admin
+    budget.py       /spaces/{space_id}/budget              (GET any run, PUT admin)
 
 All routes live under `/spaces/{space_id}/...`, so the auth middleware already refused
 tokens of another space; roles and mutes additionally need the run's caller to hold the
@@ -20,15 +21,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mercury.api.routes import messages, mutes, preferences, roles, tasks
+from mercury.api.routes import budget, messages, mutes, preferences, roles, tasks
 from mercury.api.routes.common import (
     DEFAULT_INTERIM_PER_RUN,
     SPACE_API,
-    NextCronRun,
     SendInterim,
     SpaceApi,
 )
 from mercury.api.server import HostApiServer
+from mercury.pipeline.budget import BudgetBook
 from mercury.storage import Database
 
 RESOURCES: tuple[web.RouteTableDef, ...] = (
@@ -37,6 +38,7 @@ RESOURCES: tuple[web.RouteTableDef, ...] = (
     messages.routes,
     roles.routes,
     mutes.routes,
+    budget.routes,
 )
 
 
@@ -45,19 +47,22 @@ def mount_space_api(
     db: Database,
     *,
     send_interim: SendInterim,
-    next_cron_run: NextCronRun | None = None,
     interim_per_run: int = DEFAULT_INTERIM_PER_RUN,
+    budget: BudgetBook | None = None,
+    timezone: str = "UTC",
 ) -> SpaceApi:
     """Serve every space endpoint on `server` (before its `start()`); returns their state.
 
     `send_interim(run_id, space_id, text)` delivers an interim message to the run's
-    conversation (at most `interim_per_run` per run). `next_cron_run(expr, after)`, when
-    given (by the scheduler), sets a new cron task's first `next_run_at`; otherwise a cron
-    task is stored with next_run_at None for the scheduler to fill in.
+    conversation (at most `interim_per_run` per run). `budget`: the
+    running spending counters (live spend, the config's caps, forgetting a space's cached
+    caps after a change); without it the budget endpoint reads the spend from the database.
+    `timezone`: the config's scheduler.timezone, the clock a space without its own reads
+    task times and cron expressions on (core/when.py).
     """
     for table in RESOURCES:
         server.add_routes(table)  # refuses a started server before the app is touched
-    api = SpaceApi(db, send_interim, next_cron_run, interim_per_run)
+    api = SpaceApi(db, send_interim, interim_per_run, budget=budget, timezone=timezone)
     server.app[SPACE_API] = api
     return api
 

@@ -13,17 +13,18 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from mercury.api.auth import http_error
 from mercury.storage import Database, get_space
 
+if TYPE_CHECKING:
+    from mercury.pipeline.budget import BudgetBook
+
 SendInterim = Callable[[str, str, str], Awaitable[None]]
 """send_interim(run_id, space_id, text): post an interim message to the run's conversation."""
-NextCronRun = Callable[[str, datetime], datetime]
-"""next_cron_run(expr, after): the first time after `after` that a cron expression matches."""
 
 BASE = "/spaces/{space_id}"
 USER = "/{platform}/{user_id}"
@@ -39,16 +40,18 @@ class SpaceApi:
     """The space endpoints' shared state, one per host API app.
 
     `send_interim` delivers an interim message to the run's conversation (at most
-    `interim_per_run` per run, counted in `interim_counts`). `next_cron_run`, when given (by
-    the scheduler), sets a new cron task's first `next_run_at`; otherwise a cron task is
-    stored with next_run_at None for the scheduler to fill in.
+    `interim_per_run` per run, counted in `interim_counts`). `budget`, the running
+    spending counters, gives the budget endpoint live spend and the config's caps.
     """
 
     db: Database
     send_interim: SendInterim
-    next_cron_run: NextCronRun | None = None
     interim_per_run: int = DEFAULT_INTERIM_PER_RUN
     interim_counts: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    budget: BudgetBook | None = None
+    # The zone a space's task times are read in when it has none of its own
+    # (`scheduler.timezone`; core/when.py).
+    timezone: str = "UTC"
 
 
 SPACE_API = web.AppKey("mercury_space_api", SpaceApi)

@@ -1,14 +1,16 @@
 """When, as the host API accepts it: durations, times and cron expressions (pure, no I/O).
 
-Durations use the one grammar of `core/durations.py`; a time is ISO 8601 or a duration
-from now; a cron expression is checked for syntax only (the scheduler computes its runs).
+Durations use the one grammar of `core/durations.py`; a time is plain words or ISO 8601
+in the space's time zone (`core/when.py`); a cron expression is checked for syntax only
+(its runs are computed on the space's clock: core.when.next_cron_in_zone).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from mercury.core import durations
+from mercury.core.when import parse_when
 from mercury.storage import utcnow
 
 
@@ -17,21 +19,12 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=durations.parse_duration(text))
 
 
-def parse_time(text: str, *, now: datetime | None = None) -> datetime:
-    """An ISO 8601 time (naive means UTC) or a duration from now -> aware UTC datetime."""
-    now = now or utcnow()
-    value = text.strip()
-    if durations.is_duration(value):
-        return now + parse_duration(value)
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(
-            f"not an ISO time or duration: {text!r} (use e.g. 2030-01-31T09:00:00+00:00 or 2h)"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC)
+def parse_time(text: str, *, now: datetime | None = None, zone: tzinfo = UTC) -> datetime:
+    """A time in plain words or ISO 8601 (core/when.py: "in 2h", "tomorrow 09:00", ...), read
+    in `zone` (the space's; an ISO time without an offset too) -> aware UTC datetime.
+
+    ValueError (core.when.WhenError) naming the accepted forms otherwise."""
+    return parse_when(text, now or utcnow(), zone)
 
 
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")

@@ -25,12 +25,18 @@ from aiohttp import web
 
 from mercury.api.routes.tasks import MAX_PROMPT_CHARS, MAX_TASKS_PER_SPACE, MIN_INTERVAL_S
 from mercury.api.routes.timespec import parse_duration, parse_time, validate_cron
+from mercury.core.budget import Spent
 from mercury.dashboard.deps import deps
 from mercury.dashboard.filters import duration
 from mercury.dashboard.render import SESSION, fragment, page, render
 from mercury.logging import get_logger
-from mercury.pipeline.scheduler import RunNowRefused, next_cron_run, run_task_now
-from mercury.storage import get_space, latest_conversation, list_spaces, utcnow
+from mercury.pipeline.scheduler import (
+    RunNowRefused,
+    next_cron_run,
+    run_task_now,
+    task_cost_estimate,
+)
+from mercury.storage import Database, get_space, latest_conversation, list_spaces, utcnow
 from mercury.storage.tasks import (
     TaskRecord,
     TaskRow,
@@ -238,6 +244,12 @@ def _is_htmx(request: web.Request) -> bool:
     return "HX-Request" in request.headers
 
 
+async def _costs(db: Database, task_ids: list[int]) -> dict[int, Spent]:
+    """What a run of each task cost on average, over its recent runs (absent: none yet)."""
+    found = {i: await task_cost_estimate(db, i) for i in task_ids}
+    return {i: cost for i, cost in found.items() if cost is not None}
+
+
 async def _list_page(
     request: web.Request,
     *,
@@ -266,6 +278,7 @@ async def _list_page(
         notice=DONE.get(request.query.get("done", "")),
         now=utcnow(),
         describe=describe_schedule,
+        costs=await _costs(db, [r.task.id for r in rows]),
     )
 
 
@@ -286,6 +299,7 @@ async def _row(
         describe=describe_schedule,
         row_notice=notice,
         row_error=error,
+        costs=await _costs(db, [task_id]),
     )
 
 

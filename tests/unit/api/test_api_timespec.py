@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -37,9 +38,18 @@ def test_times_are_iso_or_a_duration_from_now(text: str, expected: datetime) -> 
     assert parse_time(text, now=NOW) == expected
 
 
-def test_a_time_that_is_neither_names_both_forms() -> None:
-    with pytest.raises(ValueError, match="ISO time or duration"):
+def test_a_time_that_is_neither_names_the_forms() -> None:
+    with pytest.raises(ValueError, match=r"cannot read 'next tuesday' as a time: .*in 2h.*ISO"):
         parse_time("next tuesday", now=NOW)
+
+
+def test_times_are_read_in_the_zone_given() -> None:
+    # Plain words and offset-less ISO times are the space's clock (core/when.py).
+    berlin = ZoneInfo("Europe/Berlin")
+    assert parse_time("tomorrow 09:00", now=NOW, zone=berlin) == datetime(2030, 1, 2, 8, tzinfo=UTC)
+    assert parse_time("2030-01-02T10:00", now=NOW, zone=berlin) == datetime(
+        2030, 1, 2, 9, tzinfo=UTC
+    )
 
 
 def test_cron_is_normalised() -> None:

@@ -5,8 +5,8 @@ $MERCURY_API_URL (the runtime's relay to the host socket) with the run token in
 $MERCURY_API_TOKEN, for the space in $MERCURY_SPACE_ID (asked from /v1/whoami if unset)::
 
     mercury-ctl prefs [get KEY | set KEY VALUE | unset KEY]
-    mercury-ctl tasks [list | add "prompt" (--every 1h | --cron "0 9 * * 1-5" | --at ISO)
-                       | cancel ID]
+    mercury-ctl tasks [list | add "prompt" (--every 1h | --cron "0 9 * * 1-5"
+                                            | --at "tomorrow 09:00") | cancel ID]
     mercury-ctl say "text"
     mercury-ctl roles [list | set PLATFORM USER ROLE | remove PLATFORM USER]   (admin)
     mercury-ctl mutes [list | add PLATFORM USER [--for 1h] [--reason R]
@@ -153,11 +153,13 @@ def _render(command: str, action: str, result: Any) -> str:
                     _schedule(t),
                     t.get("next_run_at"),
                     "" if t.get("enabled", True) else "disabled",
+                    t.get("last_outcome"),
                     _short(t["prompt"]),
                 ]
                 for t in result["tasks"]
             ]
-            return _table(rows, ["ID", "SCHEDULE", "NEXT RUN", "STATE", "PROMPT"]) if rows else ""
+            headers = ["ID", "SCHEDULE", "NEXT RUN", "STATE", "LAST", "PROMPT"]
+            return _table(rows, headers) if rows else ""
         if action == "add":
             task = result["task"]
             nxt = f", next run {task['next_run_at']}" if task.get("next_run_at") else ""
@@ -261,8 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     t_add.add_argument("prompt", help="what the agent is asked when the task runs")
     when = t_add.add_mutually_exclusive_group(required=True)
     when.add_argument("--every", metavar="DURATION", help="repeat, e.g. 30m, 1h, 1d")
-    when.add_argument("--cron", metavar="EXPR", help='5-field cron, e.g. "0 9 * * 1-5" (UTC)')
-    when.add_argument("--at", metavar="TIME", help="once, at an ISO time (UTC if no zone)")
+    when.add_argument(
+        "--cron", metavar="EXPR", help='5-field cron, e.g. "0 9 * * 1-5" (the space\'s time zone)'
+    )
+    when.add_argument(
+        "--at",
+        metavar="TIME",
+        help='once: "in 2h", "tomorrow 09:00", "mon 9am" or ISO (the space\'s time zone)',
+    )
     t_actions.add_parser("cancel", help="delete a task").add_argument("id", type=int)
 
     say = commands.add_parser("say", help="post an interim message to the chat now")
