@@ -10,19 +10,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 
+from mercury.core.when import TIMEZONE_PREF, next_cron_in_zone
 from mercury.dashboard.pages.tasks import (
     PAGE_SIZE,
-    describe_cron,
-    describe_schedule,
     duration_text,
     parse_schedule,
     resume_next_run,
     schedule_fields,
 )
+from mercury.dashboard.schedule_words import describe_cron, describe_schedule
 from mercury.pipeline.dispatcher import Dispatcher
 from mercury.pipeline.scheduler import RunNowRefused, Scheduler, next_cron_run
 from mercury.storage import (
@@ -36,6 +37,7 @@ from mercury.storage import (
     list_jobs,
     pause_until_resumed,
     record_run,
+    set_preference,
     utcnow,
 )
 from mercury.storage.migrate import upgrade
@@ -318,6 +320,29 @@ async def test_create_a_task(tmp_path: Path) -> None:
             assert status == 303
             every = (await list_tasks(db))[-1]
             assert every.interval_s == 7200 and every.cron is None
+
+
+async def test_a_task_is_read_and_shown_on_its_spaces_clock(tmp_path: Path) -> None:
+    async with running(tmp_path) as site:
+        db = site.app.db
+        await _seed(db)
+        await set_preference(db, "team", TIMEZONE_PREF, "Europe/Berlin")
+        async with site.client() as http:
+            await login(http)
+            token = await csrf_token(http)
+            form = {"csrf": token, "space": "team", "prompt": "standup", "kind": "cron",
+                    "when": "0 9 * * *"}  # fmt: skip
+            status, _, _ = await _post(http, "/tasks", form)
+            assert status == 303
+            [task] = await list_tasks(db)
+            berlin = ZoneInfo("Europe/Berlin")
+            assert task.next_run_at == next_cron_in_zone("0 9 * * *", task.created_at, berlin)
+            assert task.next_run_at.astimezone(berlin).hour == 9
+            status, doc = await _page(http, "/tasks")
+            row = task_rows(doc)[task.id]
+            assert "every day at 09:00 Europe/Berlin" in row.text
+            # The next run is shown on the space's clock, with UTC beside it.
+            assert "UTC)" in row.text and ("CET" in row.text or "CEST" in row.text)
 
 
 async def test_create_refuses_bad_input_and_keeps_the_form(tmp_path: Path) -> None:

@@ -16,9 +16,8 @@ refuses it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Literal
 
 from aiohttp import web
@@ -26,17 +25,23 @@ from aiohttp import web
 from mercury.api.routes.tasks import MAX_PROMPT_CHARS, MAX_TASKS_PER_SPACE, MIN_INTERVAL_S
 from mercury.api.routes.timespec import parse_duration, parse_time, validate_cron
 from mercury.core.budget import Spent
+from mercury.core.when import (
+    TIMEZONE_PREF,
+    format_both,
+    next_cron_in_zone,
+    space_timezone,
+)
 from mercury.dashboard.deps import deps
-from mercury.dashboard.filters import duration
 from mercury.dashboard.render import SESSION, fragment, page, render
+from mercury.dashboard.schedule_words import describe_schedule
 from mercury.logging import get_logger
 from mercury.pipeline.scheduler import (
     RunNowRefused,
-    next_cron_run,
     run_task_now,
     task_cost_estimate,
 )
 from mercury.storage import Database, get_space, latest_conversation, list_spaces, utcnow
+from mercury.storage.preferences import preference_values
 from mercury.storage.tasks import (
     TaskRecord,
     TaskRow,
@@ -92,11 +97,12 @@ class Schedule:
     next_run_at: datetime
 
 
-def parse_schedule(kind: str, text: str, now: datetime) -> Schedule:
+def parse_schedule(kind: str, text: str, now: datetime, zone: tzinfo = UTC) -> Schedule:
     """A form's schedule -> Schedule, with the host API's parsers and limits.
 
-    `cron`: 5 fields; `every`: a duration of at least a minute; `at`: an ISO time or a
-    duration from now, in the future. ValueError with a message for the operator.
+    `cron`: 5 fields, matched on the space's clock (`zone`); `every`: a duration of at
+    least a minute; `at`: a time in plain words or ISO, read in `zone`, in the future.
+    ValueError with a message for the operator.
     """
     value = text.strip()
     if not value:
@@ -105,21 +111,21 @@ def parse_schedule(kind: str, text: str, now: datetime) -> Schedule:
         raise ValueError(f"the schedule is longer than {MAX_WHEN_CHARS} characters")
     if kind == "cron":
         cron = validate_cron(value)
-        return Schedule(cron, None, None, next_cron_run(cron, now))
+        return Schedule(cron, None, None, next_cron_in_zone(cron, now, zone))
     if kind == "every":
         interval_s = int(parse_duration(value).total_seconds())
         if interval_s < MIN_INTERVAL_S:
             raise ValueError(f"'every' must be at least {MIN_INTERVAL_S}s, got {value!r}")
         return Schedule(None, interval_s, None, now + timedelta(seconds=interval_s))
     if kind == "at":
-        run_at = parse_time(value, now=now)
+        run_at = parse_time(value, now=now, zone=zone)
         if run_at <= now:
-            raise ValueError(f"that time is in the past: {run_at:%Y-%m-%d %H:%M} UTC")
+            raise ValueError(f"that time is in the past: {format_both(run_at, zone)}")
         return Schedule(None, None, run_at, run_at)
     raise ValueError("choose how the task repeats: cron, every or at")
 
 
-def resume_next_run(task: TaskRecord, now: datetime) -> datetime:
+def resume_next_run(task: TaskRecord, now: datetime, zone: tzinfo = UTC) -> datetime:
     """When a resumed task runs next: its pending slot if still ahead, else the next one.
 
     Runs missed while paused are not made up. A one-time task whose time has passed has no
@@ -130,7 +136,7 @@ def resume_next_run(task: TaskRecord, now: datetime) -> datetime:
     if task.interval_s:
         return now + timedelta(seconds=task.interval_s)
     if task.cron:
-        return next_cron_run(task.cron, now)
+        return next_cron_in_zone(task.cron, now, zone)
     if task.run_at is not None and task.run_at > now:
         return task.run_at
     raise ValueError("this one-time task's time has passed: edit it to give it a new time")
@@ -154,70 +160,6 @@ def schedule_fields(task: TaskRecord) -> tuple[Kind, str]:
         return "every", duration_text(task.interval_s)
     assert task.run_at is not None  # the table's check: exactly one schedule
     return "at", task.run_at.isoformat()
-
-
-_DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_DAY_NAMES = {d[:3].lower(): i for i, d in enumerate(_DAYS[:7])}
-_NUMBER = re.compile(r"\d{1,2}")
-
-
-def _day(token: str) -> str | None:
-    token = token.lower()
-    if token in _DAY_NAMES:
-        return _DAYS[_DAY_NAMES[token]]
-    if _NUMBER.fullmatch(token) and int(token) <= 7:
-        return _DAYS[int(token)]
-    return None
-
-
-def _days(field: str) -> str | None:
-    """A day-of-week field in words: `1-5` -> weekdays, `1,3` -> Mondays and Wednesdays."""
-    if field == "*":
-        return "every day"
-    if field.lower() in ("1-5", "mon-fri"):
-        return "weekdays"
-    if field.lower() in ("0,6", "6,0", "sat,sun", "sun,sat"):
-        return "weekends"
-    names = [_day(t) for t in field.split(",")]
-    if any(n is None for n in names):
-        return None
-    return " and ".join(f"{n}s" for n in names if n is not None)
-
-
-def describe_cron(expr: str) -> str | None:
-    """Common cron shapes in words (`weekdays at 09:00 UTC`); None for anything else."""
-    fields = expr.split()
-    if len(fields) != 5:
-        return None
-    minute, hour, dom, month, dow = fields
-    if dom != "*" or month != "*":
-        return None
-    if hour == "*" and dow == "*":
-        if minute == "*":
-            return "every minute"
-        if minute.startswith("*/") and minute[2:].isdigit():
-            return f"every {int(minute[2:])} min"
-        if _NUMBER.fullmatch(minute):
-            return f"hourly at :{int(minute):02d}"
-        return None
-    if not (_NUMBER.fullmatch(minute) and _NUMBER.fullmatch(hour)):
-        return None
-    days = _days(dow)
-    if days is None:
-        return None
-    return f"{days} at {int(hour):02d}:{int(minute):02d} UTC"
-
-
-def describe_schedule(task: TaskRecord) -> str:
-    """A task's schedule as an operator reads it: `every 1 h 30 min`, `once at …`."""
-    if task.cron is not None:
-        words = describe_cron(task.cron)
-        return f"{words} (cron {task.cron})" if words else f"cron {task.cron}"
-    if task.interval_s is not None:
-        return f"every {duration(task.interval_s)}"
-    if task.run_at is not None:
-        return f"once at {task.run_at:%Y-%m-%d %H:%M} UTC"
-    return "no schedule"
 
 
 # ------------------------------------------------------------------ handlers
@@ -250,6 +192,31 @@ async def _costs(db: Database, task_ids: list[int]) -> dict[int, Spent]:
     return {i: cost for i, cost in found.items() if cost is not None}
 
 
+class Zones:
+    """The time zone of each space on a page (its own, else scheduler.timezone): times are
+    read and shown on the space's clock, as in chat and the CLI."""
+
+    def __init__(self, default: str, own: dict[str, str]) -> None:
+        self.default = default
+        self.own = own
+
+    @classmethod
+    async def of(cls, request: web.Request, space_ids: list[str]) -> Zones:
+        d = deps(request)
+        own = await preference_values(d.db, TIMEZONE_PREF, space_ids) if space_ids else {}
+        return cls(d.config.scheduler.timezone, own)
+
+    def zone(self, space_id: str) -> tzinfo:
+        own = self.own.get(space_id)
+        return space_timezone({TIMEZONE_PREF: own} if own else {}, self.default)
+
+    def describe(self, task: TaskRecord) -> str:
+        return describe_schedule(task, self.zone(task.space_id))
+
+    def at(self, task: TaskRecord, when: datetime) -> str:
+        return format_both(when, self.zone(task.space_id))
+
+
 async def _list_page(
     request: web.Request,
     *,
@@ -262,6 +229,7 @@ async def _list_page(
     space = request.query.get("space") or None
     total = await count_tasks(db, space)
     rows = await task_page(db, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE, space_id=space)
+    zones = await Zones.of(request, sorted({r.task.space_id for r in rows}))
     return render(
         request,
         "tasks.html",
@@ -277,7 +245,8 @@ async def _list_page(
         error=error,
         notice=DONE.get(request.query.get("done", "")),
         now=utcnow(),
-        describe=describe_schedule,
+        describe=zones.describe,
+        at=zones.at,
         costs=await _costs(db, [r.task.id for r in rows]),
     )
 
@@ -291,12 +260,14 @@ async def _row(
     if task is None:
         return fragment(request, "_tasks_gone.html", task_id=task_id)
     last = (await last_task_results(db, [task_id])).get(task_id)
+    zones = await Zones.of(request, [task.space_id])
     return fragment(
         request,
         "_tasks_row.html",
         row=TaskRow(task=task, last=last),
         now=utcnow(),
-        describe=describe_schedule,
+        describe=zones.describe,
+        at=zones.at,
         row_notice=notice,
         row_error=error,
         costs=await _costs(db, [task_id]),
@@ -339,10 +310,11 @@ async def tasks_create(request: web.Request) -> web.Response:
             raise ValueError("write the prompt the task sends")
         if len(form["prompt"]) > MAX_PROMPT_CHARS:
             raise ValueError(f"the prompt is longer than {MAX_PROMPT_CHARS} characters")
-        schedule = parse_schedule(form["kind"], form["when"], now)
         space = await get_space(db, form["space"]) if form["space"] else None
         if space is None:
             raise ValueError("choose an existing space")
+        zone = (await Zones.of(request, [space.id])).zone(space.id)
+        schedule = parse_schedule(form["kind"], form["when"], now, zone)
         if await latest_conversation(db, space.id) is None:
             raise ValueError(f"space {space.id} has no conversation to answer in yet")
         if await count_tasks(db, space.id) >= MAX_TASKS_PER_SPACE:
@@ -395,7 +367,8 @@ async def tasks_save(request: web.Request) -> web.Response:
             raise ValueError("write the prompt the task sends")
         if len(form["prompt"]) > MAX_PROMPT_CHARS:
             raise ValueError(f"the prompt is longer than {MAX_PROMPT_CHARS} characters")
-        schedule = parse_schedule(form["kind"], form["when"], utcnow())
+        zone = (await Zones.of(request, [task.space_id])).zone(task.space_id)
+        schedule = parse_schedule(form["kind"], form["when"], utcnow(), zone)
     except ValueError as exc:
         return _edit_page(request, task, form, status=400, error=str(exc))
     await update_task(
@@ -424,7 +397,8 @@ async def tasks_pause(request: web.Request) -> web.Response:
 async def tasks_resume(request: web.Request) -> web.Response:
     task = await _existing(request)
     try:
-        following = resume_next_run(task, utcnow())
+        zone = (await Zones.of(request, [task.space_id])).zone(task.space_id)
+        following = resume_next_run(task, utcnow(), zone)
     except ValueError as exc:
         return await _done(request, task.id, "resumed", error=str(exc))
     await set_task_enabled(deps(request).db, task.id, True, next_run_at=following)
