@@ -95,23 +95,6 @@ async def _task(db: Database, task_id: int) -> TaskRecord:
     return task
 
 
-def next_run_after(task: TaskRecord, now: datetime, zone: tzinfo) -> datetime | None:
-    """When a task runs next if (re)started at `now`: its pending slot while still ahead,
-    else its schedule's next (a cron on the zone's clock); None for a one-shot whose time
-    has passed. Runs missed while paused are not made up."""
-    from mercury.core.when import next_cron_in_zone
-
-    if task.next_run_at is not None and task.next_run_at > now:
-        return task.next_run_at
-    if task.interval_s:
-        return now + timedelta(seconds=task.interval_s)
-    if task.cron:
-        return next_cron_in_zone(task.cron, now, zone)
-    if task.run_at is not None and task.run_at > now:
-        return task.run_at
-    return None
-
-
 # --------------------------------------------------------------------------- the group
 
 
@@ -308,6 +291,7 @@ def resume(task_id: int) -> None:
 
     async def work(db: Database, config: Config) -> str:
         from mercury.core.when import format_both, format_local
+        from mercury.pipeline.scheduler import resume_at
         from mercury.storage import utcnow
         from mercury.storage.tasks import set_task_enabled
 
@@ -315,7 +299,7 @@ def resume(task_id: int) -> None:
         zone = await space_zone(db, config, task.space_id)
         if task.enabled:
             return f"task {task_id} is not paused"
-        nxt = next_run_after(task, utcnow(), zone)
+        nxt = resume_at(task, utcnow(), zone)
         if nxt is None:
             when = f" at {format_local(task.run_at, zone)}" if task.run_at else ""
             raise TaskCommandError(
@@ -434,4 +418,4 @@ async def _reschedule_crons(db: Database, space_id: str, zone: tzinfo) -> int:
     return moved
 
 
-__all__ = ["Plan", "next_run_after", "plan_schedule", "tasks"]
+__all__ = ["Plan", "plan_schedule", "tasks"]

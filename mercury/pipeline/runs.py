@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -13,21 +12,22 @@ from typing import Any, Protocol
 from mercury.adapters.base import Adapter
 from mercury.api.runhost import RunHost
 from mercury.api.stream_events import StreamEvent
-from mercury.api.usage import MeteredCall, UsageTotals
+from mercury.api.usage import MeteredCall
 from mercury.config import Config
-from mercury.core.commands import MODEL_PREF
-from mercury.core.history import HistoryItem, select_history
 from mercury.core.messages import ConversationRef, Reply
 from mercury.core.permissions import is_custom, permissions_of
 from mercury.core.router import DISK_WAIT_NOTICE, failure_notice, unavailable_notice
 from mercury.logging import first_line, get_logger
 from mercury.pipeline.budget import BudgetBook
 from mercury.pipeline.dispatcher import JobDeferred
+from mercury.pipeline.indicator import indicate
 from mercury.pipeline.outbox import ReplyOutbox, keep_files, reply_payload, until_stored
 from mercury.pipeline.payload import JobPayload
 from mercury.pipeline.preview import StreamPreview
-from mercury.sandbox.contract import Caller, RunInput, run_input
-from mercury.sandbox.outputs import DroppedFile, outputs_root, remove_outputs
+from mercury.pipeline.run_input import build_run_input
+from mercury.pipeline.run_record import dropped_note, job_status_of, record_run_outcome
+from mercury.sandbox.contract import RunInput
+from mercury.sandbox.outputs import outputs_root, remove_outputs
 from mercury.sandbox.runner import ContainerRunner
 from mercury.sandbox.types import RunReason, RunRequest, RunResult
 from mercury.storage import (
@@ -44,9 +44,6 @@ from mercury.storage.replies import ReplyRecord
 
 log = get_logger("mercury.runs")
 
-STATUS_AFTER_S = 30.0  # past this, a "still working" status message appears
-STATUS_EVERY_S = 15.0
-TYPING_EVERY_S = 5.0
 MAX_RECORDED_CALLS = 200  # model calls kept per run for its record (storage's cap too)
 
 
@@ -181,7 +178,9 @@ class RunExecutor:
         quiet = await self._task_silent(payload)
         preview = None if quiet else self._preview_for(conv)
         try:
-            data = await self._input(job, payload, run_id, space.profile, space.context_reset_at)
+            data = await build_run_input(
+                self.config, self.db, job, payload, run_id, space.profile, space.context_reset_at
+            )
             if preview is not None:
                 self._previews[run_id] = preview
             result = await self._run(job, payload, data, run_id, quiet=quiet)
@@ -246,7 +245,7 @@ class RunExecutor:
         self._calls[run_id] = []
         preview = self._previews.get(run_id)
         indicator = asyncio.get_running_loop().create_task(
-            asyncio.sleep(0) if quiet else self._indicate(conv, preview)
+            asyncio.sleep(0) if quiet else indicate(self.adapters.get(conv.platform), conv, preview)
         )
         if self.budget is not None:
             self.budget.begin_run(run_id)
@@ -322,90 +321,6 @@ class RunExecutor:
         if is_custom(role):
             custom = {role: await repo.role_permissions(self.db, space_id, role)}
         return permissions_of(role, custom)
-
-    # ------------------------------------------------------------------ input
-
-    async def _input(
-        self, job: JobRecord, payload: JobPayload, run_id: str, profile: str, reset_at: Any
-    ) -> RunInput:
-        """The run's input.json but for its host API token (set once its access opens)."""
-        hist_cfg = self.config.history
-        # One session for the run's reads: each of its own costs a round of the pool.
-        async with self.db.transaction() as s:
-            rows = await repo.recent_messages(
-                s,
-                job.space_id,
-                limit=hist_cfg.turns + 1,
-                # Accepted requests, our replies and overheard chatter; never a refused message.
-                roles=(MessageRole.USER, MessageRole.ASSISTANT, MessageRole.AMBIENT),
-                # The history ends at the message this run answers: what was said after it is
-                # the future (a scheduled task answers no message and sees everything).
-                answering=payload.message_id,
-            )
-            prefs = await repo.get_preferences(s, job.space_id)
-        items = [
-            HistoryItem(
-                id=str(m.id),
-                author_id=m.author_id or "",
-                author_name=m.author_name or "",
-                text=m.text,
-                ts=m.created_at,
-                is_bot=m.is_bot or m.role is MessageRole.ASSISTANT,
-                attachments=tuple(m.attachments or ()),
-            )
-            for m in rows
-            if m.id != payload.message_id
-        ]
-        window = select_history(
-            items, turns=hist_cfg.turns, max_chars=hist_cfg.max_chars, since=reset_at
-        )
-        return run_input(
-            self.config,
-            run_id=run_id,
-            space_id=job.space_id,
-            token="",
-            prompt=payload.prompt,
-            model_first=prefs.get(MODEL_PREF),  # /model switch: the chosen leg goes first
-            profile=profile,
-            platform=payload.platform,
-            messages=tuple(window),
-            caller=Caller(payload.author_id, payload.author_name, payload.role),
-            attachments=payload.attachments,
-            preferences={k: v for k, v in prefs.items() if not k.startswith("_")},
-        )
-
-    # ------------------------------------------------------------------ while it runs
-
-    async def _indicate(self, conv: ConversationRef, preview: StreamPreview | None = None) -> None:
-        """Typing while the run goes; past 30 s a "still working (Ns)" status, kept fresh,
-        unless the answer already shows as it is written (a streamed preview)."""
-        adapter = self.adapters.get(conv.platform)
-        if adapter is None:
-            return
-        begun = time.monotonic()
-        status_id: str | None = None
-        try:
-            while True:
-                with contextlib.suppress(Exception):
-                    await adapter.set_typing(conv)
-                elapsed = time.monotonic() - begun
-                streaming = preview is not None and preview.visible
-                if elapsed >= STATUS_AFTER_S and not streaming:
-                    text = f"still working ({int(elapsed)}s)"
-                    with contextlib.suppress(Exception):
-                        if status_id is None:
-                            sent = await adapter.send_status(conv, text)
-                            status_id = (sent.platform_message_ids or (None,))[0]
-                        else:
-                            await adapter.edit(conv, status_id, text)
-                    await asyncio.sleep(STATUS_EVERY_S)
-                else:
-                    left = STATUS_AFTER_S - elapsed
-                    await asyncio.sleep(min(TYPING_EVERY_S, left) if left > 0 else TYPING_EVERY_S)
-        finally:
-            if status_id is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(adapter.delete(conv, status_id))
 
     # ------------------------------------------------------------------ after it ran
 
@@ -569,78 +484,8 @@ class RunExecutor:
         *,
         prompt: str | None = None,
     ) -> None:
-        """The run record (with what its dashboard page shows) and the space's usage."""
-        model = recorded_model(self.config, (result.usage or {}).get("model"))
-        if usage is None:
-            usage = UsageTotals()
-        await repo.record_run(
-            store,
-            space_id=job.space_id,
-            reason=result.reason,
-            job_id=job.id,
-            exit_code=result.exit_code,
-            duration_ms=result.duration_ms,
-            image=result.image,
-            container_name=result.container_name,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cost_usd=usage.cost_usd,
-            model=model,
-            error=result.error,
-            started_at=started,
-            finished_at=utcnow(),
-            prompt=prompt,
-            attempts=(result.result or {}).get("attempts"),
-            model_calls=[call_row(c) for c in self._calls.get(result.run_id, ())],
-            log_tail=None if result.ok else result.log_tail,
+        """The run record, with the model calls the meter kept for it."""
+        calls = self._calls.get(result.run_id, ())
+        await record_run_outcome(
+            self.config, store, job, result, usage, started, calls, prompt=prompt
         )
-        if usage.requests:
-            await repo.add_usage(
-                store,
-                job.space_id,
-                model=model,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cost_usd=usage.cost_usd or 0.0,
-            )
-
-
-def call_row(call: MeteredCall) -> dict[str, Any]:
-    """One metered model call as the run record keeps it (storage bounds the list)."""
-    return {
-        "provider": call.provider,
-        "model": call.model,
-        "input_tokens": call.input_tokens,
-        "output_tokens": call.output_tokens,
-        "cost_usd": call.cost_usd,
-        "status": call.status,
-        "incomplete": call.incomplete,
-        "at": call.at.isoformat(),
-    }
-
-
-def job_status_of(result: RunResult) -> JobStatus:
-    """How a job ends after its run: done, aborted (/stop) or failed."""
-    if result.ok:
-        return JobStatus.DONE
-    return JobStatus.ABORTED if result.reason is RunReason.ABORTED else JobStatus.FAILED
-
-
-def recorded_model(config: Config, reported: Any) -> str:
-    """The model a run is recorded under: the one result.json names, if runs may call it.
-
-    result.json is the agent's word, and the name becomes a key of the usage table: any
-    other value (a made-up name, a megabyte of text) records the chain's first model.
-    """
-    known = {leg.model for leg in config.model.chain} | set(config.model.allowed)
-    return (
-        reported if isinstance(reported, str) and reported in known else config.model.chain[0].model
-    )
-
-
-def dropped_note(dropped: list[DroppedFile]) -> str:
-    """One plain line for the user about files the agent listed that were not sent."""
-    reasons = sorted({d.why for d in dropped})
-    count = sum(d.count for d in dropped)
-    files = "file was" if count == 1 else "files were"
-    return f"({count} {files} not sent: {'; '.join(reasons)}.)"

@@ -105,6 +105,20 @@ def next_run(task: TaskRecord, now: datetime, zone: tzinfo = UTC) -> datetime | 
     return None
 
 
+def resume_at(task: TaskRecord, now: datetime, zone: tzinfo = UTC) -> datetime | None:
+    """When a task runs next if (re)started at `now`: its pending slot while still ahead,
+    else its schedule's next; None for a one-time task whose time has passed. Runs missed
+    while it was paused are not made up. (The CLI's and the dashboard's resume.)"""
+    if task.next_run_at is not None and task.next_run_at > now:
+        return task.next_run_at
+    following = next_run(task, now, zone)
+    if following is not None:
+        return following
+    if task.run_at is not None and task.run_at > now:
+        return task.run_at
+    return None
+
+
 def one_shot(task: TaskRecord) -> bool:
     return task.cron is None and task.interval_s is None
 

@@ -37,6 +37,7 @@ from mercury.dashboard.schedule_words import describe_schedule
 from mercury.logging import get_logger
 from mercury.pipeline.scheduler import (
     RunNowRefused,
+    resume_at,
     run_task_now,
     task_cost_estimate,
 )
@@ -131,15 +132,10 @@ def resume_next_run(task: TaskRecord, now: datetime, zone: tzinfo = UTC) -> date
     Runs missed while paused are not made up. A one-time task whose time has passed has no
     next run: ValueError, so the operator gives it a new time instead.
     """
-    if task.next_run_at is not None and task.next_run_at > now:
-        return task.next_run_at
-    if task.interval_s:
-        return now + timedelta(seconds=task.interval_s)
-    if task.cron:
-        return next_cron_in_zone(task.cron, now, zone)
-    if task.run_at is not None and task.run_at > now:
-        return task.run_at
-    raise ValueError("this one-time task's time has passed: edit it to give it a new time")
+    following = resume_at(task, now, zone)
+    if following is None:
+        raise ValueError("this one-time task's time has passed: edit it to give it a new time")
+    return following
 
 
 def duration_text(seconds: int) -> str:

@@ -5,14 +5,12 @@ implementation of the Adapter contract (the thing under test is the executor's t
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mercury.config import Config
 from mercury.core.messages import Attachment, ConversationRef, Reply, SentMessage
-from mercury.pipeline import runs
+from mercury.pipeline import indicator
 
 
 class RecordingAdapter:
@@ -48,17 +46,14 @@ class RecordingAdapter:
 
 
 async def test_typing_then_status_then_removed(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runs, "STATUS_AFTER_S", 0.3)
-    monkeypatch.setattr(runs, "STATUS_EVERY_S", 0.2)
-    monkeypatch.setattr(runs, "TYPING_EVERY_S", 0.1)
+    monkeypatch.setattr(indicator, "STATUS_AFTER_S", 0.3)
+    monkeypatch.setattr(indicator, "STATUS_EVERY_S", 0.2)
+    monkeypatch.setattr(indicator, "TYPING_EVERY_S", 0.1)
     adapter = RecordingAdapter()
-    executor = runs.RunExecutor(
-        Config(data_dir=tmp_path), db=None, runner=None, host=None, adapters={"web": adapter}
-    )  # type: ignore[arg-type]
     conv = ConversationRef("web", "main")
-    task = asyncio.create_task(executor._indicate(conv))
+    task = asyncio.create_task(indicator.indicate(adapter, conv))
     await asyncio.sleep(0.9)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -74,13 +69,10 @@ async def test_typing_then_status_then_removed(
     assert adapter.events[-1] == ("delete", "status-1")  # removed at the end
 
 
-async def test_short_runs_show_no_status(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(runs, "TYPING_EVERY_S", 0.1)
+async def test_short_runs_show_no_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(indicator, "TYPING_EVERY_S", 0.1)
     adapter = RecordingAdapter()
-    executor = runs.RunExecutor(
-        Config(data_dir=tmp_path), db=None, runner=None, host=None, adapters={"web": adapter}
-    )  # type: ignore[arg-type]
-    task = asyncio.create_task(executor._indicate(ConversationRef("web", "main")))
+    task = asyncio.create_task(indicator.indicate(adapter, ConversationRef("web", "main")))
     await asyncio.sleep(0.35)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -89,24 +81,21 @@ async def test_short_runs_show_no_status(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 async def test_a_streamed_preview_replaces_the_still_working_status(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Once the answer shows as it is written, a "still working" status would only be
     noise: typing goes on, no status is posted."""
     from mercury.api.stream_events import TextDelta
     from mercury.pipeline.preview import StreamPreview
 
-    monkeypatch.setattr(runs, "STATUS_AFTER_S", 0.3)
-    monkeypatch.setattr(runs, "STATUS_EVERY_S", 0.2)
-    monkeypatch.setattr(runs, "TYPING_EVERY_S", 0.1)
+    monkeypatch.setattr(indicator, "STATUS_AFTER_S", 0.3)
+    monkeypatch.setattr(indicator, "STATUS_EVERY_S", 0.2)
+    monkeypatch.setattr(indicator, "TYPING_EVERY_S", 0.1)
     adapter = RecordingAdapter()
-    executor = runs.RunExecutor(
-        Config(data_dir=tmp_path), db=None, runner=None, host=None, adapters={"web": adapter}
-    )  # type: ignore[arg-type]
     conv = ConversationRef("web", "main")
     preview = StreamPreview(adapter, conv, interval=0.0)  # type: ignore[arg-type]
     preview.on_event(TextDelta("partial answer"))
-    task = asyncio.create_task(executor._indicate(conv, preview))
+    task = asyncio.create_task(indicator.indicate(adapter, conv, preview))
     await asyncio.sleep(0.9)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

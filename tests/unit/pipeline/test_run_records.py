@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mercury.config import Config
-from mercury.pipeline.runs import dropped_note, recorded_model
+from mercury.pipeline.run_record import dropped_note, recorded_model
 from mercury.sandbox.outputs import DroppedFile
 
 CONFIG = Config.model_validate(
