@@ -146,11 +146,15 @@ async def test_tasks(relay: Relay) -> None:
     r = await relay.run("tasks", "add", "Check the build", "--every", "1h30m")
     assert r.code == 0, r.err
     assert r.out.startswith("task ") and "every 1h30m" in r.out
-    r = await relay.run("tasks", "add", "Weekday report", "--cron", "0 9 * * 1-5")
+    r = await relay.run(
+        "tasks", "add", "Weekday report", "--cron", "0 9 * * 1-5", "--silent", "--skip-missed"
+    )
     assert r.code == 0, r.err
     [every, cron] = await list_tasks(relay.db, "space-a")
     assert (every.prompt, every.interval_s) == ("Check the build", 5400)
+    assert (every.silent, every.catch_up) == (False, "once")
     assert (cron.prompt, cron.cron) == ("Weekday report", "0 9 * * 1-5")
+    assert (cron.silent, cron.catch_up) == (True, "skip")
 
     r = await relay.run("tasks")
     assert r.code == 0

@@ -329,6 +329,8 @@ async def test_task_of_another_space(api: Api) -> None:
         ({"prompt": "p", "at": "tomorrow-ish"}, "cannot read 'tomorrow-ish' as a time"),
         ({"prompt": "p", "at": "2001-01-01T00:00:00Z"}, "in the past"),
         ({"prompt": "p", "every": "1h", "priority": 1}, "unknown field"),
+        ({"prompt": "p", "every": "1h", "silent": "yes"}, "'silent' must be true or false"),
+        ({"prompt": "p", "every": "1h", "catch_up": "all"}, "'catch_up' must be one of once"),
         ({"prompt": "x" * 9000, "every": "1h"}, "too long"),
     ],
 )

@@ -1,7 +1,8 @@
 """A space's scheduled tasks: prompts the agent asks to be run later or on a schedule.
 
 GET    /spaces/{space_id}/tasks                        {"tasks": [task], "timezone"}
-POST   /spaces/{space_id}/tasks  {prompt, cron | every | at}   201 {"task": task}
+POST   /spaces/{space_id}/tasks  {prompt, cron | every | at, [silent], [catch_up]}
+                                                       201 {"task": task}
 DELETE /spaces/{space_id}/tasks/{task_id}              {"id", "cancelled": true}
 
 A task says when it runs next, what became of its last run (last_outcome: queued, ok,
@@ -43,7 +44,7 @@ from mercury.storage import (
     list_tasks,
     utcnow,
 )
-from mercury.storage.tasks import task_creator
+from mercury.storage.tasks import CATCH_UPS, task_creator
 
 log = get_logger(__name__)
 
@@ -103,9 +104,15 @@ async def post_task(request: web.Request) -> web.Response:
     api = space_api(request)
     grant = grant_of(request)
     data = await json_body(request)
-    unknown = set(data) - {"prompt", "cron", "every", "at"}
+    unknown = set(data) - {"prompt", "cron", "every", "at", "silent", "catch_up"}
     if unknown:
         raise bad(f"unknown field(s): {', '.join(sorted(unknown))}")
+    silent = data.get("silent", False)
+    if not isinstance(silent, bool):
+        raise bad("'silent' must be true or false")
+    catch_up = data.get("catch_up", "once")
+    if catch_up not in CATCH_UPS:
+        raise bad(f"'catch_up' must be one of {', '.join(CATCH_UPS)}")
     prompt = required_string(data, "prompt", max_chars=MAX_PROMPT_CHARS)
     given = [k for k in ("cron", "every", "at") if data.get(k) is not None]
     if len(given) != 1:
@@ -146,6 +153,8 @@ async def post_task(request: web.Request) -> web.Response:
         interval_s=interval_s,
         run_at=run_at,
         next_run_at=next_run_at,
+        silent=silent,
+        catch_up=catch_up,
         # The run's sender (or its task's creator): the task is checked as theirs.
         created_by=await task_creator(api.db, grant.user_key, grant.task_id),
     )

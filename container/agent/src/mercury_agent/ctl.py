@@ -6,7 +6,8 @@ $MERCURY_API_TOKEN, for the space in $MERCURY_SPACE_ID (asked from /v1/whoami if
 
     mercury-ctl prefs [get KEY | set KEY VALUE | unset KEY]
     mercury-ctl tasks [list | add "prompt" (--every 1h | --cron "0 9 * * 1-5"
-                                            | --at "tomorrow 09:00") | cancel ID]
+                                            | --at "tomorrow 09:00")
+                                            [--silent] [--skip-missed] | cancel ID]
     mercury-ctl say "text"
     mercury-ctl roles [list | set PLATFORM USER ROLE | remove PLATFORM USER]   (admin)
     mercury-ctl mutes [list | add PLATFORM USER [--for 1h] [--reason R]
@@ -212,6 +213,10 @@ def _call(client: Client, args: argparse.Namespace) -> tuple[str, Any]:
             for key in ("every", "cron", "at"):
                 if getattr(args, key) is not None:
                     body[key] = getattr(args, key)
+            if args.silent:
+                body["silent"] = True
+            if args.skip_missed:
+                body["catch_up"] = "skip"
             return action, client.request("POST", client.space("tasks"), body)
         return action, client.request("DELETE", client.space("tasks", args.id))
     if command == "say":
@@ -270,6 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--at",
         metavar="TIME",
         help='once: "in 2h", "tomorrow 09:00", "mon 9am" or ISO (the space\'s time zone)',
+    )
+    t_add.add_argument(
+        "--silent",
+        action="store_true",
+        help="post nothing unless you send something (mercury-ctl say) or the task fails",
+    )
+    t_add.add_argument(
+        "--skip-missed",
+        action="store_true",
+        help="a run missed while Mercury was down is skipped (default: run it once at start)",
     )
     t_actions.add_parser("cancel", help="delete a task").add_argument("id", type=int)
 
