@@ -1,9 +1,11 @@
-"""`mercury tasks ...` as a real subprocess against a tmp site's real migrated SQLite.
+"""`mercury tasks ...` against a tmp site's real migrated SQLite.
 
-What each command did is read back through the storage functions, not only from what the
-command printed. The site's scheduler.timezone is Europe/Berlin, so plain-word times and
-cron expressions are read on Berlin's clock. The last test runs a task through a real
-`mercury run` (Docker) while the CLI changes the database under it.
+The commands run in this process through click's own test runner (the real command code
+and output, without a Python start per command); the last test runs them as real
+`mercury` processes beside a running Mercury (Docker), which runs a task the CLI queued.
+What each command did is read back through the storage functions, not only from what it
+printed. The site's scheduler.timezone is Europe/Berlin, so plain-word times and cron
+expressions are read on Berlin's clock.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
+from click.testing import CliRunner
 
+from mercury.cli import main
 from mercury.storage import (
     Database,
     JobStatus,
@@ -37,6 +42,8 @@ from tests.fakes.model_server import FakeModelServer
 from tests.integration.mercury_site import echo_responder, mercury
 
 T = TypeVar("T")
+# The site's own settings only: no MERCURY_* variable of the test's process applies.
+CLEAN_ENV = {"MERCURY_CONFIG": None, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
 
@@ -50,7 +57,15 @@ class Site:
         (root / "mercury.yaml").write_text(json.dumps(config))
 
     def cli(self, *args: str) -> Any:
-        return mercury("tasks", *args, cwd=self.root, timeout=60)
+        """`mercury --config <site> tasks *args`, in this process; exit code and output."""
+        result = CliRunner().invoke(
+            main, ["--config", str(self.root / "mercury.yaml"), "tasks", *args], env=CLEAN_ENV
+        )
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return SimpleNamespace(
+            returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr
+        )
 
     def ok(self, *args: str) -> str:
         r = self.cli(*args)
