@@ -11,10 +11,12 @@ expressions are read on Berlin's clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +24,7 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
+import structlog
 from click.testing import CliRunner
 
 from mercury.cli import main
@@ -48,6 +51,21 @@ BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
 
 
+@contextlib.contextmanager
+def logging_as_it_was() -> Iterator[None]:
+    """The command configures logging onto the runner's captured stream, as a process does
+    at its start: put it back afterwards, or later tests would log into that dead buffer."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    config = structlog.get_config()
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.configure(**config)
+
+
 class Site:
     """A tmp site: mercury.yaml, a migrated SQLite database with spaces main and other."""
 
@@ -58,9 +76,10 @@ class Site:
 
     def cli(self, *args: str) -> Any:
         """`mercury --config <site> tasks *args`, in this process; exit code and output."""
-        result = CliRunner().invoke(
-            main, ["--config", str(self.root / "mercury.yaml"), "tasks", *args], env=CLEAN_ENV
-        )
+        with logging_as_it_was():
+            result = CliRunner().invoke(
+                main, ["--config", str(self.root / "mercury.yaml"), "tasks", *args], env=CLEAN_ENV
+            )
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             raise result.exception
         return SimpleNamespace(
