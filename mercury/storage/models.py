@@ -443,7 +443,12 @@ class ModelCall(Base):
     pruned at start (pipeline/budget.py)."""
 
     __tablename__ = "model_calls"
-    __table_args__ = (Index("ix_model_calls_space_id_at", "space_id", "at"),)
+    __table_args__ = (
+        Index("ix_model_calls_space_id_at", "space_id", "at"),
+        # A task's recent runs (its usual cost, asked before each run and for every list
+        # of tasks) without reading every stored call.
+        Index("ix_model_calls_task_id_at", "task_id", "at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -57,6 +57,7 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_model_calls_at"), "model_calls", ["at"])
     op.create_index(op.f("ix_model_calls_space_id_at"), "model_calls", ["space_id", "at"])
+    op.create_index(op.f("ix_model_calls_task_id_at"), "model_calls", ["task_id", "at"])
     op.create_table(
         "budget_alerts",
         sa.Column("scope", sa.String(32), nullable=False),
@@ -72,6 +73,7 @@ def downgrade() -> None:
     op.execute("UPDATE runs SET reason = 'error' WHERE reason = 'budget'")
     _set(OLD)
     op.drop_table("budget_alerts")
+    op.drop_index(op.f("ix_model_calls_task_id_at"), table_name="model_calls")
     op.drop_index(op.f("ix_model_calls_space_id_at"), table_name="model_calls")
     op.drop_index(op.f("ix_model_calls_at"), table_name="model_calls")
     op.drop_table("model_calls")
