@@ -96,7 +96,9 @@ class Rig:
 
     def containers(self, **labels: str) -> list[Any]:
         wanted = [f"mercury.instance={self.instance}"] + [f"{k}={v}" for k, v in labels.items()]
-        return self.client.containers.list(all=True, filters={"label": wanted})
+        # ignore_removed: a container removed between the listing and its inspection (the
+        # pool removing it right now) is gone, not an error.
+        return self.client.containers.list(all=True, filters={"label": wanted}, ignore_removed=True)
 
     async def until(self, check: Any, what: str, timeout: float = 60.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
