@@ -38,6 +38,8 @@ DEFAULT_LIMIT = 1900
 # Tries to delete one preview message when the run is over (each waits out a 429).
 DELETE_TRIES = 3
 MAX_RETRY_AFTER_S = 60.0
+# How long stop() lets a preview send or edit under way finish before cancelling it.
+STOP_WAIT_S = 10.0
 
 
 class StreamPreview:
@@ -66,6 +68,7 @@ class StreamPreview:
         self._task: asyncio.Task[None] | None = None
         self._next_at = 0.0  # no call to the platform before this (monotonic)
         self._broken = False
+        self._calling = False  # a platform call is under way (see stop())
         self.edits = 0  # calls made (sends + edits), for the log
 
     @property
@@ -93,12 +96,14 @@ class StreamPreview:
 
     async def _pump(self) -> None:
         """Show the latest text, paced; runs until `finish()` cancels it."""
-        while True:
+        while not self._broken:
             await self._changed.wait()
             self._changed.clear()
             wait = self._next_at - self._clock()
             if wait > 0:
                 await self._sleep(wait)
+            if self._broken:
+                return
             chunks = preview_chunks(self.text.render(), self.limit)
             try:
                 await self._show(chunks)
@@ -131,26 +136,40 @@ class StreamPreview:
             wait = self._next_at - self._clock()
             if wait > 0:
                 await self._sleep(wait)
+            if self._broken:
+                return
             self._next_at = self._clock() + self.interval
-            if i < len(self._ids):
-                await self.adapter.edit(self.conversation, self._ids[i], chunk)
-                self._shown[i] = chunk
-            else:
-                sent = await self.adapter.send(Reply(self.conversation, chunk, preview=True))
-                if not sent.platform_message_ids:
-                    raise RuntimeError("the platform returned no message id for the preview")
-                self._ids.append(sent.platform_message_ids[0])
-                self._shown.append(chunk)
+            self._calling = True
+            try:
+                if i < len(self._ids):
+                    await self.adapter.edit(self.conversation, self._ids[i], chunk)
+                    self._shown[i] = chunk
+                else:
+                    sent = await self.adapter.send(Reply(self.conversation, chunk, preview=True))
+                    if not sent.platform_message_ids:
+                        raise RuntimeError("the platform returned no message id for the preview")
+                    self._ids.append(sent.platform_message_ids[0])
+                    self._shown.append(chunk)
+            finally:
+                self._calling = False
             self.edits += 1
 
     async def stop(self) -> None:
-        """No more edits (the run is over)."""
+        """No more edits (the run is over).
+
+        A platform call under way is let finish (up to STOP_WAIT_S) rather than cancelled:
+        a preview message the platform created while its send was cancelled would have no
+        id here, and `finish()` could never remove it from the chat."""
         self._broken = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if self._calling:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task), STOP_WAIT_S)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
     async def finish(self) -> None:
         """Stop and remove the preview messages: called once the reply (or the notice) is

@@ -178,3 +178,29 @@ async def test_nothing_written_means_no_preview(tmp_path: Path, events: list[obj
     await settle(preview)
     assert shown(adapter) == [] and not preview.visible
     await preview.finish()
+
+
+async def test_a_preview_sent_while_the_run_ends_is_still_removed(tmp_path: Path) -> None:
+    """The run ends while the preview's first send is on its way: stop() lets the send
+    finish rather than cancel it, so the message the platform made has an id to delete."""
+    arrived = asyncio.Event()
+    release = asyncio.Event()
+
+    class Slow(WebChatAdapter):
+        async def send(self, reply):  # type: ignore[no-untyped-def]
+            arrived.set()
+            await release.wait()
+            return await super().send(reply)
+
+    adapter = web(tmp_path, Slow)
+    preview = StreamPreview(adapter, CONV, interval=0.0)
+    preview.on_event(TextDelta("half an answer"))
+    await arrived.wait()
+    stopping = asyncio.get_running_loop().create_task(preview.stop())
+    await settle(preview)
+    assert not stopping.done()  # waits for the send under way
+    release.set()
+    await stopping
+    assert shown(adapter) == ["half an answer"]
+    await preview.finish()
+    assert shown(adapter) == []
