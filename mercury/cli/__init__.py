@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from mercury import __version__
-from mercury.cli import budget, chat, db, doctor, image, init, run, sandbox, tasks, usage
+from mercury.cli import budget, chat, db, doctor, ext, image, init, run, sandbox, tasks, usage
 from mercury.cli.common import config_path_option, remember_config_path
 
 
@@ -36,6 +36,7 @@ for _command in (
     tasks.tasks,
     usage.usage,
     budget.budget,
+    ext.ext,
 ):
     main.add_command(_command)
 

@@ -12,7 +12,9 @@ Built-in roles:
 Custom roles are named sets of permissions (e.g. {"helper": {"run", "stop", "pause"}}).
 A custom definition may redefine `member` (e.g. a read-only member without `run`) but not
 `admin`. A role that is neither built in nor defined has no permissions: fail closed.
-Unknown permission names in a custom role are ignored.
+Unknown permission names in a custom role are ignored, except an extension's own permission
+("ext:<word>", declared in its extension.yaml): an operator grants that through a custom
+role. `admin` holds every extension's permission without listing it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ def role_name_problem(name: str) -> str | None:
 
 
 ALL_PERMISSIONS: frozenset[str] = frozenset(p.value for p in Permission)
+# An extension's own permission: "ext:" and a word (core/extension_spec.py re-exports it).
+EXT_PERMISSION_PREFIX = "ext:"
+_EXT_PERMISSION = re.compile(r"^ext:[a-z0-9_-]{1,32}$")
+
+
+def is_extension_permission(name: str) -> bool:
+    """True for "ext:<word>", the kind of permission an extension may ask for."""
+    return bool(_EXT_PERMISSION.match(name))
+
+
 MEMBER_PERMISSIONS: frozenset[str] = frozenset({Permission.RUN, Permission.STOP, Permission.CLEAR})
 
 
@@ -78,7 +90,9 @@ def permissions_of(role: str, custom: Mapping[str, Set[str]] | None = None) -> f
     if role == ADMIN_ROLE:
         return ALL_PERMISSIONS
     if custom and role in custom:
-        return frozenset(custom[role]) & ALL_PERMISSIONS
+        return frozenset(
+            p for p in custom[role] if p in ALL_PERMISSIONS or is_extension_permission(p)
+        )
     if role == MEMBER_ROLE:
         return MEMBER_PERMISSIONS
     return frozenset()

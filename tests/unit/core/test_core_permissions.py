@@ -56,6 +56,16 @@ def test_custom_roles() -> None:
     assert is_custom("helper") and not is_custom("admin") and not is_custom("member")
 
 
+def test_custom_roles_keep_extension_permissions() -> None:
+    # An extension's own permission is granted through a custom role; a malformed "ext:"
+    # name or another unknown word is still dropped.
+    custom = {"reader": {"run", "ext:web", "ext:", "ext:Bad Name", "extra"}}
+    assert permissions_of("reader", custom) == {"run", "ext:web"}
+    assert allowed("reader", "ext:web", custom)
+    assert not allowed("member", "ext:web")
+    assert "ext:web" not in permissions_of("admin")  # admin holds it by being admin
+
+
 @pytest.mark.parametrize(
     ("kind", "perm"),
     [
