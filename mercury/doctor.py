@@ -70,6 +70,48 @@ def check_image(config: Config, client: object | None) -> CheckResult:
     return CheckResult(name, Status.OK, f"{config.container.image} ({image.short_id})")
 
 
+def check_ext_image(config: Config, client: object | None) -> CheckResult:
+    """Whether the derived image of the enabled extensions' installs is on the engine.
+
+    Offline, only the tag of the current plan can be checked (a build in progress or a
+    failure lives in the `mercury run` process and its log); runs work meanwhile.
+    """
+    from mercury.core.extension_spec import install_plan
+    from mercury.extensions import load_enabled
+    from mercury.sandbox.ext_image import ext_image_tag
+    from mercury.sandbox.images import image_id
+
+    name = "extension image"
+    try:
+        plan = install_plan(ext.spec for ext in load_enabled(config).values())
+    except (ValueError, OSError) as exc:
+        return CheckResult(
+            name, Status.FAIL, first_line(exc), "check it: mercury ext validate PATH"
+        )
+    if not plan:
+        return CheckResult(name, Status.OK, "no extension installs: none needed", required=False)
+    if client is None:
+        return CheckResult(name, Status.SKIP, "needs the Docker engine", required=False)
+    try:
+        base = image_id(client, config.container.image)  # type: ignore[arg-type]
+        tag = ext_image_tag(base, plan) if base else None
+        ready = tag is not None and image_id(client, tag) is not None  # type: ignore[arg-type]
+    except Exception as exc:
+        return CheckResult(name, Status.WARN, first_line(exc), required=False)
+    if tag is None:
+        return CheckResult(name, Status.SKIP, "needs the agent image", required=False)
+    who = ", ".join(n for n, _ in plan)
+    if ready:
+        return CheckResult(name, Status.OK, f"{tag} ready ({who})", required=False)
+    return CheckResult(
+        name,
+        Status.WARN,
+        f"{tag} not built yet: runs use the plain agent image, without the installs of {who}",
+        "`mercury run` builds it in the background (its log shows `ext image build` steps)",
+        required=False,
+    )
+
+
 def check_warm(config: Config, client: object | None) -> CheckResult:
     """How many warm containers wait for a message now, and the memory they hold."""
     from mercury.sandbox.warm import waiting_on_engine
@@ -301,6 +343,7 @@ async def run_checks(
     if loaded is None:
         skipped = [
             "agent image present",
+            "extension image",
             "warm containers",
             "database reachable and migrated",
             "data dir writable",
@@ -315,6 +358,7 @@ async def run_checks(
         return results
     config = loaded.config
     results.append(await asyncio.to_thread(check_image, config, client))
+    results.append(await asyncio.to_thread(check_ext_image, config, client))
     results.append(await asyncio.to_thread(check_warm, config, client))
     results.append(check_data_dir(config))
     results += check_host_side(config)

@@ -194,7 +194,30 @@ def build_agent_image(
     Returns the image id; raises ImageBuildError naming the failing step.
     """
     ctx = context or agent_context_dir()
-    all_labels = {LABEL_IMAGE: "agent", LABEL_BASE: base, **(labels or {})}
+    return stream_build(
+        client,
+        tag=tag,
+        on_event=on_event,
+        path=str(ctx),
+        buildargs={
+            "BASE_IMAGE": base,
+            **({"AGENT_UID": str(user[0]), "AGENT_GID": str(user[1])} if user else {}),
+        },
+        labels={LABEL_IMAGE: "agent", LABEL_BASE: base, **(labels or {})},
+        nocache=nocache,
+    )
+
+
+def stream_build(
+    client: docker.DockerClient, *, tag: str, on_event: OnEvent = _ignore, **build: Any
+) -> str:
+    """One engine build as `tag` (`build` goes to the SDK's api.build: path or fileobj,
+    buildargs, labels, nocache), its log streamed to `on_event` as whole lines.
+
+    Shared by the agent image and the extensions' derived image (ext_image.py), so both
+    report a failure the same way. Returns the image id; raises ImageBuildError naming the
+    failing step, or EngineUnavailable.
+    """
     tail: list[str] = []
     step: str | None = None
 
@@ -208,18 +231,12 @@ def build_agent_image(
 
     try:
         stream = client.api.build(
-            path=str(ctx),
             tag=tag,
-            buildargs={
-                "BASE_IMAGE": base,
-                **({"AGENT_UID": str(user[0]), "AGENT_GID": str(user[1])} if user else {}),
-            },
-            labels=all_labels,
             decode=True,
             rm=True,
             forcerm=True,  # no stopped intermediate containers left behind by a failed step
             pull=False,
-            nocache=nocache,
+            **build,
         )
         for line in _log_lines(stream):
             if isinstance(line, _BuildFailure):

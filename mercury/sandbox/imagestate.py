@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from mercury.logging import get_logger
 from mercury.sandbox.enginewatch import engine_down_error, short_error
@@ -41,9 +41,12 @@ class ImageBuildState:
         *,
         restorer: Callable[[], Awaitable[str]] | None = None,
         retry_after: float = RESTORE_RETRY_S,
+        packaged: Mapping[str, str] | None = None,
     ) -> None:
         self.base_image = base_image
         self.derived_image = derived_image
+        # Extension name -> the folder of its own packages in the derived image.
+        self.packaged = dict(packaged or {})
         self._builder = builder
         self._task: asyncio.Task[str | None] | None = None
         self.last_error: str | None = None
@@ -57,6 +60,14 @@ class ImageBuildState:
 
     def current_image(self) -> str:
         return self.derived_image or self.base_image
+
+    def masked_for(self, image: str, granted: Iterable[str] = ()) -> tuple[str, ...]:
+        """The package folders a run on `image` must not see: on the derived image, those
+        of every extension the run is not granted; none on any other image."""
+        if not self.packaged or image != self.derived_image:
+            return ()
+        keep = set(granted)
+        return tuple(path for name, path in sorted(self.packaged.items()) if name not in keep)
 
     # ------------------------------------------------------------------ derived image
 
@@ -163,4 +174,8 @@ class ImageBuildState:
             )
             return False
         self.found()
+        if self._builder is not None and self.derived_image is None and not self.building:
+            # The derived image is built FROM this one: a build tried while it was missing
+            # failed, so try again now that it is there.
+            self.rebuild()
         return True
