@@ -36,8 +36,18 @@ def http_error(exc: type[web.HTTPException], kind: str, message: str) -> web.HTT
     return exc(text=json.dumps(error_body(kind, message)), content_type="application/json")
 
 
+# Added by the in-container relay (mercury_agent/relay.py) to every request it forwards.
+RUN_TOKEN_HEADER = "X-Mercury-Run-Token"
+
+
 def token_from_headers(headers: Any) -> tuple[str | None, str | None]:
-    """(token, problem): the token from Bearer or x-api-key; a problem if they disagree."""
+    """(token, problem): the token from Bearer or x-api-key; a problem if they disagree.
+
+    `X-Mercury-Run-Token` wins over both: a client calling an extension's service through
+    the host sends that service's own Authorization, which is not a run token."""
+    run_token = (headers.get(RUN_TOKEN_HEADER) or "").strip()
+    if run_token:
+        return run_token, None
     bearer = None
     auth = headers.get("Authorization", "")
     scheme, _, value = auth.partition(" ")
@@ -79,7 +89,8 @@ def auth_middleware(tokens: TokenStore) -> Middleware:
             return json_error(
                 401,
                 "authentication_error",
-                "missing run token: send Authorization: Bearer <token> or x-api-key: <token>",
+                "missing run token: send Authorization: Bearer <token>, x-api-key: <token> "
+                f"or {RUN_TOKEN_HEADER}: <token>",
             )
         grant = tokens.lookup(token)
         if grant is None:

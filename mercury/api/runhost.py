@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mercury.api.egress import EgressProxy
 from mercury.api.model_proxy import CallGuard
+from mercury.api.routes.services import ServiceProxy
 from mercury.api.server import HostApiServer
 from mercury.api.stream_events import StreamHook
-from mercury.api.tokens import TokenStore
+from mercury.api.tokens import RunGrants, TokenStore
 from mercury.api.usage import UsageMeter, UsageTotals
 from mercury.config import Config, Secrets
 from mercury.config.prices import price_table
@@ -52,8 +54,18 @@ class RunHost:
             meter=self.meter,
             socket_owner=(ident.uid, ident.gid),
         )
+        # Extensions' network (egress.sock beside each run's api.sock) and credentialed
+        # services (/v1/ext/... routes), both limited to what the run's token grants.
+        self.egress = EgressProxy(
+            self.tokens,
+            allow_private=config.extensions.allow_private,
+            socket_owner=(ident.uid, ident.gid),
+        )
+        self.services = ServiceProxy(secrets)
+        self.server.add_routes(self.services.route_defs())
 
     async def start(self) -> None:
+        await self.services.start()
         await self.server.start()
 
     def add_stream_hook(self, hook: StreamHook) -> None:
@@ -66,6 +78,8 @@ class RunHost:
         self.server.proxy.set_call_guard(guard)
 
     async def stop(self) -> None:
+        await self.egress.stop()
+        await self.services.close()
         await self.server.stop()
 
     async def open_run(
@@ -77,15 +91,23 @@ class RunHost:
         *,
         user_key: str | None = None,
         task_id: int | None = None,
+        grants: RunGrants | None = None,
     ) -> RunAccess:
         """A token and a socket of its own for one run (close it with `close_run`).
 
         `permissions`: the caller's in this space (core.permissions), which a custom role
         needs; None gives a built-in role its own. `user_key` and `task_id`: whom its
-        model calls are counted against (spending caps)."""
+        model calls are counted against (spending caps). `grants`: the hosts its egress
+        socket (egress.sock, beside api.sock) may reach and the services it may call
+        (None: none)."""
         folder = await self.server.open_run(run_id)
+        try:
+            await self.egress.open_run(run_id, folder)
+        except BaseException:
+            await self.server.close_run(run_id)
+            raise
         token = self.tokens.mint(
-            run_id, space_id, role, permissions, user_key=user_key, task_id=task_id
+            run_id, space_id, role, permissions, user_key=user_key, task_id=task_id, grants=grants
         )
         return RunAccess(token, folder)
 
@@ -98,6 +120,10 @@ class RunHost:
         self.tokens.revoke(run_id)
         try:
             await self.server.proxy.close_run(run_id)
+            await self.services.close_run(run_id)  # logs its calls per service once
         finally:
-            await self.server.close_run(run_id)
+            try:
+                await self.egress.close_run(run_id)
+            finally:
+                await self.server.close_run(run_id)
         return self.meter.pop_run(run_id)

@@ -17,6 +17,8 @@ Routes now:
     GET  /v1/whoami                                      {run_id, space_id, role}
     GET  /spaces/{space_id}/info                         {space_id, run_id}
     *    /spaces/{space_id}/...   preferences, tasks, messages, roles, mutes (api/routes/)
+    *    /v1/ext/{extension}/svc|mcp/{name}/...  extensions' services (routes/services.py)
+The run's folder also holds `egress.sock`, its egress proxy (api/egress.py, RunHost).
 Those and later features' routes are registered with `add_routes` before `start()` (the
 space endpoints through `api.routes.mount_space_api`); any route with a `{space_id}`
 segment is refused (403) to tokens of another space.
@@ -292,36 +294,42 @@ class HostApiServer:
         return _Counted(self._runner.server(), entry)
 
     def _bind(self, folder: Path) -> socket.socket:
-        """A listening unix socket in `folder`, reachable by the container's uid only.
+        return bind_run_socket(folder, SOCKET_NAME, self.socket_owner, self.max_connections)
 
-        Bound through /proc/self/fd/<folder>, so a long data_dir never hits the 107-byte
-        limit of a socket path, and every change is made relative to the folder's handle.
-        """
-        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            path = f"/proc/self/fd/{dfd}/{SOCKET_NAME}"
-            if not os.path.isdir(f"/proc/self/fd/{dfd}"):
-                path = str(folder / SOCKET_NAME)  # no /proc: the real path must be short
-                if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
-                    raise ValueError(f"host API socket path is too long: {path}")
-            sock.bind(path)
-            owner = self.socket_owner
-            if owner is not None and os.geteuid() == 0 and owner[0] != 0:
-                os.chown(SOCKET_NAME, 0, owner[1], dir_fd=dfd, follow_symlinks=False)
-                os.chmod(SOCKET_NAME, 0o660, dir_fd=dfd)
-                os.fchown(dfd, 0, owner[1])
-                os.fchmod(dfd, 0o750)
-            else:
-                os.chmod(SOCKET_NAME, 0o600, dir_fd=dfd)
-            sock.listen(self.max_connections)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        finally:
-            os.close(dfd)
-        return sock
+
+def bind_run_socket(
+    folder: Path, name: str, owner: tuple[int, int] | None, backlog: int
+) -> socket.socket:
+    """A listening unix socket `name` in a run's `folder`, reachable by the container's uid
+    only (the API socket here, the egress proxy's in api/egress.py).
+
+    Bound through /proc/self/fd/<folder>, so a long data_dir never hits the 107-byte
+    limit of a socket path, and every change is made relative to the folder's handle.
+    """
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        path = f"/proc/self/fd/{dfd}/{name}"
+        if not os.path.isdir(f"/proc/self/fd/{dfd}"):
+            path = str(folder / name)  # no /proc: the real path must be short
+            if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+                raise ValueError(f"host API socket path is too long: {path}")
+        sock.bind(path)
+        if owner is not None and os.geteuid() == 0 and owner[0] != 0:
+            os.chown(name, 0, owner[1], dir_fd=dfd, follow_symlinks=False)
+            os.chmod(name, 0o660, dir_fd=dfd)
+            os.fchown(dfd, 0, owner[1])
+            os.fchmod(dfd, 0o750)
+        else:
+            os.chmod(name, 0o600, dir_fd=dfd)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(dfd)
+    return sock
 
 
 def _remove(path: Path) -> None:

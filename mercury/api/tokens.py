@@ -9,12 +9,48 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from mercury.core.permissions import permissions_of
 
 TOKEN_BYTES = 32
+
+
+@dataclass(frozen=True)
+class ServiceGrant:
+    """One credentialed endpoint the run may call through the host (api/routes/services.py).
+
+    `name` is the service's name, or the MCP server's for a remote MCP server. `headers`
+    are templates: `${VAR}` is filled from the host's environment at call time, so the
+    secret never enters the container nor this record."""
+
+    extension: str
+    name: str
+    base_url: str
+    # Not hashed (a dict is not hashable); compared all the same.
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class RunGrants:
+    """What a run's granted extensions let it reach: hosts through the egress proxy
+    (api/egress.py; patterns as in extension.yaml `network`) and credentialed services.
+    The default grants nothing: every egress connection is refused."""
+
+    hosts: tuple[str, ...] = ()
+    services: tuple[ServiceGrant, ...] = ()
+
+    def service(self, extension: str, name: str) -> ServiceGrant | None:
+        """The grant for `extension`'s service (or remote MCP server) `name`, if any."""
+        for svc in self.services:
+            if svc.extension == extension and svc.name == name:
+                return svc
+        return None
+
+
+NO_GRANTS = RunGrants()
 
 
 @dataclass(frozen=True)
@@ -31,6 +67,8 @@ class RunGrant:
     # "platform:user_id" (None for a scheduled task) and the task that queued the run.
     user_key: str | None = None
     task_id: int | None = None
+    # The hosts and services of the extensions the run was granted (none by default).
+    grants: RunGrants = NO_GRANTS
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def may(self, permission: str) -> bool:
@@ -55,10 +93,12 @@ class TokenStore:
         *,
         user_key: str | None = None,
         task_id: int | None = None,
+        grants: RunGrants | None = None,
     ) -> str:
         """A fresh random token for `run_id`; a run may hold several (all die on revoke).
 
-        `permissions`: the caller's, from core.permissions (needed for a custom role)."""
+        `permissions`: the caller's, from core.permissions (needed for a custom role).
+        `grants`: the hosts and services of its granted extensions (None = nothing)."""
         if not run_id or not space_id or not role:
             raise ValueError("run_id, space_id and role must be non-empty")
         token = secrets.token_urlsafe(TOKEN_BYTES)
@@ -69,6 +109,7 @@ class TokenStore:
             permissions=permissions,
             user_key=user_key,
             task_id=task_id,
+            grants=grants if grants is not None else NO_GRANTS,
         )
         with self._lock:
             self._grants[token] = grant

@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 from mercury.core.budget import Cap, CapError, Caps, parse_cap
 from mercury.core.durations import DurationError
 from mercury.core.durations import parse_duration as core_parse_duration
+from mercury.core.egress_rules import parse_private_rule
 from mercury.core.when import WhenError, zone_named
 
 ENV_PREFIX = "MERCURY_"
@@ -383,6 +384,19 @@ class ExtensionsConfig(Section):
     dir: Path = Path("extensions")
     enabled: list[str] = Field(default_factory=list)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Non-public addresses runs may still reach through the egress proxy (api/egress.py):
+    # "ip", "ip:port" or a CIDR network. Empty = loopback, LAN and link-local all refused.
+    allow_private: list[str] = Field(default_factory=list)
+
+    @field_validator("allow_private")
+    @classmethod
+    def _allow_private(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                parse_private_rule(item)
+            except ValueError as exc:
+                raise PydanticCustomError("allow_private", "{why}", {"why": str(exc)}) from None
+        return v
 
 
 def _cap(value: Any) -> Cap | None:

@@ -4,7 +4,9 @@ Model SDKs and agent CLIs want an HTTP base URL; the host API is a unix socket (
 with container network `none`). The relay bridges the two: every request - method, path,
 query, headers except hop-by-hop ones, body - goes to the socket unchanged, and the
 response comes back as it arrives (chunk by chunk, so SSE streams stay live). It adds no
-credentials: the run token the client sends is what the host checks.
+credentials of a provider or service; given the run token, it adds that as
+`X-Mercury-Run-Token` to every request, so a client that sends a service's own
+Authorization (an extension's service, reached through the host) is still known as the run.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ MAX_REQUEST_BYTES = 64 * 1024**2
 # The socket's host part is ignored by the unix connector; it only names the target.
 _UPSTREAM = "http://mercury-api"
 _SHUTDOWN_TIMEOUT_S = 0.5
+RUN_TOKEN_HEADER = "X-Mercury-Run-Token"
 
 
 def forward_headers(
@@ -62,10 +65,18 @@ def _log(message: str) -> None:
 class Relay:
     """Serves on 127.0.0.1:<random port> and forwards to `socket_path`."""
 
-    def __init__(self, socket_path: str, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        socket_path: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+    ) -> None:
         self.socket_path = socket_path
         self.host = host
         self.port = port
+        self.token = token
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -135,6 +146,8 @@ class Relay:
         # raw_path keeps the query and its encoding exactly as the client sent them.
         url = URL(_UPSTREAM + request.raw_path, encoded=True)
         headers = forward_headers(request.headers, _DROP_REQUEST)
+        if self.token:
+            headers[RUN_TOKEN_HEADER] = self.token  # replaces one the client sent
         try:
             upstream = await session.request(
                 request.method, url, headers=headers, data=body or None, allow_redirects=False
