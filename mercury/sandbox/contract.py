@@ -92,6 +92,49 @@ class AgentSection:
 
 
 @dataclass(frozen=True)
+class McpServerEntry:
+    """One MCP server of a granted extension: a stdio `command` run in the container, or
+    a remote one at `url`, a path on the host API (/v1/ext/<ext>/mcp/<server>)."""
+
+    name: str
+    command: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    url: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "command": list(self.command) if self.command is not None else None,
+            "env": dict(self.env),
+            "url": self.url,
+        }
+
+
+@dataclass(frozen=True)
+class ExtensionEntry:
+    """An extension the run is granted, as the container sees it: paths in the container,
+    settings as environment variables, services and remote MCP servers as host API paths
+    (never a base URL or a credential: those stay on the host)."""
+
+    name: str
+    dir: str  # /opt/mercury/ext/<name>
+    venv: str | None = None  # /opt/mercury-ext/<name>, None without pip/npm steps
+    env: Mapping[str, str] = field(default_factory=dict)  # MERCURY_EXT_<NAME>_<KEY>
+    services: Mapping[str, str] = field(default_factory=dict)  # name -> /v1/ext/<ext>/svc/<s>
+    mcp: tuple[McpServerEntry, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dir": self.dir,
+            "venv": self.venv,
+            "env": dict(self.env),
+            "services": dict(self.services),
+            "mcp": [server.to_dict() for server in self.mcp],
+        }
+
+
+@dataclass(frozen=True)
 class RunInput:
     """A complete input.json. The ids and `token` are always the host's own for this run."""
 
@@ -108,6 +151,8 @@ class RunInput:
     attachments: tuple[str, ...] = ()  # this message's files, relative to /space
     preferences: Mapping[str, Any] = field(default_factory=dict)
     skills: tuple[str, ...] = ()
+    egress: bool = False  # the run may use the host's egress proxy (granted hosts only)
+    extensions: tuple[ExtensionEntry, ...] = ()  # the extensions the run is granted
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready input.json (history timestamps as ISO 8601 in UTC)."""
@@ -125,6 +170,8 @@ class RunInput:
             "model": self.model.to_dict(),
             "agent": self.agent.to_dict(),
             "api": {"socket": API_SOCKET, "token": self.token},
+            "egress": self.egress,
+            "extensions": [ext.to_dict() for ext in self.extensions],
         }
 
 
@@ -166,7 +213,7 @@ def run_input(
     """A RunInput with the config's defaults: model chain, agent, profile.
 
     `fields` are the run's own (platform, messages, caller, attachments, preferences,
-    skills); `model_first` is the /model switch, `profile` the space's profile.
+    skills, egress, extensions); `model_first` is the /model switch, `profile` the space's profile.
     """
     return RunInput(
         run_id=run_id,

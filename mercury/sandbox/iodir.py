@@ -36,6 +36,12 @@ MAX_RESULT_BYTES = 8 * 1024**2
 MAX_RESULT_DEPTH = 32
 # Entries of "files" looked at; the runner sends at most container.max_output_files.
 MAX_LISTED_FILES = 1000
+# result.json "tools", the run's tool calls: what the agent writes at most (and the record
+# keeps). Longer text is cut, entries past the cap or of the wrong shape are dropped.
+MAX_TOOL_RECORDS = 200
+MAX_TOOL_NAME_CHARS = 128
+MAX_TOOL_TEXT_CHARS = 2000
+_MAX_TOOL_MS = 2**31 - 1
 
 
 def io_root(data_dir: Path) -> Path:
@@ -121,6 +127,8 @@ class ResultFile:
     error: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)  # as listed; checked when copied
+    # The run's tool calls: {name, ok, ms, input, output}, checked and capped (parse_tools).
+    tools: list[dict[str, Any]] = field(default_factory=list)
     data: dict[str, Any] | None = None
     problem: str | None = None
     signature: tuple[int, int] = (0, 0)  # (size, mtime_ns): tells a settled file apart
@@ -197,6 +205,42 @@ def json_depth_over(raw: bytes, limit: int) -> bool:
     return False
 
 
+def _tool_text(value: Any, limit: int) -> str:
+    # NUL cannot be stored in a PostgreSQL text column.
+    return value[:limit].replace("\0", "") if isinstance(value, str) else ""
+
+
+def parse_tools(raw: Any) -> list[dict[str, Any]]:
+    """result.json "tools" as far as it is usable; never a reason to lose the reply.
+
+    Untrusted: the first MAX_TOOL_RECORDS entries are looked at; one without a text name
+    or a boolean "ok" is dropped; "ms" that is not a count becomes 0; text is cut.
+    """
+    if not isinstance(raw, list):
+        return []
+    tools: list[dict[str, Any]] = []
+    for item in raw[:MAX_TOOL_RECORDS]:
+        if not isinstance(item, dict):
+            continue
+        name = _tool_text(item.get("name"), MAX_TOOL_NAME_CHARS)
+        ok = item.get("ok")
+        if not name or not isinstance(ok, bool):
+            continue
+        ms = item.get("ms")
+        valid_ms = isinstance(ms, int | float) and not isinstance(ms, bool) and ms >= 0
+        tools.append(
+            {
+                "name": name,
+                "ok": ok,
+                # float("inf") and NaN are valid JSON to Python's parser: cap before int().
+                "ms": int(min(ms, _MAX_TOOL_MS)) if valid_ms and ms == ms else 0,
+                "input": _tool_text(item.get("input"), MAX_TOOL_TEXT_CHARS),
+                "output": _tool_text(item.get("output"), MAX_TOOL_TEXT_CHARS),
+            }
+        )
+    return tools
+
+
 def parse_result(raw: bytes, signature: tuple[int, int] = (0, 0)) -> ResultFile:
     """Validate the result.json schema: {ok, reply, usage, files} or {ok: false, error}."""
     if len(raw) > MAX_RESULT_BYTES:
@@ -225,6 +269,7 @@ def parse_result(raw: bytes, signature: tuple[int, int] = (0, 0)) -> ResultFile:
             problem='result.json has no boolean "ok" field', data=data, signature=signature
         )
     usage = data["usage"] if isinstance(data.get("usage"), dict) else {}
+    tools = parse_tools(data.get("tools"))
     if not ok:
         error = data.get("error")
         text = str(error)[:10_000] if error else "the agent reported a failure without a message"
@@ -232,6 +277,7 @@ def parse_result(raw: bytes, signature: tuple[int, int] = (0, 0)) -> ResultFile:
             ok=False,
             error=text,
             usage=usage,
+            tools=tools,
             data=data,
             signature=signature,
         )
@@ -253,6 +299,7 @@ def parse_result(raw: bytes, signature: tuple[int, int] = (0, 0)) -> ResultFile:
         reply=reply or "",
         usage=usage,
         files=list(raw_files),
+        tools=tools,
         data=data,
         signature=signature,
     )

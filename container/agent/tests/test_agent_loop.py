@@ -141,6 +141,43 @@ async def test_max_turns_is_a_clear_error_with_the_usage_so_far(ctx: ToolContext
     assert info.value.usage is not None and info.value.usage.input_tokens == 30
 
 
+async def test_every_tool_call_is_recorded_and_kept_when_the_run_fails(
+    ctx: ToolContext,
+) -> None:
+    backend = Scripted(
+        [
+            [ToolUse("t1", "write_file", {"path": "big.txt", "content": "x" * 5000})],
+            [ToolUse("t2", "nope", {}), ToolUse("t3", "bash", {}, error="bad", raw_arguments="{")],
+            [ToolUse("t4", "list_files", {})],
+        ]
+    )
+    record: list[dict[str, Any]] = []
+    with pytest.raises(AgentError) as info:
+        await run_loop(
+            scripted_chain(backend),
+            system="s",
+            messages=PROMPT,
+            tools=TOOLS,
+            ctx=ctx,
+            max_turns=3,
+            max_tokens=8,
+            record=record,
+        )
+    assert info.value.tools is record
+    assert [(r["name"], r["ok"]) for r in record] == [
+        ("write_file", True),
+        ("nope", False),
+        ("bash", False),
+        ("list_files", True),
+    ]
+    write = record[0]
+    assert len(write["input"]) == 2000 and write["input"].startswith('{"path": "big.txt"')
+    assert write["output"] == "wrote 5000 bytes to big.txt"
+    assert "unknown tool 'nope'" in record[1]["output"]
+    assert record[2]["input"] == "{"  # as received: it was not JSON
+    assert all(isinstance(r["ms"], int) and r["ms"] >= 0 for r in record)
+
+
 async def test_a_chain_failure_keeps_the_usage_spent_before_it(ctx: ToolContext) -> None:
     class TimesOutLater(Scripted):
         async def complete(self, request: ModelRequest, timeout: float | None) -> ModelReply:

@@ -19,7 +19,15 @@ from mercury_agent import contract as agent
 from mercury.config import Config
 from mercury.core.history import HistoryItem
 from mercury.core.router import failure_notice
-from mercury.sandbox.contract import API_SOCKET, Caller, RunInput, build_input, run_input
+from mercury.sandbox.contract import (
+    API_SOCKET,
+    Caller,
+    ExtensionEntry,
+    McpServerEntry,
+    RunInput,
+    build_input,
+    run_input,
+)
 from mercury.sandbox.iodir import parse_result
 
 CONFIG = Config.model_validate(
@@ -41,6 +49,17 @@ CONFIG = Config.model_validate(
     }
 )
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+NOTES = ExtensionEntry(
+    name="notes-mcp",
+    dir="/opt/mercury/ext/notes-mcp",
+    venv="/opt/mercury-ext/notes-mcp",
+    env={"MERCURY_EXT_NOTES_MCP_MAX": "10"},
+    services={"github": "/v1/ext/notes-mcp/svc/github"},
+    mcp=(
+        McpServerEntry("notes", command=("python", "server.py"), env={"LOG": "1"}),
+        McpServerEntry("search", url="/v1/ext/notes-mcp/mcp/search"),
+    ),
+)
 
 
 def representative() -> RunInput:
@@ -63,6 +82,8 @@ def representative() -> RunInput:
         attachments=("inbox/plot.png", "inbox/data 2.csv"),
         preferences={"language": "fr", "verbose": True},
         skills=("pdf",),
+        egress=True,
+        extensions=(NOTES, ExtensionEntry("web-reader", "/opt/mercury/ext/web-reader")),
     )
 
 
@@ -117,6 +138,21 @@ def test_every_field_the_host_writes_arrives_in_the_agent() -> None:
     assert parsed.api == agent.ApiSpec(socket=API_SOCKET, token="tok-secret")
     assert API_SOCKET == "/run/mercury-api/api.sock"
     assert "secret@" not in json.dumps(inp.to_dict())
+    assert parsed.egress is True
+    assert parsed.extensions == [
+        agent.ExtensionInput(
+            name="notes-mcp",
+            dir="/opt/mercury/ext/notes-mcp",
+            venv="/opt/mercury-ext/notes-mcp",
+            env={"MERCURY_EXT_NOTES_MCP_MAX": "10"},
+            services={"github": "/v1/ext/notes-mcp/svc/github"},
+            mcp=(
+                agent.McpServerInput("notes", command=("python", "server.py"), env={"LOG": "1"}),
+                agent.McpServerInput("search", url="/v1/ext/notes-mcp/mcp/search"),
+            ),
+        ),
+        agent.ExtensionInput(name="web-reader", dir="/opt/mercury/ext/web-reader"),
+    ]
 
 
 def test_the_host_writes_every_field_the_agent_reads_and_nothing_else() -> None:
@@ -128,6 +164,8 @@ def test_the_host_writes_every_field_the_agent_reads_and_nothing_else() -> None:
     # max_tokens is the agent's own default: the host does not configure it.
     assert model_written == {f.name for f in fields(agent.ModelSpec)} - {"max_tokens"}
     assert set(representative().agent.to_dict()) == {f.name for f in fields(agent.AgentSpec)}
+    assert set(NOTES.to_dict()) == {f.name for f in fields(agent.ExtensionInput)}
+    assert set(NOTES.mcp[0].to_dict()) == {f.name for f in fields(agent.McpServerInput)}
 
 
 def test_a_task_run_with_no_history_and_the_config_defaults_parses() -> None:
@@ -138,6 +176,7 @@ def test_a_task_run_with_no_history_and_the_config_defaults_parses() -> None:
     assert parsed.profile == "general"
     assert [leg.model for leg in parsed.model.chain] == [Config().model.chain[0].model]
     assert parsed.agent.command is None
+    assert (parsed.egress, parsed.extensions) == (False, [])
 
 
 def test_an_input_without_its_token_is_refused_by_the_agent() -> None:
@@ -194,6 +233,20 @@ def test_an_ok_result_the_agent_writes_is_read_whole_by_the_host() -> None:
 def test_the_echo_modes_minimal_result_is_read_by_the_host() -> None:
     read = parse_result(raw(agent.ok_result("echo", agent.Usage(output_tokens=1))))
     assert (read.problem, read.ok, read.reply, read.files) == (None, True, "echo", [])
+
+
+def test_the_tool_calls_the_agent_records_reach_the_host() -> None:
+    tools = [
+        {"name": "notes__add_note", "ok": True, "ms": 8, "input": '{"text": "x"}', "output": "ok"},
+        {"name": "bash", "ok": False, "ms": 1, "input": '{"command": "false"}', "output": "1"},
+    ]
+    written = agent.ok_result("done", agent.Usage(), [], [], tools)
+    assert parse_result(raw(written)).tools == tools
+    failed = agent.error_result("too many turns", agent.MAX_TURNS, [], None, tools)
+    assert parse_result(raw(failed)).tools == tools
+    # A run without tool calls (the echo, an agent CLI) writes no "tools" at all.
+    assert "tools" not in agent.ok_result("echo", agent.Usage())
+    assert parse_result(raw(agent.ok_result("echo", agent.Usage()))).tools == []
 
 
 @pytest.mark.parametrize(

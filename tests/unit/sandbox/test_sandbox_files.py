@@ -21,6 +21,8 @@ from mercury.sandbox.identity import (
 from mercury.sandbox.iodir import (
     MAX_LISTED_FILES,
     MAX_RESULT_BYTES,
+    MAX_TOOL_RECORDS,
+    MAX_TOOL_TEXT_CHARS,
     create_io_dir,
     json_depth_over,
     parse_result,
@@ -161,6 +163,48 @@ def test_a_huge_files_list_keeps_the_reply_and_is_cut(tmp_path: Path) -> None:
     res = parse_result(json.dumps({"ok": True, "reply": "hi", "files": files}).encode())
     assert res.problem is None and res.reply == "hi"
     assert res.files == files[:MAX_LISTED_FILES]
+
+
+def test_tool_records_are_checked_cut_and_never_lose_the_reply() -> None:
+    good = {
+        "name": "notes__add_note",
+        "ok": True,
+        "ms": 12,
+        "input": '{"text": "x"}',
+        "output": "ok",
+    }
+    tools: list[Any] = [
+        good,
+        {"name": "bash", "ok": False, "ms": 3.7, "input": "i" * 5000, "output": "o\0k" * 1000},
+        {"name": "n" * 500, "ok": True, "ms": -5, "input": 7, "output": None},
+        {"name": "x", "ok": True, "ms": True},  # a boolean is no duration
+        {"name": "y", "ok": True, "ms": 1e300},
+        {"name": "", "ok": True},  # no name: dropped
+        {"name": 5, "ok": True},
+        {"name": "z", "ok": "yes"},  # ok must be a boolean
+        "bash",
+        None,
+    ]
+    res = parse_result(json.dumps({"ok": True, "reply": "hi", "tools": tools}).encode())
+    assert res.problem is None and res.reply == "hi"
+    assert res.tools[0] == good
+    second = res.tools[1]
+    assert (second["ok"], second["ms"], len(second["input"])) == (False, 3, MAX_TOOL_TEXT_CHARS)
+    assert "\0" not in second["output"] and len(second["output"]) <= MAX_TOOL_TEXT_CHARS
+    third = res.tools[2]
+    assert (len(third["name"]), third["ms"], third["input"], third["output"]) == (128, 0, "", "")
+    assert [t["ms"] for t in res.tools[3:]] == [0, 2**31 - 1]
+    assert len(res.tools) == 5
+
+    many = [{**good, "ms": i} for i in range(MAX_TOOL_RECORDS * 2)]
+    res = parse_result(json.dumps({"ok": True, "reply": "hi", "tools": many}).encode())
+    assert [t["ms"] for t in res.tools] == list(range(MAX_TOOL_RECORDS))
+    # A failed run's calls are kept too; a "tools" that is not a list is ignored.
+    res = parse_result(json.dumps({"ok": False, "error": "max turns", "tools": [good]}).encode())
+    assert (res.ok, res.tools) == (False, [good])
+    for junk in ({"a": 1}, "bash", 5, None):
+        res = parse_result(json.dumps({"ok": True, "reply": "hi", "tools": junk}).encode())
+        assert (res.problem, res.reply, res.tools) == (None, "hi", [])
 
 
 def test_result_symlink_fifo_and_huge_file_are_not_read(tmp_path: Path) -> None:

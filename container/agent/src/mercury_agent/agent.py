@@ -8,11 +8,18 @@ The last two start the relay first and point the SDKs and every subprocess at it
 the run token as API key (settings.relay_env). Files to deliver are those sent with
 send_file plus any file created or changed in outbox/ during the run (an agent CLI
 cannot call send_file; it writes to outbox/ as its prompt tells it to).
+
+Granted extensions add to the environment of every process the agent starts (their
+settings, service URLs and commands: extensions.py), and when input.json says `egress`,
+an egress relay whose proxy variables only those processes get: this process's own model
+calls go to the relay. The built-in loop also starts the extensions' MCP servers
+(mcp_tools.py) and offers their tools beside its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 from collections.abc import Mapping, MutableMapping
@@ -24,13 +31,17 @@ from typing import Any
 from mercury_agent.chain import Chain
 from mercury_agent.cli_backend import run_cli
 from mercury_agent.contract import INTERNAL, AgentError, AgentInput, LegSpec, Usage
+from mercury_agent.egress import EgressRelay, egress_env, egress_socket_for
+from mercury_agent.extensions import extension_env
 from mercury_agent.loop import run_loop
+from mercury_agent.mcp_tools import McpHub
 from mercury_agent.prompt import (
     build_messages,
     build_system_prompt,
     discover_skills,
     load_profile,
     render_transcript,
+    tools_note,
 )
 from mercury_agent.providers import Backend, make_backend, preload
 from mercury_agent.relay import Relay
@@ -54,6 +65,8 @@ class Reply:
     files: list[str] = field(default_factory=list)  # relative to /space, under outbox/
     # One entry per model call; None for the echo (no model involved).
     attempts: list[dict[str, Any]] | None = None
+    # One entry per tool call of the built-in loop (result.json `tools`); None otherwise.
+    tools: list[dict[str, Any]] | None = None
 
 
 def respond(
@@ -147,12 +160,33 @@ async def _respond(
     _prepare_space(space)
     outbox_before = snapshot_outbox(space)
 
-    async with Relay(inp.api.socket) as relay:
+    async with contextlib.AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(Relay(inp.api.socket, token=inp.api.token))
         values = relay_env(relay.url, inp.api.token)
         if inp.agent.command is not None:
             values.update(_cli_model_env(inp.model.chain, env))
         apply_env(env, values)  # for this process and everything it starts
-        child_env = subprocess_env(env)
+        # Only for the processes it starts: extensions, and the egress proxy.
+        extra = extension_env(inp.extensions, relay.url, env.get("PATH"))
+        if inp.egress:
+            egress = EgressRelay(egress_socket_for(inp.api.socket), inp.api.token)
+            await stack.enter_async_context(egress)
+            extra.update(egress_env(egress.url))
+        child_env = subprocess_env(env, {**extra, **values})
+        hub: McpHub | None = None
+        if inp.agent.command is None and any(ext.mcp for ext in inp.extensions):
+            hub = McpHub(
+                inp.extensions,
+                env=child_env,
+                relay_url=relay.url,
+                token=inp.api.token,
+                call_timeout_s=inp.agent.bash_timeout_s,
+            )
+            stack.push_async_callback(hub.close)
+            # The servers start (separate processes) while this one imports the model SDKs.
+            providers = {leg.provider for leg in inp.model.chain}
+            await asyncio.gather(hub.start(), asyncio.to_thread(preload, providers))
+        mcp_names = hub.names if hub is not None else []
 
         _profile, profile_text = load_profile(resources, inp.profile)
         skills = discover_skills(resources, inp.skills)
@@ -164,7 +198,7 @@ async def _respond(
             now=datetime.now(UTC),
             tools_note=None
             if inp.agent.command
-            else "Tools: bash, read_file, write_file, edit_file, list_files, send_file.",
+            else tools_note([t.name for t in TOOLS], mcp_names),
         )
         messages = build_messages(inp)
 
@@ -202,18 +236,21 @@ async def _respond(
             env=child_env,
             remaining=chain.remaining,
             read_only=(resources, *(s.path.parent for s in skills)),
+            extra=hub.handlers() if hub is not None else {},
         )
+        record: list[dict[str, Any]] = []
         try:
             result = await run_loop(
                 chain,
                 system=system,
                 messages=messages,
-                tools=TOOLS,
+                tools=[*TOOLS, *(hub.tools if hub is not None else [])],
                 ctx=ctx,
                 max_turns=inp.model.max_turns,
                 max_tokens=inp.model.max_tokens,
+                record=record,
             )
         finally:
             await chain.close()
         files = _merge_files(ctx.files, outbox_changes(space, outbox_before))
-        return Reply(result.text, result.usage, files, attempts)
+        return Reply(result.text, result.usage, files, attempts, record)

@@ -7,6 +7,7 @@ Every error names the offending field by its path (e.g. `messages[2].text`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,21 @@ DEFAULT_MAX_TURNS = 40
 DEFAULT_MAX_TOKENS = 8192
 DEFAULT_BASH_TIMEOUT_S = 120.0
 
+# Extensions granted to the run (input.json `extensions`): the host writes them, but a
+# bound on each list keeps a broken host from making the runtime start thousands of things.
+MAX_EXTENSIONS = 64
+MAX_EXTENSION_ENV = 256  # settings variables of one extension (or of one MCP server)
+MAX_ENV_VALUE_CHARS = 32_768
+MAX_SERVICES = 64
+MAX_MCP_SERVERS = 32  # per extension
+MAX_ARGV = 64
+MAX_ARG_CHARS = 4096
+MAX_PATH_CHARS = 1024
+MAX_NAME_CHARS = 64
+# Like extension.yaml's rule (mercury/core/extension_spec.py): it ends up in env names.
+_EXTENSION_NAME = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
 
 class InputError(Exception):
     """input.json is unusable. `field` is the path of the offending field, if any."""
@@ -47,6 +63,8 @@ class AgentError(Exception):
         super().__init__(message)
         self.error_class = error_class
         self.usage = usage
+        # The tool calls made before the failure (result.json `tools`), when known.
+        self.tools: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,30 @@ class ApiSpec:
 
 
 @dataclass(frozen=True)
+class McpServerInput:
+    """One MCP server of a granted extension: a stdio `command` run in the container
+    (cwd = the extension's folder), or a remote server at `url`, a path on the relay
+    (the host forwards it and adds the credentials)."""
+
+    name: str
+    command: tuple[str, ...] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class ExtensionInput:
+    """An extension this run is granted: its folder, venv, settings, services, MCP servers."""
+
+    name: str
+    dir: str  # its folder in the container (read-only)
+    venv: str | None = None  # its own venv (pip/npm installs), None without install steps
+    env: dict[str, str] = field(default_factory=dict)  # settings, MERCURY_EXT_<NAME>_<KEY>
+    services: dict[str, str] = field(default_factory=dict)  # service name -> relay path
+    mcp: tuple[McpServerInput, ...] = ()
+
+
+@dataclass(frozen=True)
 class AgentInput:
     """A validated input.json."""
 
@@ -120,6 +162,9 @@ class AgentInput:
     skills: list[str] = field(default_factory=list)
     agent: AgentSpec = field(default_factory=AgentSpec)
     api: ApiSpec | None = None
+    # Whether the run may reach the network through the host's egress proxy.
+    egress: bool = False
+    extensions: list[ExtensionInput] = field(default_factory=list)
 
     @property
     def echo_mode(self) -> bool:
@@ -281,6 +326,114 @@ def _api(raw: Any) -> ApiSpec:
     )
 
 
+def _bounded_list(obj: Mapping[str, Any], key: str, path: str, limit: int) -> list[Any]:
+    where = f"{path}.{key}" if path else key
+    items = _optional(obj, key, list, path) or []
+    if len(items) > limit:
+        raise InputError(f"at most {limit} entries, got {len(items)}", where)
+    return list(items)
+
+
+def _bounded_str(value: Any, path: str, limit: int, *, empty_ok: bool = False) -> str:
+    text = _expect(value, str, path)
+    if not empty_ok and not text.strip():
+        raise InputError("must not be empty", path)
+    if len(text) > limit:
+        raise InputError(f"longer than {limit} characters", path)
+    if "\0" in text:
+        raise InputError("must not contain NUL characters", path)
+    return text
+
+
+def _relay_path(value: Any, path: str) -> str:
+    text = _bounded_str(value, path, MAX_PATH_CHARS)
+    if not text.startswith("/") or any(c.isspace() for c in text):
+        raise InputError(f"must be a path on the host API starting with /, got {text!r}", path)
+    return text
+
+
+def _abs_path(value: Any, path: str) -> str:
+    text = _bounded_str(value, path, MAX_PATH_CHARS)
+    if not text.startswith("/"):
+        raise InputError(f"must be an absolute path, got {text!r}", path)
+    return text
+
+
+def _env_map(obj: Mapping[str, Any], key: str, path: str) -> dict[str, str]:
+    where = f"{path}.{key}"
+    raw = _optional(obj, key, dict, path) or {}
+    if len(raw) > MAX_EXTENSION_ENV:
+        raise InputError(f"at most {MAX_EXTENSION_ENV} variables, got {len(raw)}", where)
+    env: dict[str, str] = {}
+    for name, value in raw.items():
+        if not _ENV_NAME.match(name):
+            raise InputError(f"{name!r} is not an environment variable name", where)
+        env[name] = _bounded_str(value, f"{where}.{name}", MAX_ENV_VALUE_CHARS, empty_ok=True)
+    return env
+
+
+def _mcp_server(raw: Any, path: str) -> McpServerInput:
+    obj = _expect(raw, dict, path)
+    name = _bounded_str(_required_str(obj, "name", path), f"{path}.name", MAX_NAME_CHARS)
+    command: tuple[str, ...] | None = None
+    if obj.get("command") is not None:
+        argv = _bounded_list(obj, "command", path, MAX_ARGV)
+        if not argv:
+            raise InputError("must be null or a non-empty argv list", f"{path}.command")
+        command = tuple(
+            _bounded_str(arg, f"{path}.command[{i}]", MAX_ARG_CHARS, empty_ok=i > 0)
+            for i, arg in enumerate(argv)
+        )
+    url = _relay_path(obj["url"], f"{path}.url") if obj.get("url") is not None else None
+    if (command is None) == (url is None):
+        raise InputError("needs exactly one of command (stdio) and url (remote)", path)
+    return McpServerInput(name=name, command=command, env=_env_map(obj, "env", path), url=url)
+
+
+def _extension(raw: Any, path: str) -> ExtensionInput:
+    obj = _expect(raw, dict, path)
+    name = _required_str(obj, "name", path)
+    if not _EXTENSION_NAME.match(name):
+        raise InputError(
+            f"{name!r} is not an extension name (a-z, 0-9 and -, 2 to 32)", f"{path}.name"
+        )
+    if "dir" not in obj:
+        raise InputError("required field is missing", f"{path}.dir")
+    venv = obj.get("venv")
+    services_raw = _optional(obj, "services", dict, path) or {}
+    if len(services_raw) > MAX_SERVICES:
+        raise InputError(f"at most {MAX_SERVICES} services", f"{path}.services")
+    services: dict[str, str] = {}
+    for service, target in services_raw.items():
+        where = f"{path}.services.{service}"
+        _bounded_str(service, where, MAX_NAME_CHARS)
+        services[service] = _relay_path(target, where)
+    servers = [
+        _mcp_server(s, f"{path}.mcp[{i}]")
+        for i, s in enumerate(_bounded_list(obj, "mcp", path, MAX_MCP_SERVERS))
+    ]
+    names = [s.name for s in servers]
+    if len(set(names)) != len(names):
+        raise InputError("MCP server names must be unique", f"{path}.mcp")
+    return ExtensionInput(
+        name=name,
+        dir=_abs_path(obj["dir"], f"{path}.dir"),
+        venv=_abs_path(venv, f"{path}.venv") if venv is not None else None,
+        env=_env_map(obj, "env", path),
+        services=services,
+        mcp=tuple(servers),
+    )
+
+
+def _extensions(obj: Mapping[str, Any]) -> list[ExtensionInput]:
+    items = _bounded_list(obj, "extensions", "", MAX_EXTENSIONS)
+    extensions = [_extension(e, f"extensions[{i}]") for i, e in enumerate(items)]
+    names = [e.name for e in extensions]
+    if len(set(names)) != len(names):
+        raise InputError("extension names must be unique", "extensions")
+    return extensions
+
+
 def parse_input(data: Any) -> AgentInput:
     """Validate a decoded input.json; raises InputError naming the first bad field."""
     obj = _expect(data, dict, "input.json")
@@ -304,6 +457,8 @@ def parse_input(data: Any) -> AgentInput:
         skills=_str_list(obj, "skills", ""),
         agent=_agent(agent) if agent is not None else AgentSpec(),
         api=_api(api) if api is not None else None,
+        egress=bool(_optional(obj, "egress", bool, "")),
+        extensions=_extensions(obj),
     )
     _check_consistent(inp)
     return inp
@@ -345,11 +500,13 @@ def ok_result(
     usage: Usage,
     files: list[str] | None = None,
     attempts: list[dict[str, Any]] | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A successful result.json payload; `files` are paths relative to /space (outbox/...).
 
     `attempts` (one entry per model call) is present whenever a model was involved; the
-    echo mode has none, so its result keeps the original minimal shape.
+    echo mode has none, so its result keeps the original minimal shape. `tools` (one entry
+    per tool call of the built-in loop: name, ok, ms, input, output) likewise.
     """
     result: dict[str, Any] = {
         "ok": True,
@@ -359,6 +516,8 @@ def ok_result(
     }
     if attempts is not None:
         result["attempts"] = list(attempts)
+    if tools is not None:
+        result["tools"] = list(tools)
     return result
 
 
@@ -367,6 +526,7 @@ def error_result(
     error_class: str,
     attempts: list[dict[str, Any]] | None = None,
     usage: Usage | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A failed result.json payload; `error` is for the operator, not shown raw to users."""
     result: dict[str, Any] = {"ok": False, "error": error, "error_class": error_class}
@@ -374,4 +534,6 @@ def error_result(
         result["attempts"] = list(attempts)
     if usage is not None and (usage.input_tokens or usage.output_tokens):
         result["usage"] = usage.to_dict()
+    if tools:
+        result["tools"] = list(tools)
     return result

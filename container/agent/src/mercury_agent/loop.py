@@ -3,18 +3,47 @@
 It is wire-format agnostic: the conversation is neutral (conversation.py) and the chain
 renders it for whichever leg is serving. A turn is one model call; after `max_turns`
 calls that still ask for tools the run ends with a clear error rather than looping on.
+
+Every tool call is recorded for the run record (result.json `tools`): name, ok, ms, and
+its input and output cut to RECORD_TEXT_CHARS, the first MAX_TOOL_RECORDS calls.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from mercury_agent.chain import Chain
 from mercury_agent.contract import MAX_TURNS, AgentError, Usage
-from mercury_agent.conversation import Message, ModelRequest, ToolDef, ToolResult
+from mercury_agent.conversation import Message, ModelRequest, ToolDef, ToolResult, ToolUse
 from mercury_agent.tools import ToolContext, ToolOutcome, run_tool
+
+MAX_TOOL_RECORDS = 200
+RECORD_TEXT_CHARS = 2000
+RECORD_NAME_CHARS = 128
+
+
+def _cap(text: str, limit: int = RECORD_TEXT_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def tool_record(call: ToolUse, outcome: ToolOutcome, ms: int) -> dict[str, Any]:
+    """One entry of result.json `tools`: the call's input as JSON (as received when it was
+    not JSON), its output, both cut to RECORD_TEXT_CHARS."""
+    if call.error is not None:
+        given = call.raw_arguments or ""
+    else:
+        given = json.dumps(call.input, ensure_ascii=False, default=str)
+    return {
+        "name": _cap(call.name, RECORD_NAME_CHARS),
+        "ok": not outcome.is_error,
+        "ms": max(0, ms),
+        "input": _cap(given),
+        "output": _cap(outcome.content),
+    }
 
 
 @dataclass(frozen=True)
@@ -48,8 +77,13 @@ async def run_loop(
     ctx: ToolContext,
     max_turns: int,
     max_tokens: int,
+    record: list[dict[str, Any]] | None = None,
 ) -> LoopResult:
-    """Run the conversation to a final answer; AgentError (max_turns, or the chain's)."""
+    """Run the conversation to a final answer; AgentError (max_turns, or the chain's).
+
+    `record` receives one tool_record per tool call as calls finish (the first
+    MAX_TOOL_RECORDS), so the caller has them when this raises; AgentError.tools too.
+    """
     history = list(messages)
     input_tokens = output_tokens = 0
     model = ""
@@ -63,6 +97,7 @@ async def run_loop(
             reply = await chain.complete(request, turn)
         except AgentError as exc:
             exc.usage = usage()
+            exc.tools = record
             raise
         input_tokens += reply.input_tokens
         output_tokens += reply.output_tokens
@@ -83,11 +118,15 @@ async def run_loop(
                 outcome = await run_tool(ctx, call.name, call.input)
             elapsed = int((time.monotonic() - started) * 1000)
             _log(f"tool {call.name}: {'error' if outcome.is_error else 'ok'} in {elapsed} ms")
+            if record is not None and len(record) < MAX_TOOL_RECORDS:
+                record.append(tool_record(call, outcome, elapsed))
             results.append(ToolResult(call.id, outcome.content, outcome.is_error))
         history.append(Message("user", list(results)))
-    raise AgentError(
+    error = AgentError(
         f"the model was still calling tools after {max_turns} turns (model.max_turns); "
         "no final answer",
         MAX_TURNS,
         usage(),
     )
+    error.tools = record
+    raise error

@@ -103,10 +103,10 @@ def run(io_dir: Path) -> int:
     report = None if inp.echo_mode else attempts
     try:
         reply = respond(inp, attempts)
-        result = ok_result(reply.text, reply.usage, reply.files, reply.attempts)
+        result = ok_result(reply.text, reply.usage, reply.files, reply.attempts, reply.tools)
     except AgentError as exc:
         _log(f"run failed ({exc.error_class}): {exc}")
-        result = error_result(str(exc), exc.error_class, report, exc.usage)
+        result = error_result(str(exc), exc.error_class, report, exc.usage, exc.tools)
         return _finish(io_dir, result, EXIT_INTERNAL)
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)

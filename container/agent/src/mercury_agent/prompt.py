@@ -171,6 +171,16 @@ def discover_skills(resources_dir: Path, paths: Iterable[str]) -> list[Skill]:
 # --------------------------------------------------------------------------- system prompt
 
 
+def tools_note(builtin: Iterable[str], extension: Iterable[str] = ()) -> str:
+    """The system prompt's line naming the tools: the built-in ones, then those of the
+    run's extensions (MCP servers), which the model would otherwise take for built-in."""
+    note = f"Tools: {', '.join(builtin)}."
+    more = list(extension)
+    if more:
+        note += f" Tools from this space's extensions (MCP servers): {', '.join(more)}."
+    return note
+
+
 def _format_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 

@@ -17,7 +17,7 @@ import contextlib
 import os
 import shutil
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,11 @@ class ToolOutcome:
     is_error: bool = False
 
 
+# A tool beyond the built-in ones (an extension's MCP tool): (arguments, time limit in
+# seconds) -> outcome. It reports failures as is_error outcomes, like the built-in tools.
+ToolHandler = Callable[[Mapping[str, Any], float], Awaitable["ToolOutcome"]]
+
+
 @dataclass
 class ToolContext:
     """What the tools of one run share."""
@@ -58,6 +63,8 @@ class ToolContext:
     files: list[str] = field(default_factory=list)  # "outbox/NAME", recorded by send_file
     # Readable but never written: the resources and skill dirs (SKILL.md files).
     read_only: tuple[Path, ...] = ()
+    # Tools beyond the built-in ones, by name (McpHub.handlers()); a built-in name wins.
+    extra: Mapping[str, ToolHandler] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.space_dir = Path(self.space_dir)
@@ -267,12 +274,18 @@ async def _bash(ctx: ToolContext, args: Mapping[str, Any]) -> ToolOutcome:
     if not command.strip():
         raise ToolError("command is empty")
     timeout = float(_arg(args, "timeout_s", (int, float), ctx.bash_timeout_s))
-    timeout = max(1.0, min(timeout, ctx.bash_timeout_s))
+    return await run_bash(ctx, command, call_timeout(ctx, timeout))
+
+
+def call_timeout(ctx: ToolContext, wanted: float | None = None) -> float:
+    """A tool call's time limit: `wanted`, at most the run's bash timeout and never past
+    the run's budget (at least 1 s)."""
+    timeout = ctx.bash_timeout_s if wanted is None else min(wanted, ctx.bash_timeout_s)
     remaining = ctx.remaining()
     if remaining is not None:
-        # Never let one command outlive the run's budget.
-        timeout = max(1.0, min(timeout, remaining))
-    return await run_bash(ctx, command, timeout)
+        # Never let one call outlive the run's budget.
+        timeout = min(timeout, remaining)
+    return max(1.0, timeout)
 
 
 # --------------------------------------------------------------------------- files
@@ -542,10 +555,13 @@ async def run_tool(ctx: ToolContext, name: str, args: Mapping[str, Any]) -> Tool
         if name == "bash":
             return await _bash(ctx, args)
         handler = _SYNC_TOOLS.get(name)
-        if handler is None:
-            known = ", ".join(t.name for t in TOOLS)
-            raise ToolError(f"unknown tool {name!r}; the tools are: {known}")
-        return handler(ctx, args)
+        if handler is not None:
+            return handler(ctx, args)
+        extra = ctx.extra.get(name)
+        if extra is not None:
+            return await extra(args, call_timeout(ctx))
+        known = ", ".join([*(t.name for t in TOOLS), *ctx.extra])
+        raise ToolError(f"unknown tool {name!r}; the tools are: {known}")
     except ToolError as exc:
         return ToolOutcome(f"Error: {exc}", is_error=True)
     except OSError as exc:
