@@ -106,6 +106,7 @@ class App:
         from mercury.pipeline.service import Pipeline, model_problem
         from mercury.sandbox.agentimage import AgentImageBuilder, ensure_agent_image
         from mercury.sandbox.engine import EngineUnavailable
+        from mercury.sandbox.ext_image import ExtImageBuilder
         from mercury.sandbox.identity import host_owner_of
         from mercury.sandbox.resources import resources_dir
         from mercury.sandbox.runner import ContainerRunner
@@ -113,11 +114,20 @@ class App:
 
         cfg = self.config
         secrets = self.loaded.secrets
+        extensions = self._load_extensions()
+        plan = extensions.install_plan()
         try:
             self.host = RunHost(cfg, secrets)
             # The agent image is built (as `mercury image build` does) when the engine
-            # lacks it: now if missing, and again when a run finds it gone.
-            images = ImageBuildState(cfg.container.image, restorer=AgentImageBuilder(cfg.container))
+            # lacks it: now if missing, and again when a run finds it gone. The enabled
+            # extensions' installs go into a derived image, built in the background; runs
+            # use the agent image until it is there.
+            images = ImageBuildState(
+                cfg.container.image,
+                builder=ExtImageBuilder(cfg.container, plan) if plan else None,
+                restorer=AgentImageBuilder(cfg.container),
+                packaged=extensions.packaged(),
+            )
             self.runner = ContainerRunner(
                 cfg,
                 images,
@@ -150,9 +160,14 @@ class App:
             await ensure_agent_image(self.docker, images)
         except EngineUnavailable as exc:
             raise StartupError(str(exc)) from exc
+        if plan:
+            # After the agent image: the derived one is built FROM it (found at once when
+            # the engine has the tag for this plan already).
+            images.rebuild()
         self.host.server.remove_stale()
         self._build_adapters()
         self.pipeline = Pipeline(cfg, secrets, self.db, self.runner, self.host, self.adapters)
+        self.pipeline.executor.extensions = extensions
         from mercury.pipeline.scheduler import Scheduler
 
         mount_space_api(
@@ -170,6 +185,23 @@ class App:
         problem = model_problem(cfg, secrets)
         if problem:
             log.warning("no model configured: runs will answer with what to configure")
+
+    def _load_extensions(self) -> Any:
+        """The enabled extensions, checked: a broken one stops start-up with one line that
+        names the extension and its field (docs/extensions.md)."""
+        from mercury.extensions import ExtensionConfigError, load_enabled
+        from mercury.extensions.runtime import ExtensionSet
+
+        try:
+            loaded = load_enabled(self.config)
+        except ExtensionConfigError as exc:
+            raise StartupError(str(exc)) from exc
+        if loaded:
+            log.info(
+                "extensions",
+                enabled=[f"{e.name} {e.spec.version}" for e in loaded.values()],
+            )
+        return ExtensionSet(loaded.values())
 
     async def _guard_database(self) -> None:
         """Refuse a database that lost everything; watch the file from now on."""

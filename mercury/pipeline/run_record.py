@@ -26,6 +26,7 @@ async def record_run_outcome(
     calls: Sequence[MeteredCall] = (),
     *,
     prompt: str | None = None,
+    extensions: Sequence[str] = (),
 ) -> None:
     """The run record (with what its dashboard page shows) and the space's usage."""
     model = recorded_model(config, (result.usage or {}).get("model"))
@@ -50,6 +51,9 @@ async def record_run_outcome(
         prompt=prompt,
         attempts=(result.result or {}).get("attempts"),
         model_calls=[call_row(c) for c in calls],
+        # The agent's word (result.json), bounded by storage: what it says its tools did.
+        tool_calls=(result.result or {}).get("tools"),
+        extensions=extensions,
         log_tail=None if result.ok else result.log_tail,
     )
     if usage.requests:

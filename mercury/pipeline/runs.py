@@ -17,6 +17,8 @@ from mercury.config import Config
 from mercury.core.messages import ConversationRef, Reply
 from mercury.core.permissions import is_custom, permissions_of
 from mercury.core.router import DISK_WAIT_NOTICE, failure_notice, unavailable_notice
+from mercury.extensions.runtime import NONE as NO_EXTENSIONS
+from mercury.extensions.runtime import ExtensionSet
 from mercury.logging import first_line, get_logger
 from mercury.pipeline.budget import BudgetBook
 from mercury.pipeline.dispatcher import JobDeferred
@@ -101,6 +103,10 @@ class RunExecutor:
         self._calls: dict[str, list[MeteredCall]] = {}
         # run_id -> the preview of its streamed answer, while it runs.
         self._previews: dict[str, StreamPreview] = {}
+        # The enabled extensions (set by the App); each run gets what its caller may use.
+        self.extensions: ExtensionSet | None = None
+        # run_id -> the extensions it was granted, for its record.
+        self._granted: dict[str, tuple[str, ...]] = {}
         if host is not None:
             host.meter.add_hook(self._keep_call)
             host.add_stream_hook(self._on_stream)
@@ -231,6 +237,7 @@ class RunExecutor:
                 with contextlib.suppress(Exception):
                     await self._record(self.db, job, record, usage, started, prompt=payload.prompt)
             self._calls.pop(run_id, None)
+            self._granted.pop(run_id, None)
             if result is not None and result.files:
                 await asyncio.to_thread(remove_outputs, self.config.data_dir, run_id)
 
@@ -250,20 +257,36 @@ class RunExecutor:
         if self.budget is not None:
             self.budget.begin_run(run_id)
         try:
+            permissions = await self._permissions(job.space_id, payload.role)
+            # Only the extensions the caller's role may use: the others' hosts, services,
+            # files and packages are absent from this run (extensions/runtime.py).
+            share = self.extensions.for_run(permissions) if self.extensions else NO_EXTENSIONS
+            if share.names:
+                self._granted[run_id] = share.names
             access = await self.host.open_run(
                 run_id,
                 job.space_id,
                 payload.role,
-                await self._permissions(job.space_id, payload.role),
+                permissions,
                 user_key=payload.user_key,
                 task_id=payload.task_id,
+                grants=share.grants,
+            )
+            data = replace(
+                data,
+                token=access.token,
+                skills=(*data.skills, *share.skills),
+                extensions=share.entries,
+                egress=share.egress,
             )
             return await self.runner.run(
                 RunRequest(
                     run_id=run_id,
                     space_id=job.space_id,
-                    input=replace(data, token=access.token).to_dict(),
+                    input=data.to_dict(),
                     api_socket_dir=access.socket_dir,
+                    readonly_mounts=share.mounts,
+                    extensions=share.names,
                 )
             )
         except Exception as exc:
@@ -487,5 +510,13 @@ class RunExecutor:
         """The run record, with the model calls the meter kept for it."""
         calls = self._calls.get(result.run_id, ())
         await record_run_outcome(
-            self.config, store, job, result, usage, started, calls, prompt=prompt
+            self.config,
+            store,
+            job,
+            result,
+            usage,
+            started,
+            calls,
+            prompt=prompt,
+            extensions=self._granted.get(result.run_id, ()),
         )

@@ -192,6 +192,18 @@ def _check_target(target: str) -> str:
     return norm
 
 
+# An empty, read-only, unusable folder over what a run must not see.
+MASK_OPTIONS = "ro,nosuid,nodev,noexec,size=4k,mode=0555"
+
+
+def _check_masked(path: str, targets: set[str]) -> str:
+    """A masked folder: absolute, normalised, not /tmp nor a mount target of the run."""
+    norm = _check_target(path)
+    if norm in targets or norm == "/tmp":
+        raise ValueError(f"masked folder {path!r} is also a mount of the run")
+    return norm
+
+
 def _check_network(network: str) -> str:
     # `host` or `container:<id>` would share a namespace with the host or another container.
     if not _NETWORK_RE.fullmatch(network) or network == "host":
@@ -212,6 +224,7 @@ def container_spec(
     resources_dir: Path | None = None,
     api_socket_dir: Path | None = None,
     readonly_mounts: Mapping[Path, str] | None = None,
+    masked: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     memory: int | None = None,
     network: str | None = None,
@@ -226,6 +239,8 @@ def container_spec(
     data_dir/io: only that space and that run are mounted, never their roots. `env` is what
     the request grants on top of `config.env`; `memory` and `network` override the config.
     `user` is the resolved `uid:gid` (identity.container_identity); by default the config's.
+    `masked`: folders of the image hidden under an empty read-only tmpfs (the packages of
+    extensions the run is not granted: absent from its container, not merely unused).
     `wait`: a warm container (warm.py), made exactly like a cold one but started with the
     agent's waiting mode and labelled so; `preload` names the SDKs it imports meanwhile;
     `wait_timeout`: the agent exits by itself after that long without a message (so one
@@ -300,7 +315,10 @@ def container_spec(
         "pids_limit": config.pids,
         "cap_drop": list(config.cap_drop),
         "read_only": config.read_only_rootfs,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={config.tmpfs_size},mode=1777"},
+        "tmpfs": {
+            "/tmp": f"rw,nosuid,nodev,size={config.tmpfs_size},mode=1777",
+            **{_check_masked(path, targets): MASK_OPTIONS for path in masked},
+        },
         "init": config.init,
         "network_mode": net,
         # Kept after exit so the exit code and OOMKilled stay readable; the runner removes it.

@@ -456,6 +456,7 @@ class ContainerRunner(RunWatching):
             resources_dir=self.resources_dir,
             api_socket_dir=req.api_socket_dir or self.api_socket_dir,
             readonly_mounts=req.readonly_mounts,
+            masked=self.images.masked_for(image, req.extensions),
             user=self.identity.user,
             env=req.env,
             memory=req.memory,

@@ -26,8 +26,11 @@ class RunRequest:
     memory: int | None = None  # bytes; swap included
     network: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)  # granted by config or extensions
-    # Extra read-only mounts: host path -> container path (extension skill dirs).
+    # Extra read-only mounts: host path -> container path (granted extensions' folders).
     readonly_mounts: Mapping[Path, str] = field(default_factory=dict)
+    # The extensions the run is granted: their packages in the derived image stay visible,
+    # every other extension's are masked (ImageBuildState.packaged).
+    extensions: tuple[str, ...] = ()
     # The run's own host API socket folder (RunHost.open_run), mounted at /run/mercury-api.
     api_socket_dir: Path | None = None
 

@@ -134,6 +134,7 @@ def plain_request(req: RunRequest) -> bool:
         and req.network is None
         and not req.env
         and not req.readonly_mounts
+        and not req.extensions
         and req.timeout_s is None
     )
 
@@ -281,6 +282,9 @@ class WarmPool:
             io_dir=slot.io_dir,
             resources_dir=runner.resources_dir,
             api_socket_dir=slot.socket_dir,
+            # It serves only plain runs (no extension granted): every extension's packages
+            # stay hidden.
+            masked=runner.images.masked_for(slot.image),
             user=runner.identity.user,
             wait=True,
             # Its own end, a minute past the pool's: for one whose Mercury was killed.

@@ -305,6 +305,8 @@ class Run(Base):
     attempts: Mapped[list[Any] | None]  # result.json's model attempts, cleaned
     model_calls: Mapped[list[Any] | None]  # the host's metered calls of the run
     log_tail: Mapped[str | None] = mapped_column(Text)  # container log end, failed runs
+    tool_calls: Mapped[list[Any] | None]  # result.json's tool calls, bounded (0009)
+    extensions: Mapped[list[Any] | None]  # the extensions the run was granted
 
 
 class Role(Base):

@@ -41,6 +41,10 @@ ATTEMPT_KEYS = (
     "error",
     "error_class",
 )
+# A tool call of the run (result.json `tools`: built-in tools and extensions' MCP tools).
+TOOL_CALL_KEYS = ("name", "ok", "ms", "input", "output")
+MAX_TOOL_CALLS = 200
+TOOL_TEXT_CHARS = 1000  # a tool call's input and output, each
 MODEL_CALL_KEYS = (
     "provider",
     "model",
@@ -78,6 +82,8 @@ class RunRecord:
     attempts: list[dict[str, Any]] | None = None
     model_calls: list[dict[str, Any]] | None = None
     log_tail: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    extensions: list[str] | None = None
 
 
 # --------------------------------------------------------------------------- bounds
@@ -104,16 +110,18 @@ def bound_log_tail(text: str | None, limit: int = LOG_TAIL_CHARS) -> str | None:
     return tail[newline + 1 :] if 0 <= newline < len(tail) - 1 else tail
 
 
-def _value(value: Any) -> Any:
+def _value(value: Any, text_chars: int = ENTRY_TEXT_CHARS) -> Any:
     """A JSON scalar kept as it is (text cut to size); anything else is not kept."""
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):
-        return value if len(value) <= ENTRY_TEXT_CHARS else value[: ENTRY_TEXT_CHARS - 1] + "…"
+        return value if len(value) <= text_chars else value[: text_chars - 1] + "…"
     return _DROP
 
 
-def bound_entries(entries: Any, keys: Sequence[str], limit: int) -> list[dict[str, Any]] | None:
+def bound_entries(
+    entries: Any, keys: Sequence[str], limit: int, *, text_chars: int = ENTRY_TEXT_CHARS
+) -> list[dict[str, Any]] | None:
     """At most `limit` mappings, each with only `keys` and scalar values (text cut).
 
     None for anything that is not a list (result.json is the agent's word: it may send a
@@ -127,7 +135,7 @@ def bound_entries(entries: Any, keys: Sequence[str], limit: int) -> list[dict[st
             break
         if not isinstance(entry, Mapping):
             continue
-        kept = {k: _value(entry[k]) for k in keys if k in entry}
+        kept = {k: _value(entry[k], text_chars) for k in keys if k in entry}
         out.append({k: v for k, v in kept.items() if v is not _DROP})
     return out
 
@@ -156,6 +164,8 @@ async def record_run(
     attempts: Any = None,
     model_calls: Iterable[Mapping[str, Any]] | None = None,
     log_tail: str | None = None,
+    tool_calls: Any = None,
+    extensions: Sequence[str] | None = None,
 ) -> RunRecord:
     """Store the outcome of one container execution.
 
@@ -186,6 +196,10 @@ async def record_run(
                 MAX_MODEL_CALLS,
             ),
             log_tail=bound_log_tail(log_tail),
+            tool_calls=bound_entries(
+                tool_calls, TOOL_CALL_KEYS, MAX_TOOL_CALLS, text_chars=TOOL_TEXT_CHARS
+            ),
+            extensions=list(extensions) if extensions else None,
         )
         s.add(run)
         await s.flush()

@@ -4,6 +4,7 @@ token header the API relay adds; against stand-in unix servers that record what 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -117,6 +118,28 @@ def test_the_proxy_variables_and_the_socket_path() -> None:
         assert env[name] == "http://127.0.0.1:4567"
     assert env["NO_PROXY"] == env["no_proxy"] == "127.0.0.1,localhost"
     assert egress_socket_for("/run/mercury-api/api.sock") == "/run/mercury-api/egress.sock"
+
+
+def test_only_the_api_relay_stays_direct() -> None:
+    """Loopback addresses other than the API relay go through the proxy (where the host
+    decides), so an operator-allowed loopback service is reachable; the relay is not
+    proxied, whichever name it is called by."""
+    import urllib.request
+
+    env = egress_env("http://127.0.0.1:4567", direct="http://127.0.0.1:3000")
+    assert env["NO_PROXY"] == "127.0.0.1:3000,localhost:3000"
+    old = {k: os.environ.get(k) for k in ("no_proxy", "NO_PROXY")}
+    os.environ["no_proxy"] = os.environ["NO_PROXY"] = env["NO_PROXY"]
+    try:
+        assert urllib.request.proxy_bypass_environment("127.0.0.1:3000")
+        assert urllib.request.proxy_bypass_environment("localhost:3000")
+        assert not urllib.request.proxy_bypass_environment("127.0.0.1:8080")
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from mercury.storage import RunReason, list_spaces
 from mercury.storage.runs import (
     ATTEMPT_KEYS,
     MODEL_CALL_KEYS,
+    TOOL_CALL_KEYS,
     RunCursor,
     RunFilter,
     find_runs,
@@ -192,5 +193,6 @@ async def run_detail(request: web.Request) -> web.Response:
         failed=run.reason != RunReason.OK,
         attempts=table_rows(run.attempts, ATTEMPT_KEYS),
         model_calls=table_rows(run.model_calls, MODEL_CALL_KEYS),
+        tool_calls=table_rows(run.tool_calls, TOOL_CALL_KEYS),
         reason_class=reason_class,
     )

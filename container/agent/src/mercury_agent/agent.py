@@ -171,7 +171,7 @@ async def _respond(
         if inp.egress:
             egress = EgressRelay(egress_socket_for(inp.api.socket), inp.api.token)
             await stack.enter_async_context(egress)
-            extra.update(egress_env(egress.url))
+            extra.update(egress_env(egress.url, direct=relay.url))
         child_env = subprocess_env(env, {**extra, **values})
         hub: McpHub | None = None
         if inp.agent.command is None and any(ext.mcp for ext in inp.extensions):

@@ -29,16 +29,29 @@ def egress_socket_for(api_socket: str) -> str:
     return os.path.join(os.path.dirname(api_socket), EGRESS_SOCKET_NAME)
 
 
-def egress_env(url: str) -> dict[str, str]:
-    """The proxy variables that send every process's HTTP(S) through the relay at `url`;
-    loopback (the API relay, local servers) stays direct."""
+def egress_env(url: str, direct: str | None = None) -> dict[str, str]:
+    """The proxy variables that send every process's HTTP(S) through the relay at `url`.
+
+    `direct`: the API relay's base URL ("http://127.0.0.1:PORT"), which stays direct
+    (mercury-ctl, the services' URLs): NO_PROXY names it with its port, so every other
+    loopback address goes through the proxy too - where the host refuses it unless the
+    operator allowed that address (a server on the container's own loopback is not
+    reachable anyway: the run has no network). Python's urllib, requests and httpx honour
+    "host:port" entries; curl does not (it then asks the proxy, which refuses loopback).
+    Without `direct`, all of loopback stays direct."""
+    if direct is None:
+        keep = _LOOPBACK
+    else:
+        hostport = direct.split("://", 1)[-1].rstrip("/")
+        port = hostport.rpartition(":")[2]
+        keep = f"{hostport},localhost:{port}"
     return {
         "HTTP_PROXY": url,
         "HTTPS_PROXY": url,
         "http_proxy": url,
         "https_proxy": url,
-        "NO_PROXY": _LOOPBACK,
-        "no_proxy": _LOOPBACK,
+        "NO_PROXY": keep,
+        "no_proxy": keep,
     }
 
 

@@ -65,11 +65,13 @@ def relay_env(relay_url: str, token: str) -> dict[str, str]:
 def apply_env(target: MutableMapping[str, str], values: Mapping[str, str]) -> None:
     """Set `values` in `target` (usually os.environ), drop conflicting credentials, and
     keep the relay off any HTTP proxy (an SDK or CLI honouring HTTP_PROXY would otherwise
-    send loopback requests to the proxy)."""
+    send loopback requests to the proxy), unless `values` says what stays direct."""
     for name in _CONFLICTING:
         target.pop(name, None)
     target.update(values)
     for name in ("NO_PROXY", "no_proxy"):
+        if name in values:
+            continue  # decided by the caller (egress: only the API relay stays direct)
         entries = [e.strip() for e in target.get(name, "").split(",") if e.strip()]
         entries += [h for h in _LOOPBACK if h not in entries]
         target[name] = ",".join(entries)
