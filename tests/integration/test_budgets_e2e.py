@@ -108,7 +108,13 @@ class TelegramSite:
         self.app: App | None = None
         self.port = free_port()
 
-    async def start(self, budgets: dict[str, Any], scheduler_tick: float = 30) -> App:
+    async def start(
+        self,
+        budgets: dict[str, Any],
+        scheduler_tick: float = 30,
+        extra: dict[str, Any] | None = None,
+    ) -> App:
+        """Start the App with `budgets`; `extra`: more top-level config sections."""
         if self.app is None and not hasattr(self.driver, "fake"):
             await self.driver.start()
         adapters = {"web": {"enabled": False}, **self.driver.config()}
@@ -135,6 +141,7 @@ class TelegramSite:
             "rate_limits": {"burst": 100, "burst_window": 60},
             "scheduler": {"tick": scheduler_tick},
             "budgets": budgets,
+            **(extra or {}),
         }
         path = self.tmp_path / "mercury.yaml"
         path.write_text(json.dumps(cfg))
