@@ -36,6 +36,7 @@ class App:
         self.host: Any = None
         self.pipeline: Any = None
         self.scheduler: Any = None
+        self.ext_hooks: Any = None  # the enabled extensions' host hooks (extensions/hooks.py)
         self.adapters: dict[str, Any] = {}
         self.auth: Any = None  # the one login layer (WebAuth) of the web chat and dashboard
         self.dashboard: Any = None
@@ -168,6 +169,7 @@ class App:
         self._build_adapters()
         self.pipeline = Pipeline(cfg, secrets, self.db, self.runner, self.host, self.adapters)
         self.pipeline.executor.extensions = extensions
+        self.pipeline.executor.hooks = self.ext_hooks
         from mercury.pipeline.scheduler import Scheduler
 
         mount_space_api(
@@ -182,6 +184,9 @@ class App:
             self.scheduler = Scheduler.for_app(cfg, self.db, self.pipeline)
         self._build_dashboard()
         await self.host.start()
+        if self.ext_hooks is not None:
+            # Their startup hooks, then their jobs, before any message is taken.
+            await self.ext_hooks.startup()
         problem = model_problem(cfg, secrets)
         if problem:
             log.warning("no model configured: runs will answer with what to configure")
@@ -190,12 +195,16 @@ class App:
         """The enabled extensions, checked: a broken one stops start-up with one line that
         names the extension and its field (docs/extensions.md)."""
         from mercury.extensions import ExtensionConfigError, load_enabled
+        from mercury.extensions.hooks import hooks_of
         from mercury.extensions.runtime import ExtensionSet
 
         try:
             loaded = load_enabled(self.config)
-        except ExtensionConfigError as exc:
+            # Their host-side hooks files, imported now: a broken one stops start-up.
+            hooks = hooks_of(list(loaded.values()))
+        except (ExtensionConfigError, ValueError) as exc:
             raise StartupError(str(exc)) from exc
+        self.ext_hooks = hooks if hooks else None
         if loaded:
             log.info(
                 "extensions",
@@ -292,6 +301,10 @@ class App:
         if self.pipeline is not None:
             with contextlib.suppress(Exception):
                 await self.pipeline.stop(RUN_GRACE_S)
+        if self.ext_hooks is not None:
+            with contextlib.suppress(Exception):
+                await self.ext_hooks.shutdown()
+            self.ext_hooks = None
         for adapter in reversed(self._started_adapters):
             with contextlib.suppress(Exception):
                 await adapter.stop()

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from mercury.adapters.base import Adapter
 from mercury.api.runhost import RunHost
@@ -15,11 +15,12 @@ from mercury.api.stream_events import StreamEvent
 from mercury.api.usage import MeteredCall
 from mercury.config import Config
 from mercury.core.messages import ConversationRef, Reply
-from mercury.core.permissions import is_custom, permissions_of
 from mercury.core.router import DISK_WAIT_NOTICE, failure_notice, unavailable_notice
+from mercury.extensions.hooks import ExtensionHooks
 from mercury.extensions.runtime import NONE as NO_EXTENSIONS
-from mercury.extensions.runtime import ExtensionSet
+from mercury.extensions.runtime import ExtensionSet, RunExtensions
 from mercury.logging import first_line, get_logger
+from mercury.pipeline import ext_hooks
 from mercury.pipeline.budget import BudgetBook
 from mercury.pipeline.dispatcher import JobDeferred
 from mercury.pipeline.indicator import indicate
@@ -28,6 +29,8 @@ from mercury.pipeline.payload import JobPayload
 from mercury.pipeline.preview import StreamPreview
 from mercury.pipeline.run_input import build_run_input
 from mercury.pipeline.run_record import dropped_note, job_status_of, record_run_outcome
+from mercury.pipeline.standing import role_permissions_in
+from mercury.pipeline.task_hook import TaskHook, task_silent, task_text
 from mercury.sandbox.contract import RunInput
 from mercury.sandbox.outputs import outputs_root, remove_outputs
 from mercury.sandbox.runner import ContainerRunner
@@ -47,21 +50,6 @@ from mercury.storage.replies import ReplyRecord
 log = get_logger("mercury.runs")
 
 MAX_RECORDED_CALLS = 200  # model calls kept per run for its record (storage's cap too)
-
-
-class TaskHook(Protocol):
-    """Scheduled tasks (pipeline/scheduler.py, which sets `RunExecutor.tasks`): what a
-    task's job shows in its chat. Jobs of no task never reach it."""
-
-    async def silent(self, task_id: int) -> bool:
-        """True: the run shows no typing, status or preview (its reply may not be posted)."""
-        ...
-
-    async def ended(
-        self, job: JobRecord, task_id: int, reason: RunReason, text: str | None
-    ) -> str | None:
-        """Told how the task's job ended (`text`: its reply or notice); what to post."""
-        ...
 
 
 class RunExecutor:
@@ -103,8 +91,10 @@ class RunExecutor:
         self._calls: dict[str, list[MeteredCall]] = {}
         # run_id -> the preview of its streamed answer, while it runs.
         self._previews: dict[str, StreamPreview] = {}
-        # The enabled extensions (set by the App); each run gets what its caller may use.
+        # The enabled extensions (set by the App); each run gets what its caller may use,
+        # and the host hooks of those it gets run around it.
         self.extensions: ExtensionSet | None = None
+        self.hooks: ExtensionHooks | None = None
         # run_id -> the extensions it was granted, for its record.
         self._granted: dict[str, tuple[str, ...]] = {}
         if host is not None:
@@ -181,15 +171,30 @@ class RunExecutor:
         usage: Any = None
         deferred = False
         recorded = False
-        quiet = await self._task_silent(payload)
+        quiet = await task_silent(self.tasks, payload)
         preview = None if quiet else self._preview_for(conv)
         try:
             data = await build_run_input(
                 self.config, self.db, job, payload, run_id, space.profile, space.context_reset_at
             )
+            permissions = await role_permissions_in(self.db, job.space_id, payload.role)
+            # Only the extensions the caller's role may use: the others' hosts, services,
+            # files and packages are absent from this run (extensions/runtime.py).
+            share = self.extensions.for_run(permissions) if self.extensions else NO_EXTENSIONS
+            hook_ctx = ext_hooks.run_context(payload, run_id, job.space_id)
+            before = await ext_hooks.before_run(self.hooks, share.names, hook_ctx)
+            if before.refused is not None:
+                # An extension's before_run said no: its text is the answer, no run.
+                await self._answer(job, payload, before.refused, JobStatus.DONE, RunReason.OK)
+                recorded = True  # nothing ran: there is no run to record
+                return JobStatus.DONE
+            if before.prompt:
+                data = replace(data, prompt=f"{data.prompt}\n\n{before.prompt}")
             if preview is not None:
                 self._previews[run_id] = preview
-            result = await self._run(job, payload, data, run_id, quiet=quiet)
+            result = await self._run(
+                job, payload, data, run_id, permissions, share, before.env, quiet=quiet
+            )
             if preview is not None:
                 await preview.stop()
             if result.retry:
@@ -204,7 +209,11 @@ class RunExecutor:
             status = job_status_of(result)
             usage = self._last_usage.pop(run_id, None)
             text = self._reply_text(job, result)
-            answer = (text, await self._task_text(job, payload, result.reason, text))
+            if result.ok and text is not None:
+                text, result = await ext_hooks.after_reply(
+                    self.hooks, share.names, hook_ctx, text, result, self.config.data_dir
+                )
+            answer = (text, await task_text(self.tasks, job, payload, result.reason, text))
             # The answer is stored with the run record before anything is sent: from here
             # on the job is never run again, and a crash only delays its delivery.
             stored = await until_stored(
@@ -242,7 +251,16 @@ class RunExecutor:
                 await asyncio.to_thread(remove_outputs, self.config.data_dir, run_id)
 
     async def _run(
-        self, job: JobRecord, payload: JobPayload, data: RunInput, run_id: str, *, quiet: bool
+        self,
+        job: JobRecord,
+        payload: JobPayload,
+        data: RunInput,
+        run_id: str,
+        permissions: frozenset[str],
+        share: RunExtensions,
+        env: Mapping[str, str],
+        *,
+        quiet: bool,
     ) -> RunResult:
         """One run with its own host API access; never raises for a failure of the run.
 
@@ -257,10 +275,6 @@ class RunExecutor:
         if self.budget is not None:
             self.budget.begin_run(run_id)
         try:
-            permissions = await self._permissions(job.space_id, payload.role)
-            # Only the extensions the caller's role may use: the others' hosts, services,
-            # files and packages are absent from this run (extensions/runtime.py).
-            share = self.extensions.for_run(permissions) if self.extensions else NO_EXTENSIONS
             if share.names:
                 self._granted[run_id] = share.names
             access = await self.host.open_run(
@@ -287,6 +301,7 @@ class RunExecutor:
                     api_socket_dir=access.socket_dir,
                     readonly_mounts=share.mounts,
                     extensions=share.names,
+                    env=env,
                 )
             )
         except Exception as exc:
@@ -337,13 +352,6 @@ class RunExecutor:
                 await self._send(Reply(conv, text))
         except Exception:
             log.exception("budget warning failed", space_id=space_id)
-
-    async def _permissions(self, space_id: str, role: str) -> frozenset[str]:
-        """The caller's permissions in the space, as core.permissions resolves them."""
-        custom = None
-        if is_custom(role):
-            custom = {role: await repo.role_permissions(self.db, space_id, role)}
-        return permissions_of(role, custom)
 
     # ------------------------------------------------------------------ after it ran
 
@@ -436,7 +444,7 @@ class RunExecutor:
         reason: RunReason = RunReason.ERROR,
     ) -> None:
         """A job answered without a run (e.g. no model configured), through the outbox."""
-        posted = await self._task_text(job, payload, reason, text)
+        posted = await task_text(self.tasks, job, payload, reason, text)
         if posted is None:
             return
         text = posted
@@ -451,31 +459,6 @@ class RunExecutor:
             "notice",
         )
         await self.outbox.deliver(reply)
-
-    # ------------------------------------------------------------------ scheduled tasks
-
-    async def _task_silent(self, payload: JobPayload) -> bool:
-        """Whether a task's run works unseen (TaskHook.silent); False for other jobs."""
-        if payload.task_id is None or self.tasks is None:
-            return False
-        try:
-            return await self.tasks.silent(payload.task_id)
-        except Exception:
-            log.exception("asking whether a task is silent failed", task_id=payload.task_id)
-            return False
-
-    async def _task_text(
-        self, job: JobRecord, payload: JobPayload, reason: RunReason, text: str | None
-    ) -> str | None:
-        """What of a job's answer is posted: all of it, unless the job is a task's and the
-        scheduler says otherwise (a retry coming, a silent task, its one failure report)."""
-        if payload.task_id is None or self.tasks is None:
-            return text
-        try:
-            return await self.tasks.ended(job, payload.task_id, reason, text)
-        except Exception:
-            log.exception("recording a task's outcome failed", task_id=payload.task_id)
-            return text
 
     def _notice_detail(self, result: RunResult, error_class: Any) -> Any:
         if result.reason is RunReason.TIMEOUT:

@@ -41,10 +41,15 @@ async def standing_in(
         user_key(r.platform, r.user_id): r.role for r in await repo.list_roles(store, space_id)
     }
     role = role_of(key or "", roles, admins, default_role, operator=operator)
+    return Standing(role, await role_permissions_in(store, space_id, role))
+
+
+async def role_permissions_in(store: Store, space_id: str, role: str) -> frozenset[str]:
+    """What `role` may do in the space: a custom role's permissions are the space's own."""
     custom: dict[str, set[str]] = {}
     if is_custom(role):
         custom[role] = await repo.role_permissions(store, space_id, role)
-    return Standing(role, permissions_of(role, custom))
+    return permissions_of(role, custom)
 
 
-__all__ = ["Standing", "standing_in"]
+__all__ = ["Standing", "role_permissions_in", "standing_in"]
