@@ -97,6 +97,12 @@ class ImageBuildState:
         self.last_error = None
         return tag
 
+    def build_status(self) -> object | None:
+        """The derived image builder's own account of its build (ext_image.ExtImageStatus:
+        state, tag, current step, error), for the dashboard; None without one."""
+        status = getattr(self._builder, "status", None)
+        return status() if callable(status) else None
+
     async def wait(self) -> str | None:
         if self._task is None:
             return self.derived_image

@@ -162,9 +162,32 @@ def _doctor(d: DashboardDeps) -> Runner:
         from mercury.doctor import run_checks  # the doctor imports most of Mercury
 
         loaded = d.loaded
-        return await run_checks(lambda: loaded)
+        results = await run_checks(lambda: loaded)
+        live = ext_image_row(d)
+        return [live if live and r.name == live.name else r for r in results]
 
     return run
+
+
+def ext_image_row(d: DashboardDeps) -> CheckResult | None:
+    """The derived image as this `mercury run` sees it: a build under way (with its step)
+    or failed (with why) says more than the doctor's look at the engine."""
+    images = getattr(d.runner, "images", None)
+    status = images.build_status() if images is not None else None
+    state = getattr(status, "state", None)
+    if state == "building":
+        step = getattr(status, "step", None) or "starting"
+        return CheckResult(
+            "extension image", Status.WARN, f"building: {step}",
+            "runs use the plain agent image until it is built", required=False,
+        )  # fmt: skip
+    if state == "failed":
+        return CheckResult(
+            "extension image", Status.FAIL, f"build failed: {getattr(status, 'error', '')}",
+            "fix the extension named, then restart Mercury (runs use the plain agent image)",
+            required=False,
+        )  # fmt: skip
+    return None
 
 
 def health_cache(d: DashboardDeps) -> HealthCache:
