@@ -29,7 +29,7 @@ from mercury.extensions import load_extension
 from mercury.sandbox.ext_image import build_ext_image
 from tests.fakes.model_server import FakeModelServer, Text, ToolCall, Turn
 from tests.fakes.pdf import table_pdf
-from tests.integration.mercury_site import Mercury
+from tests.integration.mercury_site import Mercury, mercury
 
 pytestmark = pytest.mark.docker
 
@@ -60,11 +60,24 @@ def copy_extensions(root: Path, names: tuple[str, ...] = SHIPPED) -> Path:
     return target
 
 
-def start_with_extensions(site: Any, tmp_path: Path, **extensions: Any) -> Mercury:
+def start_with_extensions(
+    site: Any, tmp_path: Path, *, via_cli: bool = False, **extensions: Any
+) -> Mercury:
     """`mercury run` with the shipped extensions enabled; back once the derived image is
-    in use (found on the engine at start)."""
-    section = {"dir": str(copy_extensions(tmp_path)), "enabled": list(SHIPPED), **extensions}
-    m: Mercury = site(timeout=120, extra={"extensions": section})
+    in use (found on the engine at start). `via_cli`: installed and enabled the way an
+    operator does, with `mercury ext add` and `mercury ext enable`."""
+    if via_cli:
+        section = {"dir": str(tmp_path / "extensions"), **extensions}
+        m: Mercury = site(timeout=120, extra={"extensions": section})
+        for name in SHIPPED:
+            for args in (("add", str(REPO_EXTENSIONS / name)), ("enable", name)):
+                done = mercury("ext", *args, cwd=m.root)
+                assert done.returncode == 0, done.stdout + done.stderr
+        listed = mercury("ext", "list", cwd=m.root).stdout
+        assert all(name in listed for name in SHIPPED), listed
+    else:
+        section = {"dir": str(copy_extensions(tmp_path)), "enabled": list(SHIPPED), **extensions}
+        m = site(timeout=120, extra={"extensions": section})
     m.start()
     wait_for_log(m, "ext image built")
     return m
@@ -234,7 +247,7 @@ def test_web_reader_reads_a_page_through_the_egress_proxy(
 def test_the_mcp_example_server_is_used_end_to_end(
     site: Any, fake: FakeModelServer, ext_image: str, tmp_path: Path
 ) -> None:
-    m = start_with_extensions(site, tmp_path)
+    m = start_with_extensions(site, tmp_path, via_cli=True)
     try:
         fake.script(
             [
