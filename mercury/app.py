@@ -169,6 +169,15 @@ class App:
         self._build_adapters()
         self.pipeline = Pipeline(cfg, secrets, self.db, self.runner, self.host, self.adapters)
         self.pipeline.executor.extensions = extensions
+        if extensions:
+            from mercury.core.permissions import is_custom, permissions_of
+            from mercury.sandbox.warm import UsualExtensions
+
+            default = cfg.permissions.default_role
+            # A custom default role's permissions are each space's own: unknown here.
+            usual = extensions.for_run(permissions_of(default)) if not is_custom(default) else None
+            if usual is not None and usual.names:
+                self.runner.usual_extensions = UsualExtensions(usual.mounts, usual.names)
         self.pipeline.executor.hooks = self.ext_hooks
         from mercury.pipeline.scheduler import Scheduler
 

@@ -47,7 +47,14 @@ from mercury.sandbox.reaper import ENGINE_ERRORS as _ENGINE_ERRORS
 from mercury.sandbox.reaper import Reaper
 from mercury.sandbox.spaces import SpaceStore, free_bytes
 from mercury.sandbox.types import ImageBuildState, RunReason, RunRequest, RunResult
-from mercury.sandbox.warm import SocketFolders, WarmPool, WarmSlot, plain_request
+from mercury.sandbox.warm import (
+    NO_EXTENSIONS,
+    SocketFolders,
+    UsualExtensions,
+    WarmPool,
+    WarmSlot,
+    plain_request,
+)
 from mercury.sandbox.watch import ActiveRun, RunWatching, mib
 
 log = get_logger("mercury.sandbox.runner")
@@ -100,6 +107,9 @@ class ContainerRunner(RunWatching):
         self._client = client
         self._owns_client = client is None
         self._client_lock = asyncio.Lock()
+        # What the default role's runs are granted (set by the App): warm containers
+        # are made with it (warm.py).
+        self.usual_extensions: UsualExtensions = NO_EXTENSIONS
         # Raises IdentityError (a ValueError) when container.user cannot work here.
         self.identity = container_identity(config.container)
         # The one owner of space folders: the pipeline saves uploads through it too.
@@ -370,7 +380,7 @@ class ContainerRunner(RunWatching):
             return self._call_failed(run, "start failed", exc)
         run.started_container = True
         log.debug("run.started", run_id=req.run_id, space_id=req.space_id, container=run.name)
-        if plain_request(req):
+        if plain_request(req, self.usual_extensions):
             self.warm.want(req.space_id)  # the space is active: its next container waits
         timeout = req.timeout_s or cfg.container.timeout
         return await self._watch(run, client, time.monotonic() + timeout, timeout)

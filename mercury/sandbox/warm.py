@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -124,17 +124,30 @@ class WarmSlot:
     probe: asyncio.Future[dict[str, Any]] | None = None
 
 
-def plain_request(req: RunRequest) -> bool:
-    """A run with the config's container (no per-request image, memory, network, env,
-    mounts or timeout): the only kind a warm container, made from the config alone, may
-    serve."""
+@dataclass(frozen=True)
+class UsualExtensions:
+    """The extensions most runs get (those of the default role, set by the App): warm
+    containers are made with their folders mounted and their packages unmasked, so the
+    runs of the usual caller can still be served warm when extensions are enabled."""
+
+    mounts: Mapping[Path, str] = field(default_factory=dict)
+    names: tuple[str, ...] = ()
+
+
+NO_EXTENSIONS = UsualExtensions()
+
+
+def plain_request(req: RunRequest, usual: UsualExtensions = NO_EXTENSIONS) -> bool:
+    """A run with the config's container (no per-request image, memory, network, env or
+    timeout) and the usual extensions: the only kind a warm container, made from the
+    config alone, may serve."""
     return (
         req.image is None
         and req.memory is None
         and req.network is None
         and not req.env
-        and not req.readonly_mounts
-        and not req.extensions
+        and dict(req.readonly_mounts) == dict(usual.mounts)
+        and tuple(req.extensions) == usual.names
         and req.timeout_s is None
     )
 
@@ -245,7 +258,7 @@ class WarmPool:
         runner = self.runner
         req = run.request
         usable = (
-            plain_request(req)
+            plain_request(req, runner.usual_extensions)
             and slot.image == image
             and req.api_socket_dir is not None
             and req.api_socket_dir.resolve() == slot.socket_dir.resolve()
@@ -282,9 +295,10 @@ class WarmPool:
             io_dir=slot.io_dir,
             resources_dir=runner.resources_dir,
             api_socket_dir=slot.socket_dir,
-            # It serves only plain runs (no extension granted): every extension's packages
-            # stay hidden.
-            masked=runner.images.masked_for(slot.image),
+            # It serves only runs granted the usual extensions: theirs are mounted, every
+            # other extension's packages stay hidden.
+            readonly_mounts=runner.usual_extensions.mounts,
+            masked=runner.images.masked_for(slot.image, runner.usual_extensions.names),
             user=runner.identity.user,
             wait=True,
             # Its own end, a minute past the pool's: for one whose Mercury was killed.

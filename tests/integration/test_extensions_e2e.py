@@ -282,3 +282,30 @@ def space_dir_parts(m: Mercury, space: str) -> tuple[str, ...]:
     found = [p for p in (m.data_dir / "spaces").iterdir() if space in p.name]
     assert len(found) == 1, list((m.data_dir / "spaces").iterdir())
     return (found[0].name,)
+
+
+def test_a_warm_container_serves_a_run_with_the_usual_extensions(
+    site: Any, fake: FakeModelServer, ext_image: str, tmp_path: Path
+) -> None:
+    """Every member is granted the shipped extensions (permission run), so warm containers
+    are made with them: the space's second message is handed to one, tools working."""
+    import time
+
+    section = {"dir": str(copy_extensions(tmp_path)), "enabled": list(SHIPPED)}
+    m: Mercury = site(timeout=120, warm=True, extra={"extensions": section})
+    m.start()
+    try:
+        wait_for_log(m, "ext image built")
+        fake.script([Text("first")])
+        m.post("warm", "one")
+        assert m.wait_replies("warm", 1)[0]["text"] == "first"
+        deadline = time.monotonic() + 60
+        while "warm.ready" not in m.logs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        fake.script([Turn([bash("make-chart --help | head -1")]), Turn([Text("second")])])
+        m.post("warm", "two")
+        assert m.wait_replies("warm", 2)[1]["text"] == "second"
+        assert "warm.handover" in m.logs(), m.logs()[-3000:]
+        assert any("usage: make-chart" in r for r in tool_results(fake)), tool_results(fake)
+    finally:
+        assert m.stop() == 0

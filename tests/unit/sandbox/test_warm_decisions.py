@@ -6,7 +6,14 @@ import asyncio
 from pathlib import Path
 
 from mercury.sandbox.types import RunRequest
-from mercury.sandbox.warm import WarmSlot, expired, oldest, plain_request, should_warm
+from mercury.sandbox.warm import (
+    UsualExtensions,
+    WarmSlot,
+    expired,
+    oldest,
+    plain_request,
+    should_warm,
+)
 
 
 def slot(space: str, made_at: float, ready: bool = True) -> WarmSlot:
@@ -56,3 +63,20 @@ def test_only_a_run_with_the_configs_container_may_use_a_warm_one() -> None:
         {"timeout_s": 5.0},
     ):
         assert not plain_request(RunRequest(run_id="r", space_id="s", input={}, **changed))
+
+
+def test_a_run_granted_the_usual_extensions_may_use_a_warm_one() -> None:
+    """Warm containers are made with the default role's extensions mounted: a run granted
+    exactly those fits, one granted more or fewer (an admin, a stranger) does not."""
+    usual = UsualExtensions({Path("/ext/web"): "/opt/mercury/ext/web"}, ("web",))
+    member = RunRequest(run_id="r", space_id="s", input={}, readonly_mounts=dict(usual.mounts),
+                        extensions=("web",))  # fmt: skip
+    assert plain_request(member, usual)
+    assert not plain_request(member)  # no usual extensions: only an ungranted run fits
+    admin = RunRequest(
+        run_id="r", space_id="s", input={},
+        readonly_mounts={**usual.mounts, Path("/ext/vault"): "/opt/mercury/ext/vault"},
+        extensions=("vault", "web"),
+    )  # fmt: skip
+    assert not plain_request(admin, usual)
+    assert not plain_request(RunRequest(run_id="r", space_id="s", input={}), usual)
