@@ -8,24 +8,21 @@ output); the last test runs `mercury ext` as a real process to prove the group i
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import structlog
 import yaml
 from click.testing import CliRunner
 
 from mercury.cli import main
 from mercury.config import load_config
 from mercury.extensions import load_enabled
+from tests.integration.cli_logging import logging_as_it_was
 from tests.integration.mercury_site import mercury
 
 CLEAN_ENV = {"MERCURY_CONFIG": None, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
@@ -40,21 +37,6 @@ extensions:
   settings:
     web-reader: {max_chars: 500}
 """
-
-
-@contextlib.contextmanager
-def logging_as_it_was() -> Iterator[None]:
-    """A command may configure logging onto the runner's captured stream, as a process does
-    at its start: put it back afterwards, or later tests would log into that dead buffer."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    config = structlog.get_config()
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        structlog.configure(**config)
 
 
 def write_extension(root: Path, name: str, **manifest: Any) -> Path:

@@ -11,12 +11,10 @@ expressions are read on Berlin's clock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +22,6 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
-import structlog
 from click.testing import CliRunner
 
 from mercury.cli import main
@@ -42,6 +39,7 @@ from mercury.storage import (
 from mercury.storage.spend import add_model_call
 from mercury.storage.tasks import TaskRecord, get_task, list_tasks, note_task_outcome
 from tests.fakes.model_server import FakeModelServer
+from tests.integration.cli_logging import logging_as_it_was
 from tests.integration.mercury_site import echo_responder, mercury
 
 T = TypeVar("T")
@@ -49,21 +47,6 @@ T = TypeVar("T")
 CLEAN_ENV = {"MERCURY_CONFIG": None, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
-
-
-@contextlib.contextmanager
-def logging_as_it_was() -> Iterator[None]:
-    """The command configures logging onto the runner's captured stream, as a process does
-    at its start: put it back afterwards, or later tests would log into that dead buffer."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    config = structlog.get_config()
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        structlog.configure(**config)
 
 
 class Site:
