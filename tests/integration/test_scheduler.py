@@ -34,6 +34,7 @@ from mercury.pipeline.scheduler import (
     run_task_now,
     task_cost_estimate,
 )
+from mercury.pipeline.task_hook import task_text
 from mercury.sandbox.types import RunResult
 from mercury.storage import Database, JobRecord, JobStatus, MessageRole, repo
 from mercury.storage.migrate import upgrade
@@ -405,7 +406,7 @@ async def _end(rig: Rig, job: JobRecord, result: RunResult) -> None:
     ex = rig.executor
     payload = JobPayload.from_dict(job.payload)
     text = ex._reply_text(job, result)
-    answer = (text, await ex._task_text(job, payload, result.reason, text))
+    answer = (text, await task_text(ex.tasks, job, payload, result.reason, text))
     stored = await ex._store_outcome(job, payload, result, None, NOW, answer=answer)
     if stored is not None:
         await ex.outbox.deliver(stored)

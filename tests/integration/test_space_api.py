@@ -570,15 +570,15 @@ async def test_a_custom_role_holding_the_admin_permission_may_manage_roles(api: 
 
 
 async def test_the_executor_gives_a_run_its_custom_roles_permissions(db: Database) -> None:
-    from mercury.config import Config
-    from mercury.pipeline.runs import RunExecutor
+    """The executor resolves a run's permissions with role_permissions_in: a custom role's
+    are the space's own."""
+    from mercury.pipeline.standing import role_permissions_in
     from mercury.storage import grant_permission
 
     await grant_permission(db, "space-a", "keeper", "admin")
-    executor = RunExecutor(Config(), db, runner=None, host=None, adapters={})  # type: ignore[arg-type]
-    assert "admin" in await executor._permissions("space-a", "keeper")
-    assert await executor._permissions("space-a", "nobody") == frozenset()
-    assert "admin" not in await executor._permissions("space-a", "member")
+    assert "admin" in await role_permissions_in(db, "space-a", "keeper")
+    assert await role_permissions_in(db, "space-a", "nobody") == frozenset()
+    assert "admin" not in await role_permissions_in(db, "space-a", "member")
 
 
 async def test_the_space_api_is_mounted_before_the_server_starts(
