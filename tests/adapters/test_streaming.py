@@ -225,7 +225,7 @@ async def rig(
 
             client = docker.from_env()
             left = client.containers.list(
-                all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}
+                ignore_removed=True, all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}
             )
             client.close()
             assert left == [], "containers left behind"

@@ -108,7 +108,7 @@ def mercury(
         m.stop()
     client = docker.from_env()
     for container in client.containers.list(
-        all=True, filters={"label": f"{LABEL_INSTANCE}={m.instance}"}
+        ignore_removed=True, all=True, filters={"label": f"{LABEL_INSTANCE}={m.instance}"}
     ):
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             container.remove(force=True)

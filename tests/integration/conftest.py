@@ -88,7 +88,9 @@ def badentry_image(docker_client: docker.DockerClient, base_image: str) -> str:
 
 
 def instance_containers(client: docker.DockerClient, instance: str) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"})
+    return client.containers.list(
+        ignore_removed=True, all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}
+    )
 
 
 @pytest.fixture
@@ -215,7 +217,7 @@ def site(tmp_path: Path, agent_image: str, fake: FakeModelServer) -> Iterator[An
         if m.proc is not None and m.proc.poll() is None:
             m.stop(signal.SIGKILL)
         for c in client.containers.list(
-            all=True, filters={"label": f"{LABEL_INSTANCE}={m.instance}"}
+            ignore_removed=True, all=True, filters={"label": f"{LABEL_INSTANCE}={m.instance}"}
         ):
             # 404/409: Mercury's own cleanup got there first ("removal in progress").
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):

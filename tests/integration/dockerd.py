@@ -201,7 +201,7 @@ class PrivateEngine:
     def remove_all_containers(self) -> None:
         client = self.client()
         try:
-            for container in client.containers.list(all=True):
+            for container in client.containers.list(ignore_removed=True, all=True):
                 with contextlib.suppress(docker.errors.NotFound):
                     container.remove(force=True)
         finally:

@@ -91,7 +91,9 @@ class Rig:
         if self.runner:
             await self.runner.aclose()
             left = self.client.containers.list(
-                all=True, filters={"label": f"mercury.instance={self.config.instance}"}
+                ignore_removed=True,
+                all=True,
+                filters={"label": f"mercury.instance={self.config.instance}"},
             )
             assert left == []
         if self.host:

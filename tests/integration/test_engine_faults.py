@@ -165,7 +165,9 @@ def instance_containers(engine: PrivateEngine, instance: str) -> list[Any]:
     client = engine.client()
     try:
         return list(
-            client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"})
+            client.containers.list(
+                ignore_removed=True, all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}
+            )
         )
     finally:
         client.close()

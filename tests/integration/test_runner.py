@@ -60,7 +60,9 @@ async def wait_running(client: docker.DockerClient, name: str, timeout: float = 
 
 
 def instance_containers(client: docker.DockerClient, instance: str) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"})
+    return client.containers.list(
+        ignore_removed=True, all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}
+    )
 
 
 def container_exists(client: docker.DockerClient, name: str) -> bool:

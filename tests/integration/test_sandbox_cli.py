@@ -40,7 +40,9 @@ def sandbox_run(cwd: Path, prompt: str, *args: str) -> subprocess.CompletedProce
 
 
 def left_behind(client: docker.DockerClient, instance: str) -> list[str]:
-    found = client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"})
+    found = client.containers.list(
+        ignore_removed=True, all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}
+    )
     return [c.name for c in found]
 
 
