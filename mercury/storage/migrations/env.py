@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from mercury.storage.db import parse_database_url
 from mercury.storage.migrate import migration_connection
 from mercury.storage.models import Base
+from mercury.storage.recall import include_name
 
 config = context.config
 target_metadata = Base.metadata
@@ -27,6 +28,8 @@ def _configure_and_run(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        # The recall index (migration 0010) is not in the models: never propose dropping it.
+        include_name=include_name,
         # SQLite cannot ALTER most things; batch mode recreates the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
     )
