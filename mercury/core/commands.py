@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -25,6 +26,9 @@ class CommandKind(StrEnum):
     TASKS = "tasks"  # list the space's scheduled tasks
     BUDGET = "budget"  # show the spending caps and what is used
     BUDGET_SET = "budget_set"  # set one of the space's own caps (admins)
+    MEMORY = "memory"  # show the sender's own person note
+    FORGET = "forget"  # clear the sender's own person note
+    FORGET_OTHER = "forget_other"  # clear someone else's note (admins)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class Command:
     model: str | None = None
     # /budget <cap> <value>: the space's own cap to store.
     budget: BudgetSetting | None = None
+    # /forget <platform:user_id>: whose note an admin clears (a user key).
+    user: str | None = None
     # Set when the arguments were unusable: show this to the user instead of acting.
     error: str | None = None
 
@@ -52,6 +58,9 @@ Commands:
   /tasks — the scheduled tasks here: next run, last result, cost
   /budget — the spending caps here and what is used
   /budget <cap> <value> — set a cap of this space (admins), e.g. /budget day $5
+  /memory — what I remember about you here (used only when I answer you)
+  /forget — forget what I remember about you here
+  /forget <platform:user_id> — forget someone else's (admins), e.g. /forget slack:U0123
   /help — this text"""
 
 # A pause longer than this is almost certainly a typo; "until /resume" is the open-ended form.
@@ -77,6 +86,8 @@ _SLASH = {
     "tasks": CommandKind.TASKS,
     "model": CommandKind.MODEL_LIST,  # refined below
     "budget": CommandKind.BUDGET,  # refined below
+    "memory": CommandKind.MEMORY,
+    "forget": CommandKind.FORGET,  # refined below
 }
 _MODEL_USAGE = "Usage: /model list, or /model switch <number|name>."
 
@@ -108,6 +119,10 @@ def parse_command(text: str) -> Command | None:
         return _model(args)
     if kind is CommandKind.BUDGET:
         return _budget(args)
+    if kind is CommandKind.MEMORY and args:
+        return Command(kind, error=_MEMORY_USAGE)
+    if kind is CommandKind.FORGET:
+        return _forget(args)
     return Command(kind)
 
 
@@ -158,3 +173,30 @@ def _budget(args: list[str]) -> Command:
     except CapError as exc:
         return Command(CommandKind.BUDGET_SET, error=f"I couldn't set that: {exc}.")
     return Command(CommandKind.BUDGET_SET, budget=setting)
+
+
+_MEMORY_USAGE = "Usage: /memory shows what I remember about you here; /forget clears it."
+_FORGET_USAGE = (
+    "Usage: /forget clears what I remember about you here; admins: /forget platform:user_id "
+    "(e.g. /forget slack:U0123) clears someone else's."
+)
+# "platform:user_id" as roles, mutes and config admins write it (core.permissions.user_key).
+_USER_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,31}:[^\s:][^\s]{0,254}$")
+
+
+def _forget(args: list[str]) -> Command:
+    """/forget alone is the sender's own note; with one `platform:user_id`, someone else's
+    (the router asks for the admin permission before that is carried out). A bare @name
+    cannot be told apart across platforms, so it is answered with the form that works."""
+    if not args:
+        return Command(CommandKind.FORGET)
+    if len(args) > 1:
+        return Command(CommandKind.FORGET_OTHER, error=_FORGET_USAGE)
+    who = args[0]
+    if not _USER_KEY.match(who):
+        return Command(
+            CommandKind.FORGET_OTHER,
+            error=f"I can't tell who {who[:60]!r} is: name them as platform:user_id, e.g. "
+            "/forget slack:U0123 (the dashboard's space page lists the notes).",
+        )
+    return Command(CommandKind.FORGET_OTHER, user=who)

@@ -32,7 +32,7 @@ class Permission(StrEnum):
     PAUSE = "pause"
     MODEL = "model"
     CLEAR = "clear"
-    ADMIN = "admin"  # manage roles, mutes and the space's spending caps
+    ADMIN = "admin"  # manage roles, mutes, the spending caps, others' memory
 
 
 ADMIN_ROLE = "admin"
@@ -123,6 +123,10 @@ _COMMAND_PERMISSION: dict[CommandKind, Permission | None] = {
     # Seeing the caps is for whoever may use the agent; changing one is the admins'.
     CommandKind.BUDGET: Permission.RUN,
     CommandKind.BUDGET_SET: Permission.ADMIN,
+    # A person's own memory is theirs to see and clear; someone else's, the admins'.
+    CommandKind.MEMORY: None,
+    CommandKind.FORGET: None,
+    CommandKind.FORGET_OTHER: Permission.ADMIN,
 }
 
 

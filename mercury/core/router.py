@@ -76,7 +76,8 @@ _DENIED: dict[str, str] = {
     Permission.PAUSE: "pause or resume me",
     Permission.MODEL: "switch the model",
     Permission.CLEAR: "clear the conversation",
-    Permission.ADMIN: "change this space's admin settings (roles, mutes, spending caps)",
+    Permission.ADMIN: "change this space's admin settings (roles, mutes, spending caps, "
+    "other people's memory)",
     Permission.RUN: "use me",
 }
 

@@ -1,5 +1,5 @@
 """Carrying out chat commands (stop, /pause, /resume, /status, /model, clear, /budget, /tasks,
-/help).
+/memory, /forget, /help).
 
 The inbound handler parses and routes a message (`core.router`); when the router says
 COMMAND, it hands the parsed `core.commands.Command` here and sends back the text this
@@ -24,6 +24,8 @@ from mercury.pipeline.budget import BudgetBook, read_overrides, write_override
 from mercury.pipeline.budget_status import budget_statuses
 from mercury.pipeline.task_gate import task_cost_estimate
 from mercury.storage import JobStatus, Store, repo, utcnow
+
+NO_NOTES = "I have no notes about you."
 
 
 class RunControl(Protocol):
@@ -74,7 +76,8 @@ class ChatCommands:
     async def run(self, cmd: Command, space_id: str, user_key: str | None = None) -> str:
         """Do `cmd` in the space; the text for the chat.
 
-        `user_key`: who sent it ("platform:user_id"), for /budget's "you: ... used".
+        `user_key`: who sent it ("platform:user_id"), for /budget's "you: ... used" and
+        whose note /memory and /forget mean.
         Every command is safe to do twice (the inbound handler may, when storing the
         message failed after the command was done and the sender retries)."""
         kind = cmd.kind
@@ -98,6 +101,12 @@ class ChatCommands:
             return model_list_text(self.config.model.chain, await self._model(space_id))
         if kind is CommandKind.MODEL_SWITCH:
             return await self.switch_model(space_id, cmd.model or "")
+        if kind is CommandKind.MEMORY:
+            return await self.memory(space_id, user_key)
+        if kind is CommandKind.FORGET:
+            return await self.forget(space_id, user_key)
+        if kind is CommandKind.FORGET_OTHER and cmd.user is not None:
+            return await self.forget(space_id, cmd.user, own=False)
         return HELP_TEXT
 
     async def stop(self, space_id: str) -> str:
@@ -165,6 +174,22 @@ class ChatCommands:
         caps = self._base_caps().with_overrides(await read_overrides(self.db, space_id))
         return setting_text(setting, caps.get(setting.scope))
 
+    async def memory(self, space_id: str, user_key: str | None) -> str:
+        """/memory: the sender's own note here, as their runs are given it (nobody else's)."""
+        note = await repo.get_note(self.db, space_id, user_key) if user_key else None
+        if note is None:
+            return NO_NOTES
+        return f"What I remember about you here:\n{note.text}\n\n/forget clears it."
+
+    async def forget(self, space_id: str, user_key: str | None, *, own: bool = True) -> str:
+        """/forget: clear the sender's own note; `own=False`: an admin's /forget <user key>."""
+        cleared = await repo.clear_note(self.db, space_id, user_key) if user_key else False
+        if own:
+            return "Done: I no longer remember anything about you here." if cleared else NO_NOTES
+        if cleared:
+            return f"Done: I no longer remember anything about {user_key} here."
+        return f"I have no notes about {user_key} here."
+
     def _base_caps(self) -> Caps:
         """The config's caps (the running book's, which read the same config)."""
         return self.budget.base if self.budget is not None else self.config.budgets.caps()
@@ -199,4 +224,4 @@ class ChatCommands:
         return prefs.get(MODEL_PREF) or self.config.model.chain[0].model
 
 
-__all__ = ["ChatCommands", "RunControl", "find_leg", "model_list_text"]
+__all__ = ["NO_NOTES", "ChatCommands", "RunControl", "find_leg", "model_list_text"]

@@ -1,5 +1,5 @@
 """A run's input.json (but its host API token): the prompt, the history window, the
-space's preferences, the caller."""
+space's preferences, the caller and what the agent remembers about them."""
 
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ async def build_run_input(
             answering=payload.message_id,
         )
         prefs = await repo.get_preferences(s, job.space_id)
+        # The caller's own note, by the run's user key: never anyone else's (a run with
+        # no user key, the operator's or a creatorless task's, gets none).
+        note = await repo.get_note(s, job.space_id, payload.user_key) if payload.user_key else None
     items = [
         HistoryItem(
             id=str(m.id),
@@ -68,4 +71,5 @@ async def build_run_input(
         caller=Caller(payload.author_id, payload.author_name, payload.role),
         attachments=payload.attachments,
         preferences={k: v for k, v in prefs.items() if not k.startswith("_")},
+        person_note=note.text if note is not None else None,
     )

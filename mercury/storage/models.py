@@ -363,6 +363,21 @@ class Preference(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class PersonNote(Base):
+    """What the agent remembers about one person in one space (0011): given only to the
+    runs that person triggers, written only through their own runs (storage/person_notes.py)."""
+
+    __tablename__ = "person_notes"
+
+    space_id: Mapped[str] = mapped_column(
+        ForeignKey("spaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_key: Mapped[str] = mapped_column(String(300), primary_key=True)  # "platform:user_id"
+    text: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(300))  # e.g. "run:<run id>"
+
+
 class Task(Base):
     """A scheduled prompt: by cron expression, fixed interval, or once at a time."""
 

@@ -2,9 +2,10 @@
 
 Why this module exists: storage is split by aggregate (spaces.py, conversations.py,
 messages.py, jobs.py, runs.py, usage.py, roles.py, mutes.py, preferences.py, tasks.py,
-replies.py), one module per kind of row, with the shared plumbing in
-session.py. Code written before the split says `from mercury.storage import repo`; this
-re-export keeps it working unchanged. New code may import the aggregate module it needs.
+replies.py, person_notes.py; recall.py searches messages), one module per kind of row,
+with the shared plumbing in session.py. Code written before the split says
+`from mercury.storage import repo`; this re-export keeps it working unchanged. New code
+may import the aggregate module it needs.
 Nothing is defined here.
 """
 
@@ -40,7 +41,17 @@ from mercury.storage.jobs import (
 from mercury.storage.messages import MessageRecord, add_message, has_message, recent_messages
 from mercury.storage.models import FINAL_JOB_STATUSES, JobStatus, MessageRole, RunReason, utcnow
 from mercury.storage.mutes import MuteRecord, is_muted, list_mutes, mute, unmute
+from mercury.storage.person_notes import (
+    NoteError,
+    PersonNoteRecord,
+    append_note,
+    clear_note,
+    get_note,
+    list_notes,
+    set_note,
+)
 from mercury.storage.preferences import delete_preference, get_preferences, set_preference
+from mercury.storage.recall import RecallHit, search_messages
 from mercury.storage.roles import (
     RoleRecord,
     get_role,
@@ -97,6 +108,9 @@ __all__ = [
     "MessageRole",
     "MuteRecord",
     "NotFound",
+    "NoteError",
+    "PersonNoteRecord",
+    "RecallHit",
     "RoleRecord",
     "RunReason",
     "RunRecord",
@@ -110,8 +124,10 @@ __all__ = [
     "add_message",
     "add_task",
     "add_usage",
+    "append_note",
     "cancel_task",
     "claim_next_jobs",
+    "clear_note",
     "count_jobs",
     "delete_preference",
     "due_tasks",
@@ -121,6 +137,7 @@ __all__ = [
     "get_conversation",
     "get_conversation_by_id",
     "get_job",
+    "get_note",
     "get_or_create_space",
     "get_preferences",
     "get_role",
@@ -133,6 +150,7 @@ __all__ = [
     "link_conversation",
     "list_jobs",
     "list_mutes",
+    "list_notes",
     "list_roles",
     "list_runs",
     "list_spaces",
@@ -153,6 +171,8 @@ __all__ = [
     "role_permissions",
     "run_summary",
     "runs_per_hour",
+    "search_messages",
+    "set_note",
     "set_preference",
     "set_role",
     "set_space_profile",

@@ -3,7 +3,9 @@
 Mercury runs in-process (`App`, the real pipeline and queue), each adapter on its real
 client library talks to its fake platform server on 127.0.0.1, every run is the real agent
 image on the real Docker engine, and the agent's model is the fake model server reached
-through the host API. A Driver per platform speaks that platform's fake.
+through the host API. A Driver per platform speaks that platform's fake. The chat
+commands of per-person memory (/memory, /forget) are proved on the web chat too (its
+driver is the streaming suite's).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,9 @@ pytestmark = pytest.mark.docker
 
 LONG_LINE = "The quick brown fox jumps over the lazy dog 0123456789 "
 LONG_REPLY = "\n".join(f"{i:04d} {LONG_LINE * 2}" for i in range(90))  # ~10,000 chars
+# What the agent notes about a person when told "remember this about me": said nowhere in
+# the chat, so it can reach a run only as that person's note.
+NOTE = "NOTE4711 drinks green tea"
 
 
 def free_port() -> int:
@@ -80,6 +86,8 @@ def responder(body: dict[str, Any]) -> Turn:
         return Turn([Text(LONG_REPLY)])
     if "read my file" in prompt:
         return Turn([ToolCall("bash", {"command": "cat /space/inbox/*"})])
+    if "remember this about me" in prompt:
+        return Turn([ToolCall("bash", {"command": f"mercury-ctl memory append '{NOTE}'"})])
     if "send me a file" in prompt:
         return Turn(
             [ToolCall("write_file", {"path": "outbox/out.txt", "content": "outbox content"})]
@@ -141,6 +149,15 @@ class SlackDriver:
         from tests.fakes.slack_server import FakeSlack
 
         event = FakeSlack.message(f"<@{FakeSlack.BOT_USER_ID}> {text}", event_type="app_mention")
+        return await self._push(event)
+
+    async def mention_as_other(self, text: str) -> str:
+        """A mention in the same channel by another person."""
+        from tests.fakes.slack_server import FakeSlack
+
+        event = FakeSlack.message(
+            f"<@{FakeSlack.BOT_USER_ID}> {text}", event_type="app_mention", user="U2"
+        )
         return await self._push(event)
 
     async def channel(self, text: str) -> str:
@@ -224,6 +241,13 @@ class DiscordDriver:
 
     async def mention(self, text: str) -> str:
         return await self._send(f"<@{self.ds.BOT_ID}> {text}", mentions=[self.ds.BOT_USER])
+
+    async def mention_as_other(self, text: str) -> str:
+        """A mention in the same channel by another person."""
+        bob = self.ds.user_payload(self.ds.USER_ID + 1, "bob")
+        return await self._send(
+            f"<@{self.ds.BOT_ID}> {text}", mentions=[self.ds.BOT_USER], author=bob
+        )
 
     async def channel(self, text: str) -> str:
         return await self._send(text)
@@ -322,6 +346,17 @@ class TelegramDriver:
             )
         )
 
+    async def mention_as_other(self, text: str) -> str:
+        """A mention in the same group by another person."""
+        handle = f"@{self.ts.BOT_USERNAME}"
+        entity = {"type": "mention", "offset": 0, "length": len(handle)}
+        return self._push(
+            self.fake.message_update(
+                chat_id=self.GROUP_CHAT, text=f"{handle} {text}", entities=[entity],
+                user_id=502, first_name="Bob",
+            )
+        )  # fmt: skip
+
     async def channel(self, text: str) -> str:
         return self._push(self.fake.message_update(chat_id=self.GROUP_CHAT, text=text))
 
@@ -397,11 +432,10 @@ class Rig:
         raise AssertionError(f"unexpected message from the bot: {out}")
 
 
-@pytest.fixture(params=sorted(DRIVERS))
-async def rig(
-    request: pytest.FixtureRequest, tmp_path: Path, agent_image: str
-) -> AsyncIterator[Rig]:
-    driver = DRIVERS[request.param]()
+@asynccontextmanager
+async def serving(driver: Any, tmp_path: Path, agent_image: str) -> AsyncIterator[Rig]:
+    """Mercury in-process with the driver's adapter, the scripted model, and a check that
+    no container is left behind."""
     await driver.start()
     async with FakeModelServer() as fake:
         fake.responder = responder
@@ -409,7 +443,8 @@ async def rig(
         cfg = {
             "instance": instance,
             "data_dir": str(tmp_path / "data"),
-            "server": {"port": free_port()},
+            # The web chat's driver chose the port it speaks to; the others need none.
+            "server": {"host": "127.0.0.1", "port": getattr(driver, "port", None) or free_port()},
             # Warm containers off, as streaming: test_streaming.py is this rig with both on.
             "container": {
                 "image": agent_image,
@@ -433,6 +468,8 @@ async def rig(
         env = {"ANTHROPIC_API_KEY": "sk-ant-conformance-0000", **driver.env()}
         app = App(load_config(path, env=env))
         await app.start()
+        if hasattr(driver, "attach"):  # the web chat: its event stream, once it is served
+            await driver.attach()
         try:
             yield Rig(driver, fake, app)
         finally:
@@ -442,10 +479,34 @@ async def rig(
 
             client = docker.from_env()
             left = client.containers.list(
-                all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}
+                ignore_removed=True, all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}
             )
             client.close()
             assert left == [], "containers left behind"
+
+
+@pytest.fixture(params=sorted(DRIVERS))
+async def rig(
+    request: pytest.FixtureRequest, tmp_path: Path, agent_image: str
+) -> AsyncIterator[Rig]:
+    async with serving(DRIVERS[request.param](), tmp_path, agent_image) as served:
+        yield served
+
+
+@pytest.fixture(params=[*sorted(DRIVERS), "web"])
+async def any_chat(
+    request: pytest.FixtureRequest, tmp_path: Path, agent_image: str
+) -> AsyncIterator[Rig]:
+    """The rig on the three platforms and on the web chat (spoken to over its HTTP API and
+    event stream by test_streaming.py's driver)."""
+    if request.param == "web":
+        from tests.adapters.test_streaming import WebDriver  # it imports this module
+
+        driver: Any = WebDriver()
+    else:
+        driver = DRIVERS[request.param]()
+    async with serving(driver, tmp_path, agent_image) as served:
+        yield served
 
 
 # --------------------------------------------------------------------------- the suite
@@ -534,3 +595,37 @@ async def test_a_malformed_event_is_skipped_and_serving_goes_on(rig: Rig) -> Non
     await rig.driver.dm("still there?")
     out = await rig.reply()
     assert "re: still there?" in out.text
+
+
+async def test_memory_and_forget_show_and_clear_only_the_senders_own_note(any_chat: Rig) -> None:
+    """/memory and /forget on every platform. The agent writes the sender's note through
+    mercury-ctl; the sender sees it with /memory and their next run is given it; another
+    person's run in the same chat is not; /forget deletes it."""
+    rig = any_chat
+    driver = rig.driver
+    # A shared channel where the platform has one (the web chat has its one conversation).
+    say = driver.mention if hasattr(driver, "mention") else driver.dm
+    await say("/memory")
+    assert (await rig.reply()).text.strip() == "I have no notes about you."
+
+    await say("remember this about me")
+    assert "note saved" in (await rig.reply()).text
+    await say("/memory")
+    shown = (await rig.reply()).text
+    assert shown.startswith("What I remember about you here:") and NOTE in shown
+
+    if hasattr(driver, "mention_as_other"):
+        await driver.mention_as_other("what do you know about me?")
+        assert "what do you know about me?" in (await rig.reply()).text
+        seen = json.dumps(rig.model.requests[-1].body)
+        assert NOTE not in seen and "What you remember about" not in seen
+
+    await say("what do you know about me?")
+    assert "what do you know about me?" in (await rig.reply()).text
+    seen = json.dumps(rig.model.requests[-1].body)
+    assert "What you remember about" in seen and NOTE in seen
+
+    await say("/forget")
+    assert (await rig.reply()).text.strip() == "Done: I no longer remember anything about you here."
+    await say("/memory")
+    assert (await rig.reply()).text.strip() == "I have no notes about you."

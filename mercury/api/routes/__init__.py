@@ -8,20 +8,32 @@ One module per resource, each a `web.RouteTableDef` of top-level handlers:
     roles.py        /spaces/{space_id}/roles[/{platform}/{user_id}]   admin
     mutes.py        /spaces/{space_id}/mutes[/{platform}/{user_id}]   admin
     budget.py       /spaces/{space_id}/budget              (GET any run, PUT admin)
+    memory.py       /spaces/{space_id}/memory/me           (the run author's own note)
+    recall.py       /spaces/{space_id}/recall?q=...        (search the whole history)
 
 All routes live under `/spaces/{space_id}/...`, so the auth middleware already refused
 tokens of another space; roles and mutes additionally need the run's caller to hold the
 admin permission. `mount_space_api` is the one place that puts them on a server.
 
 Errors are `{"type": "error", "error": {"type", "message"}}` with 400 (bad input), 403,
-404 (no such item in this space), 429 (interim message cap) or 502 (delivery failed).
+404 (no such item in this space), 409 (a person's memory asked by a run that acts for
+nobody), 429 (interim message cap) or 502 (delivery failed).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from mercury.api.routes import budget, messages, mutes, preferences, roles, tasks
+from mercury.api.routes import (
+    budget,
+    memory,
+    messages,
+    mutes,
+    preferences,
+    recall,
+    roles,
+    tasks,
+)
 from mercury.api.routes.common import (
     DEFAULT_INTERIM_PER_RUN,
     SPACE_API,
@@ -39,6 +51,8 @@ RESOURCES: tuple[web.RouteTableDef, ...] = (
     roles.routes,
     mutes.routes,
     budget.routes,
+    memory.routes,
+    recall.routes,
 )
 
 

@@ -1,12 +1,12 @@
 """The Spaces pages: every space at a glance, and one space's conversation, links,
-settings, roles, mutes and files.
+settings, roles, mutes, person notes and files.
 
 GET  /spaces                       the list, most recently active first (?page=N)
 GET  /spaces/{id}                  one space (?before=<message id> pages the conversation)
 GET  /spaces/{id}/files            its folder, read-only (?path=a/b)
 GET  /spaces/{id}/files/download   one regular file of it, as an attachment (?path=a/b.txt)
 POST /spaces/{id}/<action>         link, unlink, profile, model, pause, resume, clear,
-                                   role, unrole, mute, unmute
+                                   role, unrole, mute, unmute, forget (a person's note)
 
 Every action is a plain form POST carrying the session's CSRF token (checked by
 render.page) that answers 303 back to the space's page with a fixed notice code, so it
@@ -42,12 +42,14 @@ from mercury.sandbox.resources import resources_dir
 from mercury.sandbox.spaces import spaces_root
 from mercury.storage import (
     SpaceRecord,
+    clear_note,
     delete_preference,
     get_conversation,
     get_preferences,
     get_space,
     link_conversation,
     list_mutes,
+    list_notes,
     list_roles,
     mute,
     pause_space,
@@ -95,6 +97,7 @@ NOTICES: dict[str, str] = {
     "unrole": "Role removed.",
     "muted": "User muted.",
     "unmuted": "User unmuted.",
+    "forgot": "Note deleted: the agent no longer remembers anything about that person here.",
 }
 
 
@@ -219,6 +222,7 @@ async def _detail(
         conversations=await linked_conversations(db, space.id),
         roles=await list_roles(db, space.id),
         mutes=await list_mutes(db, space.id, now=now),
+        notes=await list_notes(db, space.id),
         profiles=available_profiles(space.profile, d.config.agent.profile),
         chain=chain,
         chosen_model=chosen,
@@ -372,6 +376,14 @@ async def _unmute(request: web.Request, space: SpaceRecord, form: Any) -> Outcom
     return Outcome("unmuted", "people")
 
 
+async def _forget(request: web.Request, space: SpaceRecord, form: Any) -> Outcome:
+    """Delete one person's note (as an admin's /forget platform:user_id does)."""
+    user_key = field(form, "user_key", max_len=300)
+    if not await clear_note(deps(request).db, space.id, user_key):
+        raise FormProblem("that person has no note in this space")
+    return Outcome("forgot", "memory")
+
+
 ACTIONS = {
     "link": _link,
     "unlink": _unlink,
@@ -385,6 +397,7 @@ ACTIONS = {
     "unrole": _unrole,
     "mute": _mute,
     "unmute": _unmute,
+    "forget": _forget,
 }
 
 

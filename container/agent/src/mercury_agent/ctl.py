@@ -9,9 +9,11 @@ $MERCURY_API_TOKEN, for the space in $MERCURY_SPACE_ID (asked from /v1/whoami if
                                             | --at "tomorrow 09:00")
                                             [--silent] [--skip-missed] | cancel ID]
     mercury-ctl say "text"
+    mercury-ctl recall "words" [--limit N]      (search the whole history of this chat)
     mercury-ctl roles [list | set PLATFORM USER ROLE | remove PLATFORM USER]   (admin)
     mercury-ctl mutes [list | add PLATFORM USER [--for 1h] [--reason R]
                        | remove PLATFORM USER]                                 (admin)
+    mercury-ctl memory [show | set TEXT | append TEXT | clear]   (the person this run answers)
 
 Output is a compact table or a line of text (`--json` prints the server's JSON). Exit
 status 0 on success, 1 with the server's error message on stderr otherwise.
@@ -135,6 +137,16 @@ def _duration(seconds: int) -> str:
     return out or "0s"
 
 
+def _recall_lines(hits: list[dict[str, Any]]) -> str:
+    """One "date · author · snippet" line per match (dates in UTC, to the minute)."""
+    lines = []
+    for hit in hits:
+        when = str(hit.get("created_at") or "")[:16].replace("T", " ")
+        author = hit.get("author") or hit.get("role") or "?"
+        lines.append(f"{when} UTC · {author} · {hit['snippet']}")
+    return "\n".join(lines)
+
+
 def _render(command: str, action: str, result: Any) -> str:
     """Human-readable output of one command's result."""
     if command == "prefs":
@@ -166,6 +178,8 @@ def _render(command: str, action: str, result: Any) -> str:
             nxt = f", next run {task['next_run_at']}" if task.get("next_run_at") else ""
             return f"task {task['id']} scheduled: {_schedule(task)}{nxt}"
         return f"task {result['id']} cancelled"
+    if command == "recall":
+        return _recall_lines(result["hits"]) or "no match"
     if command == "say":
         return f"sent ({result.get('remaining', '?')} interim messages left in this run)"
     if command == "roles":
@@ -186,6 +200,12 @@ def _render(command: str, action: str, result: Any) -> str:
             until = result.get("until") or "until unmuted"
             return f"muted {result['platform']}/{result['user_id']} ({until})"
         return f"unmuted {result['platform']}/{result['user_id']}"
+    if command == "memory":
+        if action == "clear":
+            return "note cleared" if result["deleted"] else "there was no note to clear"
+        if action == "show":
+            return result["text"] or "(no note about this person yet)"
+        return f"note saved ({len(result['text'])} of {result['max_chars']} characters)"
     return json.dumps(result, indent=2)
 
 
@@ -221,6 +241,18 @@ def _call(client: Client, args: argparse.Namespace) -> tuple[str, Any]:
         return action, client.request("DELETE", client.space("tasks", args.id))
     if command == "say":
         return "say", client.request("POST", client.space("messages"), {"text": args.text})
+    if command == "recall":
+        query = urllib.parse.urlencode({"q": args.query, "limit": args.limit})
+        return "recall", client.request("GET", f"{client.space('recall')}?{query}")
+    if command == "memory":
+        me = client.space("memory", "me")
+        action = getattr(args, "action", None) or "show"
+        if action == "show":
+            return action, client.request("GET", me)
+        if action == "clear":
+            return action, client.request("DELETE", me)
+        key = "text" if action == "set" else "append"
+        return action, client.request("PUT", me, {key: args.text})
     if command == "roles":
         if action == "list":
             return action, client.request("GET", client.space("roles"))
@@ -291,6 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     say = commands.add_parser("say", help="post an interim message to the chat now")
     say.add_argument("text")
 
+    recall = commands.add_parser(
+        "recall", help="search this chat's whole message history (best matches first)"
+    )
+    recall.add_argument("query", help="plain words; all must match, else any of them")
+    recall.add_argument(
+        "--limit", type=int, default=10, metavar="N", help="at most N matches (1-50, default 10)"
+    )
+
     roles = commands.add_parser("roles", help="user roles in this space (admin only)")
     r_actions = roles.add_subparsers(dest="action", metavar="ACTION")
     r_actions.add_parser("list", help="all stored roles (the default)")
@@ -315,6 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     m_remove = m_actions.add_parser("remove", help="lift a mute")
     m_remove.add_argument("platform")
     m_remove.add_argument("user")
+
+    memory = commands.add_parser(
+        "memory", help="your note about the person this run answers (only theirs, private)"
+    )
+    n_actions = memory.add_subparsers(dest="action", metavar="ACTION")
+    n_actions.add_parser("show", help="the note (the default)")
+    n_actions.add_parser("set", help="replace the whole note").add_argument("text")
+    n_actions.add_parser("append", help="add a line to the note").add_argument("text")
+    n_actions.add_parser("clear", help="delete the note")
     return parser
 
 
