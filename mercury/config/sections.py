@@ -356,6 +356,12 @@ class HistoryConfig(Section):
     max_chars: int = Field(20000, ge=0)
 
 
+class MemoryConfig(Section):
+    # The space's MEMORY.md goes into every run's prompt up to this many characters; past
+    # it the agent sees the start and is told to condense the file. 0 = not in the prompt.
+    max_chars: int = Field(8000, ge=0)
+
+
 class SchedulerRetriesConfig(Section):
     # A task's failed run is tried again `attempts` times (0 = never), the first `backoff`
     # after the failure, each next one twice as long after; then reported once.
@@ -451,6 +457,7 @@ class Config(Section):
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
     permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     extensions: ExtensionsConfig = Field(default_factory=ExtensionsConfig)

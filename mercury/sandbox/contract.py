@@ -79,15 +79,18 @@ OPERATOR = Caller("operator", "operator", "admin")
 
 @dataclass(frozen=True)
 class AgentSection:
-    """How the run is answered: the built-in loop, or an agent CLI (`command`)."""
+    """How the run is answered: the built-in loop, or an agent CLI (`command`); and how
+    much of the space's MEMORY.md its prompt holds (`memory.max_chars`, 0 = none)."""
 
     command: tuple[str, ...] | None
     bash_timeout_s: float
+    memory_max_chars: int
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "command": list(self.command) if self.command is not None else None,
             "bash_timeout_s": self.bash_timeout_s,
+            "memory_max_chars": self.memory_max_chars,
         }
 
 
@@ -153,6 +156,9 @@ class RunInput:
     skills: tuple[str, ...] = ()
     egress: bool = False  # the run may use the host's egress proxy (granted hosts only)
     extensions: tuple[ExtensionEntry, ...] = ()  # the extensions the run is granted
+    # What the agent remembers about the caller in this space (storage/person_notes.py):
+    # their own note only, never another person's; None when there is none.
+    person_note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready input.json (history timestamps as ISO 8601 in UTC)."""
@@ -172,6 +178,7 @@ class RunInput:
             "api": {"socket": API_SOCKET, "token": self.token},
             "egress": self.egress,
             "extensions": [ext.to_dict() for ext in self.extensions],
+            "person_note": self.person_note,
         }
 
 
@@ -196,6 +203,7 @@ def agent_section(config: Config) -> AgentSection:
     return AgentSection(
         command=tuple(agent.command) if agent.command is not None else None,
         bash_timeout_s=agent.bash_timeout,
+        memory_max_chars=config.memory.max_chars,
     )
 
 
@@ -213,7 +221,8 @@ def run_input(
     """A RunInput with the config's defaults: model chain, agent, profile.
 
     `fields` are the run's own (platform, messages, caller, attachments, preferences,
-    skills, egress, extensions); `model_first` is the /model switch, `profile` the space's profile.
+    skills, egress, extensions, person_note); `model_first` is the /model switch, `profile`
+    the space's profile.
     """
     return RunInput(
         run_id=run_id,

@@ -46,6 +46,7 @@ CONFIG = Config.model_validate(
             "max_turns": 12,
         },
         "agent": {"command": ["claude", "-p"], "bash_timeout": "45s", "profile": "coding"},
+        "memory": {"max_chars": 1234},
     }
 )
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -84,6 +85,7 @@ def representative() -> RunInput:
         skills=("pdf",),
         egress=True,
         extensions=(NOTES, ExtensionEntry("web-reader", "/opt/mercury/ext/web-reader")),
+        person_note="Ada prefers metric units\nleads the data team",
     )
 
 
@@ -134,11 +136,14 @@ def test_every_field_the_host_writes_arrives_in_the_agent() -> None:
         90.0,
         12,
     )
-    assert parsed.agent == agent.AgentSpec(command=["claude", "-p"], bash_timeout_s=45.0)
+    assert parsed.agent == agent.AgentSpec(
+        command=["claude", "-p"], bash_timeout_s=45.0, memory_max_chars=1234
+    )
     assert parsed.api == agent.ApiSpec(socket=API_SOCKET, token="tok-secret")
     assert API_SOCKET == "/run/mercury-api/api.sock"
     assert "secret@" not in json.dumps(inp.to_dict())
     assert parsed.egress is True
+    assert parsed.person_note == "Ada prefers metric units\nleads the data team"
     assert parsed.extensions == [
         agent.ExtensionInput(
             name="notes-mcp",
@@ -177,6 +182,20 @@ def test_a_task_run_with_no_history_and_the_config_defaults_parses() -> None:
     assert [leg.model for leg in parsed.model.chain] == [Config().model.chain[0].model]
     assert parsed.agent.command is None
     assert (parsed.egress, parsed.extensions) == (False, [])
+    assert parsed.person_note is None  # a task's run without a creator: nobody's note
+    # memory.max_chars: the config's default is the one an older host's input gets too.
+    assert parsed.agent.memory_max_chars == Config().memory.max_chars == 8000
+    older = through_json(inp.to_dict())
+    del older["agent"]["memory_max_chars"]  # type: ignore[index]
+    assert agent.parse_input(older).agent.memory_max_chars == agent.DEFAULT_MEMORY_MAX_CHARS
+
+
+@pytest.mark.parametrize("bad", [-1, "8000", True, 1.5])
+def test_a_bad_memory_cap_is_refused_naming_it(bad: object) -> None:
+    data = through_json(representative().to_dict())
+    data["agent"]["memory_max_chars"] = bad  # type: ignore[index]
+    with pytest.raises(agent.InputError, match=r"^agent\.memory_max_chars: "):
+        agent.parse_input(data)
 
 
 def test_an_input_without_its_token_is_refused_by_the_agent() -> None:

@@ -28,6 +28,8 @@ PROVIDERS = ("anthropic", "openai")
 DEFAULT_MAX_TURNS = 40
 DEFAULT_MAX_TOKENS = 8192
 DEFAULT_BASH_TIMEOUT_S = 120.0
+# How much of the space's MEMORY.md the system prompt holds when the host does not say.
+DEFAULT_MEMORY_MAX_CHARS = 8000
 
 # Extensions granted to the run (input.json `extensions`): the host writes them, but a
 # bound on each list keeps a broken host from making the runtime start thousands of things.
@@ -113,6 +115,8 @@ class AgentSpec:
 
     command: list[str] | None = None
     bash_timeout_s: float = DEFAULT_BASH_TIMEOUT_S
+    # MEMORY.md in the system prompt up to this many characters; 0 = not at all.
+    memory_max_chars: int = DEFAULT_MEMORY_MAX_CHARS
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,9 @@ class AgentInput:
     # Whether the run may reach the network through the host's egress proxy.
     egress: bool = False
     extensions: list[ExtensionInput] = field(default_factory=list)
+    # What the agent remembers about the caller in this space: their own note only
+    # (the host never puts another person's here); None when there is none.
+    person_note: str | None = None
 
     @property
     def echo_mode(self) -> bool:
@@ -312,9 +319,13 @@ def _agent(raw: Any) -> AgentSpec:
     timeout = _optional(obj, "bash_timeout_s", (int, float), "agent")
     if timeout is not None and timeout <= 0:
         raise InputError("must be > 0", "agent.bash_timeout_s")
+    memory = _optional(obj, "memory_max_chars", int, "agent")
+    if memory is not None and memory < 0:
+        raise InputError("must be >= 0", "agent.memory_max_chars")
     return AgentSpec(
         command=command,
         bash_timeout_s=float(timeout) if timeout is not None else DEFAULT_BASH_TIMEOUT_S,
+        memory_max_chars=int(memory) if memory is not None else DEFAULT_MEMORY_MAX_CHARS,
     )
 
 
@@ -459,6 +470,7 @@ def parse_input(data: Any) -> AgentInput:
         api=_api(api) if api is not None else None,
         egress=bool(_optional(obj, "egress", bool, "")),
         extensions=_extensions(obj),
+        person_note=_optional(obj, "person_note", str, ""),
     )
     _check_consistent(inp)
     return inp

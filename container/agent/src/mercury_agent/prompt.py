@@ -1,11 +1,12 @@
 """Prompt assembly: the system prompt and the message list of one run.
 
 The system prompt is the space's profile (resources/profiles/<name>/AGENTS.md), then what
-this run is about: where the space is, who asks, the attachments, the space's preferences
-and an index of skills (name + description; the model reads a skill's full SKILL.md with
-read_file when it needs it, so long skills cost nothing until used). Chat history becomes
-the message list: the bot's own messages as assistant turns, everyone else's as user
-turns prefixed with the author's name, ending with the message being answered.
+this run is about: where the space is, who asks (and what you remember about them), the
+attachments, the space's preferences, its MEMORY.md (memory.py) and an index of skills
+(name + description; the model reads a skill's full SKILL.md with read_file when it needs
+it, so long skills cost nothing until used). Chat history becomes the message list: the
+bot's own messages as assistant turns, everyone else's as user turns prefixed with the
+author's name, ending with the message being answered.
 
 Everything here is a pure function of its arguments (file reading aside), for unit tests.
 """
@@ -23,6 +24,7 @@ from typing import Any
 
 from mercury_agent.contract import AgentInput, HistoryMessage
 from mercury_agent.conversation import Message, TextBlock
+from mercury_agent.memory import memory_section, read_memory
 from mercury_agent.settings import INBOX, OUTBOX
 
 DEFAULT_PROFILE = "general"
@@ -185,6 +187,20 @@ def _format_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+def person_note_section(inp: AgentInput) -> str:
+    """What the agent remembers about the caller (input.json `person_note`), with the line
+    that keeps it theirs: the host gives a note only to its own person's runs."""
+    who = (inp.caller.name or inp.caller.id) if inp.caller else "the person asking"
+    note = (inp.person_note or "").strip()
+    return (
+        f"## What you remember about {who}\n{note}\n"
+        f"(Private to {who}: only runs {who} starts see it; never repeat it to others. "
+        "Keep it current with "
+        '`mercury-ctl memory append "..."`, rewrite it with `mercury-ctl memory set "..."`; '
+        "the person-memory skill says what belongs there.)"
+    )
+
+
 def build_system_prompt(
     inp: AgentInput,
     *,
@@ -195,7 +211,7 @@ def build_system_prompt(
     tools_note: str | None = None,
 ) -> str:
     """The system prompt: profile, then this run's facts, caller, attachments, preferences,
-    skills index."""
+    the space's MEMORY.md (read from `space_dir`), skills index."""
     sections = [profile_text.strip()]
 
     run = [
@@ -218,6 +234,9 @@ def build_system_prompt(
             "the space's settings; treat requests to act beyond the caller's role accordingly."
         )
 
+    if inp.person_note and inp.person_note.strip():
+        sections.append(person_note_section(inp))
+
     if inp.attachments:
         listed = "\n".join(f"- {a}" for a in inp.attachments)
         sections.append(
@@ -230,6 +249,10 @@ def build_system_prompt(
         sections.append(
             f"## Preferences of this space\nFollow these unless asked otherwise:\n{prefs}"
         )
+
+    cap = inp.agent.memory_max_chars
+    if cap > 0:  # 0: the operator keeps MEMORY.md out of the prompt
+        sections.append(memory_section(read_memory(space_dir, cap), cap, space_dir))
 
     if skills:
         index = "\n".join(f"- {s.name}: {s.description} ({s.path})" for s in skills)
