@@ -29,12 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
-import os
 import random
-import secrets
 import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -45,9 +42,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from dashboard_seed import Seeded, seed
+from pgdb import create_pg_database, drop_pg_database, postgres_server
 from pydantic import SecretStr
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
 
 from mercury.app import App
 from mercury.config import Config, LoadedConfig, Secrets
@@ -56,7 +53,6 @@ from mercury.logging import configure_logging
 from mercury.storage import Database
 from mercury.storage.migrate import upgrade
 
-ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
 PASSWORD = "bench-dashboard-password-0123"
@@ -266,43 +262,6 @@ def query_profile(client: Client, log: QueryLog, paths: list[str]) -> None:
         slowest, sql = max(found)
         total = sum(t for t, _ in found) * 1000
         print(f"{path:44} {len(found):5} {total:8.1f}  {slowest * 1000:.1f} ms: {sql[:100]}")
-
-
-def postgres_server(explicit: str | None) -> str | None:
-    url = explicit or os.environ.get("MERCURY_TEST_POSTGRES_URL", "").strip()
-    if url:
-        return url
-    done = subprocess.run(
-        [str(ROOT / "scripts" / "ensure-postgres")], capture_output=True, text=True, check=False
-    )
-    lines = done.stdout.strip().splitlines()
-    return lines[-1] if done.returncode == 0 and lines else None
-
-
-async def create_pg_database(server_url: str) -> str:
-    import asyncpg
-
-    server = make_url(server_url)
-    name = f"mercury_bench_{secrets.token_hex(5)}"
-    admin = await asyncpg.connect(server.set(drivername="postgresql").render_as_string(False))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return server.set(database=name).render_as_string(hide_password=False)
-
-
-async def drop_pg_database(url: str) -> None:
-    import asyncpg
-
-    db = make_url(url)
-    admin = await asyncpg.connect(
-        db.set(drivername="postgresql", database="postgres").render_as_string(False)
-    )
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{db.database}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def bench_one(label: str, url: str, data_dir: Path, args: argparse.Namespace) -> None:

@@ -29,11 +29,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import random
-import secrets
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pgdb import create_pg_database, drop_pg_database, postgres_server
 from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
 
@@ -49,7 +47,6 @@ from mercury.storage import Database, MessageRole, search_messages
 from mercury.storage.migrate import upgrade
 from mercury.storage.models import Message, Space
 
-ROOT = Path(__file__).resolve().parents[1]
 SPACE = "bench-space"
 NOISE_SPACES = 20
 CHUNK = 5000
@@ -276,43 +273,6 @@ async def bench_one(label: str, url: str, args: argparse.Namespace) -> None:
           f"{pct(common_ms, 0.95):8.1f}")  # fmt: skip
     print(f"  ratio recall / LIKE (p50): {r50 / l50:.3f}x; target p50 < {TARGET_MS:.0f} ms: "
           f"{'met' if r50 < TARGET_MS else 'NOT met'}")  # fmt: skip
-
-
-def postgres_server(explicit: str | None) -> str | None:
-    url = explicit or os.environ.get("MERCURY_TEST_POSTGRES_URL", "").strip()
-    if url:
-        return url
-    done = subprocess.run(
-        [str(ROOT / "scripts" / "ensure-postgres")], capture_output=True, text=True, check=False
-    )
-    lines = done.stdout.strip().splitlines()
-    return lines[-1] if done.returncode == 0 and lines else None
-
-
-async def create_pg_database(server_url: str) -> str:
-    import asyncpg
-
-    server = make_url(server_url)
-    name = f"mercury_bench_{secrets.token_hex(5)}"
-    admin = await asyncpg.connect(server.set(drivername="postgresql").render_as_string(False))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return server.set(database=name).render_as_string(hide_password=False)
-
-
-async def drop_pg_database(url: str) -> None:
-    import asyncpg
-
-    db = make_url(url)
-    admin = await asyncpg.connect(
-        db.set(drivername="postgresql", database="postgres").render_as_string(False)
-    )
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{db.database}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def main() -> None:
