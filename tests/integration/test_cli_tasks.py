@@ -44,7 +44,8 @@ from tests.integration.mercury_site import echo_responder, mercury
 
 T = TypeVar("T")
 # The site's own settings only: no MERCURY_* variable of the test's process applies.
-CLEAN_ENV = {"MERCURY_CONFIG": None, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+# Wide enough that no cell wraps, whatever the time of day makes the next-run texts.
+CLEAN_ENV = {"MERCURY_CONFIG": None, "COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"}
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
 
