@@ -9,6 +9,7 @@ from typing import Any
 
 from mercury.api.usage import MeteredCall, UsageTotals
 from mercury.config import Config
+from mercury.sandbox.iodir import parse_tools
 from mercury.sandbox.outputs import DroppedFile
 from mercury.sandbox.types import RunReason, RunResult
 from mercury.storage import JobRecord, JobStatus, Store, repo, utcnow
@@ -51,8 +52,9 @@ async def record_run_outcome(
         prompt=prompt,
         attempts=(result.result or {}).get("attempts"),
         model_calls=[call_row(c) for c in calls],
-        # The agent's word (result.json), bounded by storage: what it says its tools did.
-        tool_calls=(result.result or {}).get("tools"),
+        # The agent's word (result.json): checked by the same parser as the rest of it
+        # (sizes, types, NULs), then bounded by storage.
+        tool_calls=parse_tools((result.result or {}).get("tools")),
         extensions=extensions,
         log_tail=None if result.ok else result.log_tail,
     )
