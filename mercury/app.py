@@ -49,7 +49,7 @@ class App:
         from mercury.http.server import ServerStartError
         from mercury.sandbox.engine import EngineUnavailable, connect_engine
         from mercury.storage import Database
-        from mercury.storage.migrate import upgrade
+        from mercury.storage.migrate import DatabaseTooNew, upgrade
 
         cfg = self.config
         try:
@@ -66,6 +66,8 @@ class App:
         url = cfg.resolved_database_url()
         try:
             await upgrade(url)
+        except DatabaseTooNew as exc:  # its own line already says what to do
+            raise StartupError(f"database_url: {exc}") from exc
         except Exception as exc:
             from mercury.logging import first_line
             from mercury.storage import safe_url

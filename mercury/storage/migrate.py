@@ -55,7 +55,26 @@ def head_revision() -> str:
     return head
 
 
-def _known(revision: str) -> bool:
+class DatabaseTooNew(StorageError):
+    """The database was migrated by a newer Mercury than this one; nothing here may touch it."""
+
+
+def too_new_message(url: str, current: str) -> str:
+    """One line for a database at a revision this Mercury does not ship: what it is, the fix.
+
+    Only the Mercury that made the revision knows how to read (or undo) it, so the way back
+    is that version (or a later one), or the backup taken before the upgrade.
+    """
+    return (
+        f"database {safe_url(url)} is at schema revision {current!r}, but this Mercury knows "
+        f"revisions only up to {head_revision()!r}: it was migrated by a newer Mercury. "
+        "Install that newer Mercury again (or a later one), or restore the backup taken "
+        "before the upgrade with `mercury restore`; never downgrade the database by hand"
+    )
+
+
+def is_known_revision(revision: str) -> bool:
+    """Whether this Mercury ships `revision` (False: a newer Mercury migrated the database)."""
     try:
         return _script().get_revision(revision) is not None
     except (CommandError, RevisionError):
@@ -174,11 +193,8 @@ async def is_up_to_date(target: Target) -> bool:
 async def upgrade(target: Target, revision: str = "head") -> None:
     """Bring the schema up to `revision` (default: head). A no-op when already there."""
     current = await current_revision(target)
-    if current is not None and not _known(current):
-        raise StorageError(
-            f"database {safe_url(_url_of(target))} is at schema revision {current!r}, which "
-            "this version of Mercury does not know: it was migrated by a newer Mercury"
-        )
+    if current is not None and not is_known_revision(current):
+        raise DatabaseTooNew(too_new_message(_url_of(target), current))
     try:
         await _run(target, _command(lambda c: command.upgrade(c, revision)), commit=True)
     except CommandError as exc:
