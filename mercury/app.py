@@ -40,6 +40,7 @@ class App:
         self.adapters: dict[str, Any] = {}
         self.auth: Any = None  # the one login layer (WebAuth) of the web chat and dashboard
         self.dashboard: Any = None
+        self.heartbeat: Any = None  # this process's row for `mercury status` (heartbeat.py)
         self.http = HttpServer(self.config.server.host, self.config.server.port)
         self._started_adapters: list[Any] = []
         self._started = False
@@ -95,6 +96,7 @@ class App:
             await self.http.start()
         except ServerStartError as exc:
             raise StartupError(str(exc)) from exc
+        await self._start_heartbeat()
         self._started = True
         log.info(
             "mercury started",
@@ -201,6 +203,19 @@ class App:
         problem = model_problem(cfg, secrets)
         if problem:
             log.warning("no model configured: runs will answer with what to configure")
+
+    async def _start_heartbeat(self) -> None:
+        """Write this process's heartbeat and adapters' state for `mercury status`, keyed
+        by the dispatcher's owner id (the id a running job's `owner` carries)."""
+        from mercury.pipeline.heartbeat import Heartbeat
+
+        self.heartbeat = Heartbeat(
+            self.db,
+            process_id=self.pipeline.dispatcher.owner,
+            instance=self.config.instance,
+            adapters=self.adapters,
+        )
+        await self.heartbeat.start()
 
     def _load_extensions(self) -> Any:
         """The enabled extensions, checked: a broken one stops start-up with one line that
@@ -332,6 +347,10 @@ class App:
             with contextlib.suppress(Exception):
                 await self.host.stop()
             self.host = None
+        if self.heartbeat is not None:
+            with contextlib.suppress(Exception):
+                await self.heartbeat.stop()  # the last beat, marked stopped
+            self.heartbeat = None
         if self.db_watch is not None:
             with contextlib.suppress(Exception):
                 await self.db_watch.stop()

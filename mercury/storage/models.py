@@ -505,3 +505,36 @@ class Session(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class ProcessRow(Base):
+    """A running (or last run) Mercury process, refreshed every `interval_s` (0012): how
+    `mercury status`, another process, knows whether Mercury is alive."""
+
+    __tablename__ = "processes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the dispatcher's owner id
+    instance: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(64))
+    interval_s: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    stopped_at: Mapped[datetime | None]
+
+
+class AdapterStatusRow(Base):
+    """One adapter's state as its process last wrote it (AdapterState, 0012)."""
+
+    __tablename__ = "adapter_status"
+
+    process_id: Mapped[str] = mapped_column(
+        ForeignKey("processes.id", ondelete="CASCADE"), primary_key=True
+    )
+    adapter: Mapped[str] = mapped_column(String(32), primary_key=True)
+    connected: Mapped[bool] = mapped_column(Boolean)
+    last_event_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)  # one scrubbed line
+    last_error_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
