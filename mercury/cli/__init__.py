@@ -12,7 +12,22 @@ from pathlib import Path
 import click
 
 from mercury import __version__
-from mercury.cli import budget, chat, db, doctor, ext, image, init, run, sandbox, tasks, usage
+from mercury.cli import (
+    backup,
+    budget,
+    chat,
+    db,
+    doctor,
+    ext,
+    image,
+    init,
+    run,
+    sandbox,
+    service,
+    status,
+    tasks,
+    usage,
+)
 from mercury.cli.common import config_path_option, remember_config_path
 
 
@@ -37,6 +52,10 @@ for _command in (
     usage.usage,
     budget.budget,
     ext.ext,
+    service.service,
+    backup.backup,
+    backup.restore,
+    status.status,
 ):
     main.add_command(_command)
 
