@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,13 +53,14 @@ def _manifest_summary(manifest: Manifest) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @config_option
-def backup(path: Path, as_json: bool) -> None:
+def backup(path: str, as_json: bool) -> None:
     """Write a consistent snapshot of this install into one archive.
 
-    PATH is the archive to write (.tar.gz), or a folder to write a dated one into. Safe
+    PATH is the archive to write (.tar.gz), or a folder to write a dated one into (a PATH
+    ending in / is a folder, made if missing). Safe
     while Mercury runs. Holds the database, every space's files and the config file
     (without secrets: .env is never included, so keep a copy of it somewhere safe).
     """
@@ -68,7 +70,7 @@ def backup(path: Path, as_json: bool) -> None:
 
     loaded = load_or_exit()
     try:
-        result = asyncio.run(make_backup(loaded, path))
+        result = asyncio.run(make_backup(loaded, Path(path), folder=path.endswith(("/", os.sep))))
     except (BackupError, StorageError) as exc:
         fail(str(exc))
     manifest = result.manifest

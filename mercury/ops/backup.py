@@ -61,7 +61,7 @@ class BackupResult:
     manifest: Manifest
 
 
-def model_tables() -> list[str]:
+def model_table_names() -> list[str]:
     """Mercury's tables (the models'), in a stable order: what the manifest counts."""
     from mercury.storage.models import Base
 
@@ -89,7 +89,7 @@ def sqlite_facts(conn: sqlite3.Connection) -> tuple[str | None, dict[str, int]]:
         revision = row[0] if row else None
     counts = {
         t: int(conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])
-        for t in model_tables()
+        for t in model_table_names()
         if t in present
     }
     return revision, counts
@@ -142,7 +142,7 @@ async def dump_postgres(url: str, dst: Path) -> tuple[str | None, dict[str, int]
                 revision = await conn.fetchval("SELECT version_num FROM alembic_version")
             counts = {
                 t: int(await conn.fetchval(f'SELECT count(*) FROM "{t}"'))
-                for t in model_tables()
+                for t in model_table_names()
                 if t in present
             }
             tool = find_tool("pg_dump", major)
@@ -180,8 +180,19 @@ def masked_config(text: str) -> tuple[str, bool]:
     return text.replace(str(password), "***"), True
 
 
-def destination(path: Path, instance: str, now: datetime) -> Path:
-    """Where the archive goes: PATH, or a dated name inside PATH when it is a folder."""
+def destination(path: Path, instance: str, now: datetime, *, folder: bool = False) -> Path:
+    """Where the archive goes: PATH, or a dated name inside PATH when it is a folder.
+
+    `folder`: the operator wrote PATH with a trailing slash, so it is meant as a folder
+    (made, 0700, when missing) and never taken for an archive's file name.
+    """
+    if folder and not path.exists():
+        try:
+            path.mkdir(parents=True, mode=0o700)
+        except OSError as exc:
+            raise BackupError(f"cannot create the folder {path}: {exc.strerror}") from exc
+    if folder and not path.is_dir():
+        raise BackupError(f"{path} is not a folder")
     if path.is_dir():
         return path / archive_name(instance, now)
     if path.exists() or path.is_symlink():
@@ -192,12 +203,12 @@ def destination(path: Path, instance: str, now: datetime) -> Path:
 
 
 async def make_backup(
-    loaded: LoadedConfig, path: Path, *, now: datetime | None = None
+    loaded: LoadedConfig, path: Path, *, now: datetime | None = None, folder: bool = False
 ) -> BackupResult:
     """Write the archive; BackupError with one line when it cannot be made."""
     config = loaded.config
     now = now or datetime.now(UTC)
-    final = destination(path, config.instance, now)
+    final = destination(path, config.instance, now, folder=folder)
     work = Path(tempfile.mkdtemp(prefix=".mercury-backup-", dir=final.parent))
     try:
         url = config.resolved_database_url()

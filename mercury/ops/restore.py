@@ -51,7 +51,7 @@ from mercury.core.backups import (
     schema_verdict,
 )
 from mercury.ops.archive_files import hand_over, unpack
-from mercury.ops.backup import model_tables, sqlite_facts, sqlite_path
+from mercury.ops.backup import model_table_names, sqlite_facts, sqlite_path
 from mercury.ops.manifest import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
@@ -201,7 +201,7 @@ async def pg_counts(url: str) -> dict[str, int]:
         }
         return {
             t: int(await conn.fetchval(f'SELECT count(*) FROM "{t}"'))
-            for t in model_tables()
+            for t in model_table_names()
             if t in present
         }
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,21 @@ def test_archive_name_and_count_mismatches() -> None:
     when = datetime(2027, 3, 4, 5, 6, 7, tzinfo=UTC)
     assert archive_name("prod", when) == "mercury-prod-20270304-050607Z.tar.gz"
     assert count_mismatches({"a": 1, "b": 2}, {"a": 1, "b": 3}) == ["b: 3 rows, manifest says 2"]
+
+
+def test_a_path_written_as_a_folder_is_made_and_gets_a_dated_archive(tmp_path: Path) -> None:
+    from mercury.ops.backup import destination
+    from mercury.ops.manifest import BackupError
+
+    now = datetime(2027, 3, 4, 5, 6, 7, tzinfo=UTC)
+    wanted = tmp_path / "backups" / "nightly"
+    target = destination(wanted, "prod", now, folder=True)
+    assert wanted.is_dir() and (wanted.stat().st_mode & 0o777) == 0o700
+    assert target.parent == wanted and target.name.startswith("mercury-prod-20270304")
+    # Without the trailing slash the same missing path is an archive's file name.
+    other = tmp_path / "plain"
+    assert destination(other, "prod", now) == other and not other.exists()
+    # A file where a folder was meant is refused, not overwritten.
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BackupError, match="is not a folder"):
+        destination(tmp_path / "afile", "prod", now, folder=True)
