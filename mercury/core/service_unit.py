@@ -14,7 +14,8 @@ The choices that matter:
   engine, which would bind-mount the empty folder underneath. So a root service that may
   mount space images gets no namespacing directives; everyone else gets all of them.
 - ProtectHome=yes hides /home, /root and /run/user; when a path Mercury needs is there
-  (a venv in a home folder), it is read-only instead, with ReadWritePaths for data_dir.
+  (a venv in a home folder, or the Python a venv elsewhere resolves into, such as pyenv's
+  in /root), it is read-only instead, with ReadWritePaths for data_dir.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class UnitSpec:
     mounts_space_images: bool = False  # see mounts_space_images()
     write_paths: tuple[str, ...] = ()  # written besides data_dir (a SQLite file elsewhere)
     read_paths: tuple[str, ...] = ()  # only read (the extensions folder)
+    runtime_paths: tuple[str, ...] = ()  # where python really lives: see interpreter_paths()
     mercury_version: str = ""
 
     @property
@@ -146,6 +148,21 @@ def dedicated_user_problem(
 
 def is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def interpreter_paths(python: str, resolved: str, base_prefix: str) -> tuple[str, ...]:
+    """The paths the interpreter needs besides `python` itself (a venv's own, unresolved).
+
+    A venv's python is a symlink into the installation it was built on, and its standard
+    library is there too (sys.base_prefix): a venv in /opt built on a pyenv Python in /root
+    runs nothing if ProtectHome=yes hides /root. So the resolved file and the base prefix
+    count as needed paths for ProtectHome and PrivateTmp, like python itself.
+    """
+    out: list[str] = []
+    for path in (resolved, base_prefix):
+        if path and path != python and path not in out:
+            out.append(path)
+    return tuple(out)
 
 
 def protect_home(paths: Iterable[str]) -> str:
@@ -282,7 +299,7 @@ def _sandbox(spec: UnitSpec) -> list[Directive]:
         )
         return out
     needed = [spec.python, spec.config_path, spec.env_file, spec.data_dir]
-    needed += [*spec.write_paths, *spec.read_paths]
+    needed += [*spec.write_paths, *spec.read_paths, *spec.runtime_paths]
     home = protect_home(needed)
     tmp = private_tmp(needed)
     writable = " ".join(quote_word(p) for p in (spec.data_dir, *spec.write_paths))
@@ -327,6 +344,7 @@ def render_unit(spec: UnitSpec) -> str:
     ]
     paths += [("a path Mercury writes", p) for p in spec.write_paths]
     paths += [("a path Mercury reads", p) for p in spec.read_paths]
+    paths += [("the Python installation", p) for p in spec.runtime_paths]
     for what, path in paths:
         check_path(what, path)
     restart_unit, restart_service = restart_directives(spec.systemd_version)

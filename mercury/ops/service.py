@@ -37,6 +37,7 @@ from mercury.core.service_unit import (
     check_name,
     check_user_name,
     dedicated_user_problem,
+    interpreter_paths,
     is_active,
     mounts_space_images,
     parse_show,
@@ -172,6 +173,11 @@ def plan_install(loaded: LoadedConfig, *, name: str, user: str | None, version: 
         mounts_space_images=mounts_space_images(user is None, disk.space_size, disk.space_limit),
         write_paths=tuple(write_paths),
         read_paths=(str(config.extensions.dir),),
+        runtime_paths=interpreter_paths(
+            os.path.abspath(sys.executable),
+            os.path.realpath(sys.executable),
+            os.path.realpath(sys.base_prefix),
+        ),
         mercury_version=__version__,
     )
     try:
@@ -191,7 +197,8 @@ def _run(cmd: list[str]) -> str:
     except (OSError, subprocess.SubprocessError) as exc:
         raise ServiceError(f"{cmd[0]} could not be run: {exc}") from None
     if done.returncode != 0:
-        why = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[0]
+        # The last line: systemctl says what it did ("Created symlink ...") before the error.
+        why = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
         raise ServiceError(f"`{' '.join(cmd)}` failed: {why}")
     return done.stdout
 
@@ -300,6 +307,7 @@ def check_access(spec: UnitSpec, *, writes: bool) -> None:
     if spec.user is None:
         return
     checks = [(Path(spec.python), "x"), (Path(spec.config_path), "r")]
+    checks += [(Path(p), "r") for p in spec.runtime_paths]
     if writes:
         checks = [(Path(p), "w") for p in (spec.data_dir, *spec.write_paths)]
     for path, test in checks:

@@ -2,8 +2,8 @@
 verify`, the real CLI run as a process, and install/uninstall/status on a machine whose
 PID 1 is not systemd (they must refuse with one line and change nothing).
 
-Starting the unit under a real systemd is not tested here: CI containers do not run
-systemd as PID 1. docs/operations.md says how an operator checks a started service.
+Starting the unit under a real systemd (PID 1 in a container) is
+tests/integration/test_service_systemd.py.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from mercury.core.service_unit import (
     check_user_name,
     dedicated_user_problem,
     exec_line,
+    interpreter_paths,
     is_active,
     mounts_space_images,
     parse_show,
@@ -119,6 +120,40 @@ def test_protect_home_in_the_unit_keeps_data_dir_writable() -> None:
     assert values(text, "ProtectHome") == ["read-only"]
     assert values(text, "ReadWritePaths") == ["/home/alice/m/data"]
     assert values(render_unit(SPEC), "ProtectHome") == ["yes"]
+
+
+def test_interpreter_paths_are_where_a_venv_python_really_lives() -> None:
+    venv = "/opt/m/.venv/bin/python"
+    pyenv = "/root/.pyenv/versions/3.11.7"
+    assert interpreter_paths(venv, f"{pyenv}/bin/python3.11", pyenv) == (
+        f"{pyenv}/bin/python3.11",
+        pyenv,
+    )
+    assert interpreter_paths("/usr/bin/python3", "/usr/bin/python3", "/usr") == ("/usr",)
+    assert interpreter_paths(venv, "/usr/bin/python3.11", "/usr/bin/python3.11") == (
+        "/usr/bin/python3.11",
+    )
+
+
+def test_a_venv_outside_home_on_a_python_in_root_gets_home_read_only() -> None:
+    """The bug a real systemd found: ProtectHome=yes hid pyenv's /root, and the venv's
+    python (a symlink into it) failed with 203/EXEC. The resolved interpreter counts."""
+    pyenv = "/root/.pyenv/versions/3.11.7"
+    spec = replace(
+        SPEC,
+        python="/opt/m/.venv/bin/python",
+        runtime_paths=interpreter_paths(
+            "/opt/m/.venv/bin/python", f"{pyenv}/bin/python3.11", pyenv
+        ),
+    )
+    assert values(render_unit(spec), "ProtectHome") == ["read-only"]
+    assert values(render_unit(spec), "ReadWritePaths") == ["/srv/mercury/data"]
+    system = replace(SPEC, runtime_paths=("/usr/bin/python3.11", "/usr"))
+    assert values(render_unit(system), "ProtectHome") == ["yes"]
+    in_tmp = replace(SPEC, runtime_paths=("/tmp/py/bin/python3",))
+    assert values(render_unit(in_tmp), "PrivateTmp") == ["no"]
+    with pytest.raises(UnitError, match="the Python installation"):
+        render_unit(replace(SPEC, runtime_paths=("relative/python",)))
 
 
 def test_private_tmp_only_when_nothing_needed_is_in_tmp() -> None:
