@@ -278,28 +278,49 @@ async def _restore_database(
         return
     from mercury.ops.pgtools import find_tool, pg_connect, run_tool
 
+    # One transaction for the whole replacement: pg_restore turns the dump into SQL, and
+    # psql runs the old tables' DROPs and that SQL between one BEGIN and COMMIT. A restore
+    # that fails half-way (a bad dump, a full disk, a conflicting object) leaves the
+    # install's database exactly as it was, never emptied.
     conn, parsed = await pg_connect(url)
     try:
         major = int(await conn.fetchval("SHOW server_version_num")) // 10000
-        tool = find_tool("pg_restore", major)
-        async with conn.transaction():
+        names = [
+            str(row[0])
             for row in await conn.fetch(
                 "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-            ):
-                name = str(row[0]).replace('"', '""')
-                await conn.execute(f'DROP TABLE IF EXISTS "{name}" CASCADE')
+            )
+        ]
     finally:
         await conn.close()
-    cmd = [
-        tool,
-        "--no-owner",
-        "--no-privileges",
-        "--single-transaction",
-        "--exit-on-error",
-        f"--dbname={parsed.database}",
-        str(staged),
-    ]
-    await run_tool(cmd, parsed, "pg_restore")
+    pg_restore, psql = find_tool("pg_restore", major), find_tool("psql", major)
+    script = staged.with_name("restore.sql")
+    drops = staged.with_name("drop.sql")
+    drops.write_text(
+        "".join(
+            f'DROP TABLE IF EXISTS "{n.replace(chr(34), chr(34) * 2)}" CASCADE;\n' for n in names
+        )
+    )
+    await run_tool(
+        [pg_restore, "--no-owner", "--no-privileges", f"--file={script}", str(staged)],
+        parsed,
+        "pg_restore",
+    )
+    await run_tool(
+        [
+            psql,
+            "--no-psqlrc",
+            "--quiet",
+            "--single-transaction",
+            "--set=ON_ERROR_STOP=1",
+            f"--dbname={parsed.database}",
+            "--command=SET client_min_messages TO warning",
+            f"--file={drops}",
+            f"--file={script}",
+        ],
+        parsed,
+        "restoring the database (nothing was changed)",
+    )
     _check_counts(manifest, await pg_counts(url))
 
 

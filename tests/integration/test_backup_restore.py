@@ -402,3 +402,34 @@ def test_backup_of_a_live_instance_under_load(
     assert os.readlink(mine / "passwd") == "/etc/passwd"
     assert not (mine / "fifo").exists()
     assert sorted(p.name for p in (target / "data" / "spaces").iterdir()) == sorted(ids)
+
+
+@pytest.mark.postgres
+async def test_a_postgres_restore_that_fails_half_way_leaves_the_database_as_it_was(
+    postgres_server_url: str, tmp_path: Path
+) -> None:
+    async with (
+        fresh_postgres_database(postgres_server_url) as src_url,
+        fresh_postgres_database(postgres_server_url) as dst_url,
+    ):
+        src = make_install(tmp_path / "src", "src", src_url)
+        assert cli(src, "db", "upgrade").returncode == 0
+        await fill(src_url, spaces=2, messages=5)
+        ok(src, "backup", str(tmp_path / "pg.tar.gz"))
+
+        dst = make_install(tmp_path / "dst", "dst", dst_url)
+        assert cli(dst, "db", "upgrade").returncode == 0
+        await fill(dst_url, spaces=1, messages=3)
+        before = {table: await rows(dst_url, table) for table in COMPARED}
+        # A sequence the old tables no longer own survives their DROP, so the dump's
+        # CREATE SEQUENCE of the same name fails in the middle of the restore.
+        engine = create_async_engine(parse_database_url(dst_url))
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("ALTER SEQUENCE messages_id_seq OWNED BY NONE")
+        await engine.dispose()
+
+        line = refused(dst, "restore", "--force", str(tmp_path / "pg.tar.gz"))
+        assert "restoring the database (nothing was changed) failed" in line, line
+        assert "messages_id_seq" in line, line
+        for table in COMPARED:
+            assert await rows(dst_url, table) == before[table], table
