@@ -28,6 +28,13 @@ falls due while a retry waits is that retry.
 
 `run_now` (the dashboard's Run now button, `mercury tasks run`) goes through the same
 checks, without moving the schedule; a refusal raises RunNowRefused, for the operator.
+
+Several Mercury processes may tick on one database (scale-out, or a restarted gateway
+whose old process still runs). Taking a due run is a claim (storage/tasks.py): the update
+that records it, in the transaction that queues the job, applies only while the task is
+as this tick read it. The scheduler that loses a claim does nothing more with that task:
+no job, no record, no notice; so each slot runs once, a refusal is said once and a retry
+is taken once, however many schedulers tick.
 """
 
 from __future__ import annotations
@@ -123,6 +130,11 @@ def one_shot(task: TaskRecord) -> bool:
     return task.cron is None and task.interval_s is None
 
 
+def _taken_elsewhere(task: TaskRecord) -> None:
+    """A claim was lost: another scheduler took this due run (or the task changed)."""
+    log.debug("due task taken by another scheduler", task_id=task.id)
+
+
 class RunNowRefused(Exception):
     """A task cannot be run now; the message says why, for the operator."""
 
@@ -172,10 +184,20 @@ async def _queue(
     *,
     next_run_at: datetime | None,
     move: bool,
-) -> JobRecord:
-    """Record the run as queued and queue its job, together (no run lost in between)."""
+    claim: bool,
+) -> JobRecord | None:
+    """Record the run as queued and queue its job, together (no run lost in between).
+
+    With `claim` the record is a claim of the due run `task` was read as: when another
+    scheduler took it first, nothing is queued and None is returned. The claim is the
+    transaction's first statement, so on SQLite it takes the write lock before anything
+    is read (no lock upgrade to fail) and on PostgreSQL it waits for a rival's update."""
     async with db.transaction() as s:
-        await start_task_run(s, task.id, ran_at=now, next_run_at=next_run_at, move=move)
+        seen = task if claim else None
+        if not await start_task_run(
+            s, task.id, ran_at=now, next_run_at=next_run_at, move=move, seen=seen
+        ):
+            return None
         return await enqueue_task(s, task, conv, role=entry.role, user_key=entry.user_key)
 
 
@@ -210,7 +232,11 @@ async def run_task_now(
     conv = await answer_conversation(db, task)
     if conv is None:
         raise RunNowRefused(f"space {task.space_id} has no conversation to answer in")
-    job = await _queue(db, task, conv, entry, now, next_run_at=task.next_run_at, move=False)
+    job = await _queue(
+        db, task, conv, entry, now, next_run_at=task.next_run_at, move=False, claim=False
+    )
+    if job is None:  # deleted since it was read
+        raise RunNowRefused(f"there is no task {task_id}")
     if gate.ledger is not None and entry.user_key is not None:
         gate.ledger.record(task.space_id, entry.user_key, now)
     log.info("task run now", task_id=task.id, space=task.space_id, job=job.id)
@@ -286,10 +312,14 @@ class Scheduler:
                 log.exception("scheduler tick failed")
             await asyncio.sleep(self.tick_s)
 
+    async def due(self, now: datetime) -> list[TaskRecord]:
+        """The tasks due at `now`, as read for this tick (each is then claimed as read)."""
+        return await due_tasks(self.db, now)
+
     async def tick(self, now: datetime) -> int:
         """Take every due task (see the module docstring); returns how many were queued."""
         enqueued = 0
-        for task in await due_tasks(self.db, now):
+        for task in await self.due(now):
             try:
                 enqueued += await self._take(task, now)
             except Exception:  # one task's trouble must not hold the others
@@ -312,10 +342,19 @@ class Scheduler:
                 log.warning("task has a bad schedule; disabled", task_id=task.id, error=str(exc))
                 following = None
         if skips_missed(task.catch_up, due_at, self.started_at):
-            await pass_task_slot(
-                self.db, task.id, SKIPPED, MISSED, now, next_run_at=following, move=slot_due
-            )
-            log.info("task skipped: missed while mercury was down", task_id=task.id)
+            if await pass_task_slot(
+                self.db,
+                task.id,
+                SKIPPED,
+                MISSED,
+                now,
+                next_run_at=following,
+                move=slot_due,
+                seen=task,
+            ):
+                log.info("task skipped: missed while mercury was down", task_id=task.id)
+            else:
+                _taken_elsewhere(task)
             return False
         conv = await answer_conversation(self.db, task)
         entry = await admission(self.db, self.gate, task, now)
@@ -324,7 +363,12 @@ class Scheduler:
             await self._refused(task, refusal, conv, now, next_run_at=following, move=slot_due)
             return False
         assert conv is not None
-        job = await _queue(self.db, task, conv, entry, now, next_run_at=following, move=slot_due)
+        job = await _queue(
+            self.db, task, conv, entry, now, next_run_at=following, move=slot_due, claim=True
+        )
+        if job is None:
+            _taken_elsewhere(task)
+            return False
         if self.gate.ledger is not None and entry.user_key is not None:
             self.gate.ledger.record(task.space_id, entry.user_key, now)
         log.info(
@@ -354,9 +398,18 @@ class Scheduler:
     ) -> None:
         """Record a refusal, and say it in the chat once per streak of its kind."""
         told = should_announce(task.last_outcome, task.last_detail, refusal)
-        await pass_task_slot(
-            self.db, task.id, REFUSED, refusal.detail, now, next_run_at=next_run_at, move=move
-        )
+        if not await pass_task_slot(
+            self.db,
+            task.id,
+            REFUSED,
+            refusal.detail,
+            now,
+            next_run_at=next_run_at,
+            move=move,
+            seen=task,
+        ):
+            _taken_elsewhere(task)
+            return
         log.info(
             "task refused",
             task_id=task.id,

@@ -8,6 +8,12 @@ OUTCOMES, with `last_detail` in plain words and `last_outcome_at`), with the fai
 attempts of that run (`failures`) and when it is retried (`retry_at`): the scheduler
 (pipeline/scheduler.py) writes them, the CLI, chat and dashboard show them.
 
+Several Mercury processes may share one database, each with its scheduler. A due run is
+taken by a claim: `start_task_run` / `pass_task_slot` given the task as it was read
+(`seen`) update it only if it is still so, and report whether they did; whoever updated
+it queues the job (or says the refusal), the others leave it. No lock, no schema: the
+slot, retry and enabled columns are the version.
+
 The dashboard's task list (`task_page`) shows each task with its last result: the newest
 job whose payload names the task, and that job's newest run. Both are looked up by the
 database for the tasks of one page only, so the list stays fast however many jobs exist.
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, literal, select, update
 
 from mercury.storage.models import Job, JobStatus, Run, RunReason, Task, utcnow
 from mercury.storage.session import Store, rowcount, to_record, tx
@@ -297,6 +303,47 @@ async def set_task_retry(
         )
 
 
+def _as_seen(seen: TaskRecord, dialect: str) -> list[ColumnElement[bool]]:
+    """The conditions under which a task is still as a scheduler read it: same slot, same
+    retry, same enabled flag. Each claim moves at least one of these forward (the slot to
+    the next one, the retry to None), so an UPDATE guarded by them succeeds for exactly one
+    of several schedulers that read the same due task (a compare-and-set, on SQLite and
+    PostgreSQL alike: PostgreSQL re-checks the WHERE on the row another transaction just
+    updated, SQLite lets one writer at a time).
+
+    SQLite keeps times as text: they are compared as times (julianday), so a value written
+    in another spelling (by hand, without microseconds) still matches what was read from
+    it, instead of the task never being claimed again."""
+
+    def same(column: Any, value: datetime | None) -> ColumnElement[bool]:
+        if value is None:
+            return column.is_(None)
+        if dialect == "sqlite":
+            return func.julianday(column) == func.julianday(literal(value, column.type))
+        return column == value
+
+    return [
+        Task.id == seen.id,
+        same(Task.next_run_at, seen.next_run_at),
+        same(Task.retry_at, seen.retry_at),
+        Task.enabled == seen.enabled,
+    ]
+
+
+async def _set_task(
+    store: Store, task_id: int, values: dict[str, Any], seen: TaskRecord | None
+) -> bool:
+    """Update one task, or with `seen` only while it is as `seen` (see `_as_seen`).
+    True when the row was updated."""
+    if seen is not None and seen.id != task_id:
+        raise ValueError(f"seen is task {seen.id}, not task {task_id}")
+    async with tx(store) as s:
+        dialect = s.get_bind().dialect.name
+        where = [Task.id == task_id] if seen is None else _as_seen(seen, dialect)
+        q = update(Task).where(*where).values(**values)
+        return bool(rowcount(await s.execute(q.execution_options(synchronize_session=False))))
+
+
 async def start_task_run(
     store: Store,
     task_id: int,
@@ -305,19 +352,25 @@ async def start_task_run(
     next_run_at: datetime | None,
     move: bool,
     detail: str | None = None,
-) -> None:
+    seen: TaskRecord | None = None,
+) -> bool:
     """A due run of a task was queued: record it (outcome "queued") and clear its retry.
 
     With `move` (its regular slot came due) the schedule moves on to `next_run_at`, and a
     one-shot task (next_run_at None) is disabled, as `mark_task_ran` does; without (a
     retry, a run now) the schedule stays where it is. Failed attempts are kept: they count
     until the run succeeds or is reported.
+
+    With `seen` (the task as the scheduler read it when it was due) this is a claim of that
+    due run: nothing changes, and False is returned, when the task is no longer as seen
+    (another scheduler took the run first, or the operator changed it). Call it first in
+    the transaction that queues the job, and queue nothing on False. Without `seen` (run
+    now) the run is recorded whatever the task's state; False then means no such task.
     """
     values = _outcome(QUEUED, detail, ran_at) | {"last_run_at": ran_at, "retry_at": None}
     if move:
         values |= {"next_run_at": next_run_at, "enabled": next_run_at is not None}
-    async with tx(store) as s:
-        await s.execute(update(Task).where(Task.id == task_id).values(**values))
+    return await _set_task(store, task_id, values, seen)
 
 
 async def pass_task_slot(
@@ -329,15 +382,19 @@ async def pass_task_slot(
     *,
     next_run_at: datetime | None,
     move: bool,
-) -> None:
+    seen: TaskRecord | None = None,
+) -> bool:
     """A due run of a task did not happen (refused, skipped): record why, drop its retry and
     failed attempts, and with `move` go on to `next_run_at` (None: a one-shot task, which
-    is disabled)."""
+    is disabled).
+
+    With `seen`, a claim as in `start_task_run`: False (nothing recorded) when another
+    scheduler got to this due run first, so only the one that recorded it says so in the
+    chat."""
     values = _outcome(outcome, detail, at) | {"failures": 0, "retry_at": None}
     if move:
         values |= {"next_run_at": next_run_at, "enabled": next_run_at is not None}
-    async with tx(store) as s:
-        await s.execute(update(Task).where(Task.id == task_id).values(**values))
+    return await _set_task(store, task_id, values, seen)
 
 
 @dataclass(frozen=True, slots=True)
