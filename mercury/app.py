@@ -79,6 +79,9 @@ class App:
         self.db = Database(url)
         await self._guard_database()
         await self._build_services()
+        # The first beat before claiming: another process starting now must see this one
+        # alive, or it would take this one's jobs for a dead process's.
+        await self._start_heartbeat()
         await self.pipeline.start()
         if self.scheduler is not None:
             self.scheduler.start()
@@ -96,7 +99,7 @@ class App:
             await self.http.start()
         except ServerStartError as exc:
             raise StartupError(str(exc)) from exc
-        await self._start_heartbeat()
+        await self.heartbeat.beat()  # the adapters as they are now started
         self._started = True
         log.info(
             "mercury started",
@@ -245,6 +248,11 @@ class App:
         problem = await emptied_database(self.db, self.config.data_dir)
         if problem and not self.accept_empty_database:
             raise StartupError(problem)
+        from mercury.pipeline.peers import second_sqlite_process
+
+        # SQLite serves one process; a live other one (not a crashed one) refuses start.
+        if other := await second_sqlite_process(self.db):
+            raise StartupError(other)
         if problem:
             log.warning("starting on an empty database, as the operator asked", problem=problem)
         self.db_watch = DatabaseWatch(self.db)

@@ -16,6 +16,7 @@ from mercury.pipeline.payload import JobPayload, PayloadError
 from mercury.pipeline.runs import RunExecutor
 from mercury.sandbox.runner import ContainerRunner
 from mercury.storage import Database
+from mercury.storage.jobs import StaleJobs
 
 log = get_logger("mercury.pipeline")
 
@@ -73,13 +74,21 @@ class Pipeline:
             # container.engine_outage_limit) or while the agent image is being built:
             # queued messages wait.
             gate=runner.hold_reason,
+            # Jobs another (dead) process held, recovered while this one runs.
+            on_recovered=self._tell_failed,
         )
         self.inbound = InboundHandler(
             config, db, self.dispatcher, runner, adapters, budget=self.budget
         )
 
     async def start(self) -> None:
-        stale = await self.dispatcher.recover()
+        await self._tell_failed(await self.dispatcher.recover())
+        await self.inbound.seed_ledger()
+        await self.budget.load()
+        self.dispatcher.start()
+
+    async def _tell_failed(self, stale: StaleJobs) -> None:
+        """Tell each chat whose message was failed after its runs were cut short twice."""
         for job in stale.failed:
             try:
                 p = JobPayload.from_dict(job.payload)
@@ -93,9 +102,6 @@ class Pipeline:
                 await adapter.send(Reply(p.conversation, RESTART_NOTICE, reply_to=p.reply_to))
             except Exception:
                 log.exception("could not tell the user about a failed job", job_id=job.id)
-        await self.inbound.seed_ledger()
-        await self.budget.load()
-        self.dispatcher.start()
 
     def adapters_started(self) -> None:
         """Adapters can send now: deliver the replies a dead process stored but did not send."""

@@ -231,6 +231,9 @@ class Job(Base):
     # The process (instance + pid + boot id) that claimed it; tells stale jobs from live ones.
     owner: Mapped[str | None] = mapped_column(String(128))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Until when `owner` holds the running job (0013); renewed while it runs. Past it, any
+    # live process may requeue or fail it (storage/jobs.py). NULL: claimed before leases.
+    lease_until: Mapped[datetime | None]
 
 
 class ReplyStatus(enum.StrEnum):

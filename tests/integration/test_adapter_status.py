@@ -172,7 +172,7 @@ async def _tables(url: str) -> set[str]:
 async def test_migration_0012_goes_up_and_down_keeping_other_data(db_url: str) -> None:
     await upgrade(db_url, "0011")
     assert not {"processes", "adapter_status"} & await _tables(db_url)
-    await upgrade(db_url)
+    await upgrade(db_url, "0012")
     assert await current_revision(db_url) == "0012"
     assert {"processes", "adapter_status"} <= await _tables(db_url)
     database = Database(db_url)
@@ -186,5 +186,5 @@ async def test_migration_0012_goes_up_and_down_keeping_other_data(db_url: str) -
     tables = await _tables(db_url)
     assert not {"processes", "adapter_status"} & tables
     assert "person_notes" in tables
-    await upgrade(db_url)
+    await upgrade(db_url, "0012")
     assert await current_revision(db_url) == "0012"
