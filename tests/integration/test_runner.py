@@ -25,6 +25,7 @@ from mercury.config import Config
 from mercury.sandbox.hardening import LABEL_INSTANCE, LABEL_MANAGED, LABEL_RUN, LABEL_SPACE
 from mercury.sandbox.runner import ContainerRunner
 from mercury.sandbox.types import ImageBuildState, RunReason, RunRequest, RunResult
+from tests.integration.needs import require_root
 
 pytestmark = pytest.mark.docker
 
@@ -259,8 +260,7 @@ OTHER_USER = "2000:2000"  # container.user set by the operator, not the default
 async def test_a_configured_container_user_owns_the_whole_space(make_runner: MakeRunner) -> None:
     """container.user is the one owner of the space: the top folder, inbox/, outbox/ and
     MEMORY.md, so the agent reads uploads and writes its outbox and memory."""
-    if os.geteuid() != 0:
-        pytest.skip("handing files to another uid needs root")
+    require_root("handing files to another uid needs root")
     runner = make_runner(user=OTHER_USER)
     assert (runner.identity.uid, runner.identity.gid) == (2000, 2000)
     # An upload before the first run, saved through the space store as inbound does.
@@ -286,8 +286,7 @@ async def test_a_space_made_for_another_uid_is_handed_to_the_configured_one(
     """A space whose inbox/, outbox/ and MEMORY.md belong to uid 1000 (what Mercury made
     before container.user was honoured, or a container.user changed since) is handed over
     before the next run: the agent can write its outbox and its memory."""
-    if os.geteuid() != 0:
-        pytest.skip("handing files to another uid needs root")
+    require_root("handing files to another uid needs root")
     data = tmp_path / "data"
     space = data / "spaces" / "space-a"
     for folder in (space / "inbox", space / "outbox"):
