@@ -241,6 +241,7 @@ async def claim_next_jobs(
                     finished_at=None,
                     attempts=Job.attempts + 1,
                     lease_until=now + lease,
+                    abort_requested_at=None,
                 )
                 .returning(*all_columns(Job))
             )

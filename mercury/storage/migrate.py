@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -166,8 +166,16 @@ def _url_of(target: Target) -> str:
     )
 
 
+# pg_advisory_xact_lock key for "migrating": a gateway and workers started together
+# (docs/scale-out.md) migrate one after another; the later ones find the schema at head.
+MIGRATE_LOCK_KEY = 0x4D4D  # "MM"
+
+
 def _command(action: Callable[[Config], None]) -> Callable[[Connection], None]:
     def run(connection: Connection) -> None:
+        if connection.dialect.name == "postgresql":
+            # Held until the command's one transaction ends (commit or rollback).
+            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATE_LOCK_KEY})
         # env.py migrates on this connection; it never needs (or sees) the URL.
         config = alembic_config()
         config.attributes["connection"] = connection

@@ -234,6 +234,9 @@ class Job(Base):
     # Until when `owner` holds the running job (0013); renewed while it runs. Past it, any
     # live process may requeue or fail it (storage/jobs.py). NULL: claimed before leases.
     lease_until: Mapped[datetime | None]
+    # When someone (/stop, the dashboard) asked the process running it to stop its run
+    # (0014): with a gateway and workers the one that hears /stop is not the one running it.
+    abort_requested_at: Mapped[datetime | None]
 
 
 class ReplyStatus(enum.StrEnum):
@@ -271,6 +274,27 @@ class Reply(Base):
     job_status: Mapped[JobStatus] = mapped_column(_str_enum(JobStatus, "reply_job_status"))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=sql_text("0"))
     # Where and what: platform, chat_id, thread_id, reply_to, text, files [{path, name}].
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Notice(Base):
+    """A worker's message that is not a job's reply (0014): an interim message, a notice, a
+    task's report. A worker has no chat connections, so it stores these and the gateway
+    sends them, with the replies' life: pending -> sending -> sent | failed."""
+
+    __tablename__ = "notices"
+    __table_args__ = (Index("ix_notices_status", "status"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    space_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[ReplyStatus] = mapped_column(
+        _str_enum(ReplyStatus, "notice_status"), default=ReplyStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=sql_text("0"))
+    # The same as a reply's: platform, chat_id, thread_id, reply_to, text, files (none).
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]

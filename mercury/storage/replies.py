@@ -14,6 +14,7 @@ is never run again: `jobs.requeue_or_fail_stale_running` skips jobs that have a 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -129,6 +130,19 @@ async def _settle(
         )
 
 
+async def pending_replies(
+    store: Store, *, skip: Collection[int] = (), limit: int = 500
+) -> list[ReplyRecord]:
+    """Pending replies, oldest first, without those in `skip` (being sent already): what
+    the gateway's delivery loop picks up (pipeline/delivery.py)."""
+    async with tx(store) as s:
+        query = select(*all_columns(Reply)).where(Reply.status == ReplyStatus.PENDING)
+        if skip:
+            query = query.where(Reply.id.not_in(list(skip)))
+        rows = await s.execute(query.order_by(Reply.id).limit(limit))
+        return [to_record(ReplyRecord, r) for r in rows]
+
+
 async def unfinished_replies(store: Store) -> list[ReplyRecord]:
     """Replies not yet known to be out (pending or sending), oldest first."""
     async with tx(store) as s:
@@ -148,6 +162,7 @@ __all__ = [
     "mark_failed",
     "mark_sending",
     "mark_sent",
+    "pending_replies",
     "reply_for_job",
     "unfinished_replies",
 ]

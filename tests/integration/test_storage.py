@@ -196,7 +196,7 @@ async def test_upgrade_from_empty_creates_every_table(db_url: str) -> None:
 
     await upgrade(db_url)
 
-    assert await current_revision(db_url) == head_revision() == "0013"
+    assert await current_revision(db_url) == head_revision() == "0014"
     assert await is_up_to_date(db_url)
     assert await _table_names(db_url) == MERCURY_TABLES | {"alembic_version"}
     assert {
