@@ -32,7 +32,7 @@ import os
 import shutil
 import socket
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,15 +243,18 @@ class HostApiServer:
             self._reserved.discard(run_id)
             _remove(self.socket_dir(run_id))
 
-    def remove_stale(self) -> int:
+    def remove_stale(self, spare: Callable[[str], bool] = lambda run_id: False) -> int:
         """Remove socket folders of a previous process's runs; how many there were.
 
         Only for the process that owns the data dir (`mercury run` at start): a
         `mercury sandbox run` beside it must not take the live runs' sockets away.
+        `spare`: runs of another live process on the same data dir (docs/scale-out.md).
         """
         found = 0
         if self.root.is_dir():
             for stale in self.root.iterdir():
+                if spare(stale.name):
+                    continue
                 if stale.name not in self._runs and stale.name not in self._reserved:
                     _remove(stale)
                     found += 1

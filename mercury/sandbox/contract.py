@@ -17,7 +17,7 @@ carry provider and model only.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +29,26 @@ API_SOCKET_NAME = "api.sock"  # inside each run's socket folder (api.server.SOCK
 API_SOCKET = f"{API_MOUNT}/{API_SOCKET_NAME}"  # the run's host API, as the container sees it
 
 
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:16]
+def new_run_id(tag: str = "") -> str:
+    """A fresh run id; `tag` (the process's, see `run_tag_of`) goes in front, so that
+    several processes on one data dir and engine (docs/scale-out.md) each clean up only
+    their own and dead processes' leftovers."""
+    run = uuid.uuid4().hex[:16]
+    return f"{tag}-{run}" if tag else run
+
+
+def run_tag_of(run_id: str) -> str | None:
+    """The process tag a run id carries, or None (an untagged id: a `mercury sandbox run`
+    or one made before tags)."""
+    tag, sep, _ = run_id.partition("-")
+    return tag if sep and tag else None
+
+
+def spared_run(run_id: str, mine: str, live_tags: Collection[str]) -> bool:
+    """Whether cleanup must leave `run_id`'s container and folders alone: it is another
+    live process's run. Ours (not active) and dead or unknown processes' are removed."""
+    tag = run_tag_of(run_id)
+    return tag is not None and tag != mine and tag in live_tags
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -77,6 +78,11 @@ class EngineHealth:
     ) -> None:
         self._ping = ping
         self.outage_limit = outage_limit
+        # How long a run in flight waits for an engine that stopped answering before it
+        # is handed back to the queue, unrun as far as the user knows. A single process
+        # waits out the whole outage limit; a worker (docs/scale-out.md) hands it back
+        # soon, since another worker's engine can run it now.
+        self.run_give_up = math.inf
         self.first_probe = first_probe
         self.max_probe = max_probe
         self.down_since: float | None = None  # time.monotonic()
@@ -95,6 +101,11 @@ class EngineHealth:
     def given_up(self) -> bool:
         """Down for longer than the limit: stop holding messages, tell their authors."""
         return self.down_since is not None and self.outage_s() > self.outage_limit
+
+    @property
+    def run_given_up(self) -> bool:
+        """Down for longer than a run in flight waits (`run_give_up`) or than the limit."""
+        return self.given_up or (self.down_since is not None and self.outage_s() > self.run_give_up)
 
     def outage_s(self) -> float:
         return 0.0 if self.down_since is None else time.monotonic() - self.down_since

@@ -99,12 +99,17 @@ class Reaper:
                     return
                 await asyncio.sleep(0.2 * failures)
 
-    async def orphans(self, client: docker.DockerClient, active: set[str]) -> int:
+    async def orphans(
+        self,
+        client: docker.DockerClient,
+        active: set[str],
+        spare: Callable[[str], bool] = lambda run_id: False,
+    ) -> int:
         """Remove this instance's leftover containers and io dirs; containers removed.
 
         Only containers labelled mercury.managed=true and mercury.instance=<this instance>
         are touched, so other installs on the same engine keep theirs; `active` run ids
-        are spared.
+        are spared, and so is any run `spare` names (another live process's).
         """
         instance = self.config.instance
         found = await self._call(
@@ -118,7 +123,8 @@ class Reaper:
             # Double-check: the filter is the engine's, the promise is ours.
             if labels.get(LABEL_MANAGED) != "true" or labels.get(LABEL_INSTANCE) != instance:
                 continue
-            if labels.get(LABEL_RUN) in active:
+            run_id = labels.get(LABEL_RUN) or ""
+            if run_id in active or spare(run_id):
                 continue
             try:
                 await self._call(client.api.remove_container, info["Id"], force=True, v=True)
@@ -132,7 +138,7 @@ class Reaper:
         stale: list[Path] = []
         for root in (io_root(self.config.data_dir), outputs_root(self.config.data_dir)):
             if root.is_dir():
-                stale += [p for p in root.iterdir() if p.name not in active]
+                stale += [p for p in root.iterdir() if p.name not in active and not spare(p.name)]
         for path in stale:
             if path.is_dir() and not path.is_symlink():
                 await self._call(remove_io_dir, path)

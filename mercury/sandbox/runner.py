@@ -25,7 +25,7 @@ import asyncio
 import concurrent.futures
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,7 +36,7 @@ import docker.errors
 
 from mercury.config import Config
 from mercury.logging import get_logger
-from mercury.sandbox.contract import new_run_id
+from mercury.sandbox.contract import new_run_id, spared_run
 from mercury.sandbox.engine import EngineUnavailable, connect_engine
 from mercury.sandbox.enginewatch import EngineHealth, short_error
 from mercury.sandbox.hardening import ContainerSpec, check_id, container_spec
@@ -60,6 +60,19 @@ from mercury.sandbox.watch import ActiveRun, RunWatching, mib
 log = get_logger("mercury.sandbox.runner")
 
 T = TypeVar("T")
+
+
+def disk_low_reason(config: Config) -> str | None:
+    """Why nothing may be started or stored now (free disk in data_dir under
+    disk.min_free), or None. Shared by the runner and a gateway, which runs nothing."""
+    floor = config.disk.min_free
+    try:
+        free = free_bytes(config.data_dir)
+    except OSError:
+        return None
+    if free < floor:
+        return f"only {mib(free)} free in {config.data_dir}, under disk.min_free ({mib(floor)})"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +123,9 @@ class ContainerRunner(RunWatching):
         # What the default role's runs are granted (set by the App): warm containers
         # are made with it (warm.py).
         self.usual_extensions: UsualExtensions = NO_EXTENSIONS
+        # Put in front of this process's run ids (the App's process id): cleanup tells
+        # another live process's runs from its own and dead ones' by it.
+        self.run_tag = ""
         # Raises IdentityError (a ValueError) when container.user cannot work here.
         self.identity = container_identity(config.container)
         # The one owner of space folders: the pipeline saves uploads through it too.
@@ -156,7 +172,7 @@ class ContainerRunner(RunWatching):
     async def next_run_id(self, space_id: str) -> str:
         """The id for the space's next run: its waiting container's (reserved for it from
         now on) when it has one, else a new one (a cold run). Pair with `release_run_id`."""
-        return await self.warm.take(space_id) or new_run_id()
+        return await self.warm.take(space_id) or new_run_id(self.run_tag)
 
     def release_run_id(self, run_id: str) -> None:
         """The run of an id from `next_run_id` is over or never started: a waiting
@@ -197,14 +213,18 @@ class ContainerRunner(RunWatching):
         while self._cleanups:
             await asyncio.gather(*list(self._cleanups), return_exceptions=True)
 
-    async def cleanup_orphans(self) -> int:
+    async def cleanup_orphans(self, live_tags: Collection[str] = ()) -> int:
         """Remove this instance's leftover containers and io dirs; return containers removed.
 
         Only containers labelled mercury.managed=true and mercury.instance=<this instance>
-        are touched, so other installs on the same engine keep theirs.
+        are touched, so other installs on the same engine keep theirs; and of those, not
+        the runs of other live processes of the instance (`live_tags`, their run tags).
         """
         client = await self._engine()
-        return await self._reaper.orphans(client, set(self._runs) | self.warm.run_ids())
+        active = set(self._runs) | self.warm.run_ids()
+        return await self._reaper.orphans(
+            client, active, spare=lambda run_id: spared_run(run_id, self.run_tag, live_tags)
+        )
 
     async def aclose(self) -> None:
         """Kill what still runs, wait for every cleanup, release the pool and client.
@@ -228,17 +248,7 @@ class ContainerRunner(RunWatching):
 
     def disk_low(self) -> str | None:
         """Why no run may start now (free disk under disk.min_free), or None."""
-        floor = self.config.disk.min_free
-        try:
-            free = free_bytes(self.config.data_dir)
-        except OSError:
-            return None
-        if free < floor:
-            return (
-                f"only {mib(free)} free in {self.config.data_dir}, under disk.min_free "
-                f"({mib(floor)})"
-            )
-        return None
+        return disk_low_reason(self.config)
 
     def hold_reason(self) -> str | None:
         """Why no run may start now, or None: the dispatcher's gate, so that queued jobs

@@ -375,7 +375,7 @@ class WarmPool:
             if victim is None:
                 return  # all are still being made: no room now
             self._discard(self._slots.pop(victim), "room for a more recent space")
-        run_id = new_run_id()
+        run_id = new_run_id(self.runner.run_tag)
         runner = self.runner
         slot = WarmSlot(
             run_id=run_id,

@@ -185,14 +185,19 @@ class RunWatching:
                     probe = None
                     if state is not None and state.get("Status") not in _ALIVE:
                         return await self._after_exit(run, client, state)
-                if self.health.given_up:
+                if self.health.run_given_up:
                     # Blind for longer than the limit: the job goes back, to fail with the
-                    # operator's notice; the container goes when the engine is back.
+                    # operator's notice (or, on a worker, to run on another worker's
+                    # engine); the container goes when the engine is back.
                     return self._result(
                         run,
                         RunReason.CRASHED,
                         error="the Docker engine did not answer within "
-                        "container.engine_outage_limit",
+                        + (
+                            "container.engine_outage_limit"
+                            if self.health.given_up
+                            else f"{self.health.run_give_up:g}s: handed back to the queue"
+                        ),
                         retry=True,
                     )
                 if probe is None and now >= next_probe:

@@ -5,6 +5,7 @@
 - crash N: print 60 numbered lines to stderr, exit N without a result
 - oom: allocate memory until the kernel kills us
 - sleep S: sleep S seconds, then ok
+- echo-after S TEXT: sleep S seconds, then reply TEXT (a run that takes a while)
 - malformed: write invalid JSON to result.json
 - result-then-exit [S] [N] [D]: after D s (0) write a result, sleep S (0.5), exit N (0)
 - result-then-hang [D]: after D s (0) write a result, then sleep for a long time
@@ -228,6 +229,10 @@ def main() -> None:
     elif command == "sleep":
         time.sleep(float(arg))
         ok("slept")
+    elif command == "echo-after":
+        delay, _, text = arg.partition(" ")
+        time.sleep(float(delay))
+        ok(text)
     elif command == "malformed":
         tmp = os.path.join(IO_DIR, ".result.json.tmp")
         with open(tmp, "w") as fh:
