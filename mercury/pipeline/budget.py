@@ -182,6 +182,16 @@ async def spent_from_db(
 # --------------------------------------------------------------------------- the book
 
 
+async def resync_every(book: BudgetBook, seconds: float) -> None:
+    """`book.resync()` every `seconds` until cancelled (a gateway's or worker's caps)."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await book.resync()
+        except Exception as exc:  # the database is watched elsewhere; try again later
+            log.warning("spending counters not re-read", error=type(exc).__name__)
+
+
 class BudgetBook:
     """The running counts and the checks every spending path asks (one per process)."""
 
@@ -201,6 +211,7 @@ class BudgetBook:
         self._stopped: dict[str, BudgetVerdict] = {}  # run_id -> the cap that refused it
         self._overrides: dict[str, tuple[float, dict[Scope, Cap | None]]] = {}
         self._writes: set[asyncio.Task[None]] = set()
+        self._during: list[MeteredCall] | None = None  # calls counted while resync reads
 
     @property
     def enabled(self) -> bool:
@@ -213,20 +224,47 @@ class BudgetBook:
         self._roll(now)
         assert self._day is not None and self._month is not None
         pruned = await prune_model_calls(self.db, now - KEEP_CALLS)
-        for row in await spend_by_space(self.db, self._month):
-            self._space_month[row.space_id] = Spent(row.usd, row.tokens)
-        for row in await spend_by_user(self.db, self._day):
-            spent = Spent(row.usd, row.tokens)
-            self._space_day[row.space_id] = self._space_day.get(row.space_id, Spent()) + spent
-            self._instance_day += spent
-            if row.user_key is not None:
-                self._user_day[(row.space_id, row.user_key)] = spent
+        await self._read_counters()
         log.info(
             "spending counters loaded",
             instance_day_usd=round(self._instance_day.usd, 4),
             instance_day_tokens=self._instance_day.tokens,
             pruned_calls=pruned,
         )
+
+    async def _read_counters(self) -> None:
+        """Set the counters to what the stored calls of this day and month add up to."""
+        assert self._day is not None and self._month is not None
+        space_month: dict[str, Spent] = {}
+        space_day: dict[str, Spent] = {}
+        user_day: dict[tuple[str, str], Spent] = {}
+        instance_day = Spent()
+        for row in await spend_by_space(self.db, self._month):
+            space_month[row.space_id] = Spent(row.usd, row.tokens)
+        for row in await spend_by_user(self.db, self._day):
+            spent = Spent(row.usd, row.tokens)
+            space_day[row.space_id] = space_day.get(row.space_id, Spent()) + spent
+            instance_day += spent
+            if row.user_key is not None:
+                user_day[(row.space_id, row.user_key)] = spent
+        self._space_month, self._space_day = space_month, space_day
+        self._user_day, self._instance_day = user_day, instance_day
+
+    async def resync(self) -> None:
+        """Count what other processes spent (a gateway and workers share the caps,
+        docs/scale-out.md): wait for this process's own writes, then re-read the stored
+        calls. A call counted here while the read runs is counted again on top, so a cap
+        errs on the safe side until the next resync."""
+        await self.drain()
+        self._roll(self.clock())
+        during: list[MeteredCall] = []
+        self._during = during
+        try:
+            await self._read_counters()
+        finally:
+            self._during = None
+        for call in during:
+            self._add(call, run=False)  # a live run's own count was never re-read
 
     def _roll(self, now: datetime) -> None:
         """Start new periods at UTC midnight and on the 1st: their counters start at zero."""
@@ -250,6 +288,15 @@ class BudgetBook:
         task is the database write (the proxy's close_run waits for it)."""
         now = self.clock()
         self._roll(now)
+        self._add(call)
+        if self._during is not None:
+            self._during.append(call)
+        task = asyncio.get_running_loop().create_task(self._store(call, now))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return task
+
+    def _add(self, call: MeteredCall, *, run: bool = True) -> None:
         spent = Spent(call.cost_usd or 0.0, call.input_tokens + call.output_tokens)
         space = call.space_id
         self._instance_day += spent
@@ -258,12 +305,8 @@ class BudgetBook:
         if call.user_key is not None:
             key = (space, call.user_key)
             self._user_day[key] = self._user_day.get(key, Spent()) + spent
-        if call.run_id in self._runs:
+        if run and call.run_id in self._runs:
             self._runs[call.run_id] += spent
-        task = asyncio.get_running_loop().create_task(self._store(call, now))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-        return task
 
     async def _store(self, call: MeteredCall, now: datetime) -> None:
         try:
@@ -427,6 +470,7 @@ __all__ = [
     "cap_statuses",
     "overrides_from_prefs",
     "read_overrides",
+    "resync_every",
     "spent_from_db",
     "write_override",
 ]

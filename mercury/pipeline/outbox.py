@@ -18,14 +18,17 @@ import contextlib
 import functools
 import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 from mercury.adapters.base import Adapter, RateLimited
 from mercury.core.messages import ConversationRef, OutboundFile, Reply
 from mercury.logging import first_line, get_logger
-from mercury.storage import Database, ReplyStatus, replies
+from mercury.storage import Database, ReplyStatus, notices, replies
+from mercury.storage.notices import NoticeRecord
 from mercury.storage.replies import ReplyRecord
 
 log = get_logger("mercury.outbox")
@@ -39,6 +42,13 @@ SEND_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 MAX_RETRY_AFTER_S = 120.0
 # Waits between attempts of a write that must not be lost (capped, retried forever).
 STORE_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+# A files folder with no unfinished reply is removed at start only once it is this old:
+# with workers (docs/scale-out.md) a younger one may be a reply another process is storing.
+STRAY_FILES_AGE_S = 3600.0
+
+# What the outbox sends: a job's reply (storage.replies) or a worker's notice
+# (storage.notices); both modules have the same mark_* functions.
+Outgoing = ReplyRecord | NoticeRecord
 
 
 async def until_stored(op: Callable[[], Awaitable[T]], what: str) -> T:
@@ -133,8 +143,9 @@ class ReplyOutbox:
         self.send_retry_delays = send_retry_delays
         self._resume_task: asyncio.Task[None] | None = None
 
-    async def deliver(self, reply: ReplyRecord) -> bool:
-        """Send one pending reply; True once it is out (or was already)."""
+    async def deliver(self, reply: Outgoing) -> bool:
+        """Send one pending reply (or notice); True once it is out (or was already)."""
+        ledger = _ledger(reply)
         adapter = self.adapters.get(str(reply.payload.get("platform")))
         if adapter is None:
             why = f"no adapter for platform {reply.payload.get('platform')!r} is enabled"
@@ -150,7 +161,7 @@ class ReplyOutbox:
             if delay:
                 await asyncio.sleep(delay)
             claimed = await until_stored(
-                lambda: replies.mark_sending(self.db, reply.id), "reply sending mark"
+                lambda: ledger.mark_sending(self.db, reply.id), "reply sending mark"
             )
             if not claimed:
                 return True  # someone else settled it (it is not pending any more)
@@ -171,7 +182,7 @@ class ReplyOutbox:
                     error=error,
                 )
                 await until_stored(
-                    functools.partial(replies.back_to_pending, self.db, reply.id, error),
+                    functools.partial(ledger.back_to_pending, self.db, reply.id, error),
                     "reply retry mark",
                 )
                 continue
@@ -180,19 +191,26 @@ class ReplyOutbox:
         await self._settle(reply, None, error)
         return False
 
-    async def _settle(self, reply: ReplyRecord, note: str | None, failed: str | None) -> None:
+    async def settle(self, reply: Outgoing, note: str) -> None:
+        """Record `reply` as out without sending it (it may be out already: `note` says
+        why it is not sent again)."""
+        await self._settle(reply, note, None)
+
+    async def _settle(self, reply: Outgoing, note: str | None, failed: str | None) -> None:
+        ledger = _ledger(reply)
         if failed is None:
             await until_stored(
-                lambda: replies.mark_sent(self.db, reply.id, note=note), "reply sent mark"
+                lambda: ledger.mark_sent(self.db, reply.id, note=note), "reply sent mark"
             )
         else:
             log.error("a reply could not be delivered", job_id=reply.job_id, error=failed)
             await until_stored(
-                lambda: replies.mark_failed(self.db, reply.id, failed), "reply failed mark"
+                lambda: ledger.mark_failed(self.db, reply.id, failed), "reply failed mark"
             )
-        await asyncio.to_thread(
-            shutil.rmtree, replies_root(self.data_dir) / str(reply.job_id), True
-        )
+        if reply.job_id is not None:
+            await asyncio.to_thread(
+                shutil.rmtree, replies_root(self.data_dir) / str(reply.job_id), True
+            )
 
     # ------------------------------------------------------------------ after a restart
 
@@ -207,14 +225,18 @@ class ReplyOutbox:
                 await self._resume_task
 
     async def _resume(self) -> None:
-        left = await until_stored(lambda: replies.unfinished_replies(self.db), "outbox read")
+        left: list[Outgoing] = [
+            *await until_stored(lambda: replies.unfinished_replies(self.db), "outbox read"),
+            *await until_stored(lambda: notices.unfinished_notices(self.db), "notices read"),
+        ]
         keep = {str(r.job_id) for r in left}
         root = replies_root(self.data_dir)
         if root.is_dir():
+            old = time.time() - STRAY_FILES_AGE_S
             for folder in root.iterdir():
-                if folder.name not in keep:
+                if folder.name not in keep and _mtime(folder) < old:
                     await asyncio.to_thread(shutil.rmtree, folder, True)
-        for reply in left:
+        for reply in sorted(left, key=lambda r: r.created_at):
             if reply.status is ReplyStatus.SENDING:
                 # The process died during the platform call: the chat most likely has it.
                 log.warning(
@@ -229,3 +251,15 @@ class ReplyOutbox:
                 await self.deliver(reply)
             except Exception:
                 log.exception("delivering a stored reply failed", job_id=reply.job_id)
+
+
+def _ledger(item: Outgoing) -> ModuleType:
+    """The storage module that records `item`'s sending: replies or notices."""
+    return notices if isinstance(item, NoticeRecord) else replies
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return 0.0

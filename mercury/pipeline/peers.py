@@ -12,7 +12,8 @@ import os
 import socket
 from datetime import datetime
 
-from mercury.core.peers import Here, Peer, sqlite_refusal
+from mercury.core.peers import Here, Peer, live_process_ids, sqlite_refusal
+from mercury.core.roles import run_tag
 from mercury.storage import Database
 from mercury.storage.adapter_status import read_processes
 from mercury.storage.models import utcnow
@@ -67,4 +68,12 @@ async def second_sqlite_process(db: Database, *, now: datetime | None = None) ->
     return sqlite_refusal(await read_peers(db, host=me.host), now or utcnow(), me)
 
 
-__all__ = ["here", "pid_alive", "read_peers", "second_sqlite_process"]
+async def live_run_tags(db: Database, process_id: str, *, now: datetime | None = None) -> set[str]:
+    """The run tags (core/roles.py) of the other live processes of this database: their
+    containers, io dirs and sockets on a shared engine and data dir are not orphans."""
+    me = here(process_id)
+    live = live_process_ids(await read_peers(db, host=me.host), now or utcnow(), me)
+    return {run_tag(p) for p in live if p != process_id}
+
+
+__all__ = ["here", "live_run_tags", "pid_alive", "read_peers", "second_sqlite_process"]

@@ -87,6 +87,10 @@ class RunExecutor:
         self.tasks: TaskHook | None = None
         # Every answer goes out through the outbox: stored first, sent once.
         self.outbox = ReplyOutbox(db, adapters, config.data_dir)
+        # A worker (docs/scale-out.md) only stores answers: the gateway sends them
+        # (pipeline/delivery.py), and streams no preview (its adapters are relays).
+        self.deliver_replies = True
+        self.previews = True
         # run_id -> its metered model calls (from the meter's hook), for the run record.
         self._calls: dict[str, list[MeteredCall]] = {}
         # run_id -> the preview of its streamed answer, while it runs.
@@ -118,7 +122,7 @@ class RunExecutor:
         adapter = self.adapters.get(conv.platform)
         section = getattr(self.config.adapters, conv.platform, None)
         stream = getattr(section, "stream", None)
-        if adapter is None or stream is None or not stream.enabled:
+        if not self.previews or adapter is None or stream is None or not stream.enabled:
             return None
         return StreamPreview(adapter, conv, interval=stream.interval)
 
@@ -221,7 +225,7 @@ class RunExecutor:
                 "run outcome",
             )
             recorded = True
-            if stored is not None:
+            if stored is not None and self.deliver_replies:
                 await self.outbox.deliver(stored)
             await self._budget_warnings(conv, job.space_id, payload.user_key, payload.author_name)
             return status
@@ -458,7 +462,8 @@ class RunExecutor:
             ),
             "notice",
         )
-        await self.outbox.deliver(reply)
+        if self.deliver_replies:
+            await self.outbox.deliver(reply)
 
     def _notice_detail(self, result: RunResult, error_class: Any) -> Any:
         if result.reason is RunReason.TIMEOUT:

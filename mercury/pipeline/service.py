@@ -10,9 +10,10 @@ from mercury.config import Config, Secrets
 from mercury.core.messages import Reply
 from mercury.logging import get_logger
 from mercury.pipeline.budget import BudgetBook
-from mercury.pipeline.dispatcher import Dispatcher
+from mercury.pipeline.dispatcher import LEASE_S, Dispatcher
 from mercury.pipeline.inbound import InboundHandler
 from mercury.pipeline.payload import JobPayload, PayloadError
+from mercury.pipeline.remote_runs import RemoteRuns
 from mercury.pipeline.runs import RunExecutor
 from mercury.sandbox.runner import ContainerRunner
 from mercury.storage import Database
@@ -45,18 +46,24 @@ class Pipeline:
         config: Config,
         secrets: Secrets,
         db: Database,
-        runner: ContainerRunner,
-        host: RunHost,
+        runner: ContainerRunner | RemoteRuns,
+        host: RunHost | None,
         adapters: Mapping[str, Adapter],
+        *,
+        owner: str | None = None,
+        lease: float = LEASE_S,
     ) -> None:
+        """`runner`: the container runner, or a gateway's `RemoteRuns` (it runs nothing,
+        and has no host API: `host` None). `owner`: this process's id on its claims."""
         self.config = config
         self.db = db
         self.runner = runner
         self.adapters = adapters
         # Spending caps: every metered call is counted, every model call asked about.
         self.budget = BudgetBook(config, db)
-        host.meter.add_hook(self.budget.count)
-        host.set_call_guard(self.budget.refuse_call)
+        if host is not None:
+            host.meter.add_hook(self.budget.count)
+            host.set_call_guard(self.budget.refuse_call)
         self.executor = RunExecutor(
             config,
             db,
@@ -76,16 +83,22 @@ class Pipeline:
             gate=runner.hold_reason,
             # Jobs another (dead) process held, recovered while this one runs.
             on_recovered=self._tell_failed,
+            owner=owner,
+            lease=lease,
         )
         self.inbound = InboundHandler(
             config, db, self.dispatcher, runner, adapters, budget=self.budget
         )
 
-    async def start(self) -> None:
-        await self._tell_failed(await self.dispatcher.recover())
+    async def start(self, *, claim: bool = True) -> None:
+        """Load what the checks need; with `claim` (not on a gateway), recover dead
+        processes' jobs and start claiming."""
+        if claim:
+            await self._tell_failed(await self.dispatcher.recover())
         await self.inbound.seed_ledger()
         await self.budget.load()
-        self.dispatcher.start()
+        if claim:
+            self.dispatcher.start()
 
     async def _tell_failed(self, stale: StaleJobs) -> None:
         """Tell each chat whose message was failed after its runs were cut short twice."""

@@ -1,0 +1,77 @@
+"""A worker's ear for /stop: runs the gateway asked to stop, stopped here.
+
+With a gateway and workers (docs/scale-out.md), /stop and the dashboard's stop button
+reach the gateway, which marks the space's running job (storage/job_control.py). Each
+worker looks every `workers.poll` for marks on the jobs it holds and aborts their
+containers through its runner, as a single process's /stop does directly. The run then
+ends "aborted" with no reply (the gateway already answered the /stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from mercury.logging import get_logger
+from mercury.storage import Database
+from mercury.storage.job_control import abort_requests
+
+log = get_logger("mercury.abort_watch")
+
+
+class AbortWatch:
+    """Polls for stop requests on `owner`'s running jobs; calls `abort(space_id)` once each."""
+
+    def __init__(
+        self,
+        db: Database,
+        owner: str,
+        abort: Callable[[str], Awaitable[bool]],
+        *,
+        poll: float,
+    ) -> None:
+        self.db = db
+        self.owner = owner
+        self.abort = abort
+        self.poll = poll
+        self._done: set[int] = set()  # jobs already aborted (their mark stays until they end)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is watched elsewhere
+                log.debug("stop requests not read", error=type(exc).__name__)
+            await asyncio.sleep(self.poll)
+
+    async def check(self) -> int:
+        """Abort the runs newly asked to stop; how many."""
+        asked = await abort_requests(self.db, self.owner)
+        self._done &= {job_id for job_id, _ in asked}
+        stopped = 0
+        for job_id, space_id in asked:
+            if job_id in self._done:
+                continue
+            # False: its container is not started yet (or is gone): asked again next time.
+            if await self.abort(space_id):
+                self._done.add(job_id)
+                log.info("stopped a run the gateway was asked to stop", job_id=job_id)
+                stopped += 1
+        return stopped
+
+
+__all__ = ["AbortWatch"]
