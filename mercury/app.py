@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
+import math
+import os
+import uuid
 from typing import Any
 
 from mercury.config import LoadedConfig
+from mercury.core.roles import Role, role_problem, run_tag, space_limit_for
 from mercury.http.server import HttpServer
 from mercury.logging import get_logger
 
@@ -17,6 +20,11 @@ log = get_logger("mercury.app")
 RUN_GRACE_S = 10.0
 # How long the whole shutdown may take before remaining work is abandoned.
 SHUTDOWN_TIMEOUT_S = 40.0
+# How often a gateway or worker re-reads every process's spending (shared caps).
+BUDGET_RESYNC_S = 5.0
+# How long a worker's run waits for its engine to answer again before its job goes back
+# to the queue for the other workers.
+WORKER_RUN_GIVE_UP_S = 15.0
 
 
 class StartupError(Exception):
@@ -24,8 +32,22 @@ class StartupError(Exception):
 
 
 class App:
-    def __init__(self, loaded: LoadedConfig, *, accept_empty_database: bool = False) -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        accept_empty_database: bool = False,
+        role: Role = Role.ALL,
+    ) -> None:
         self.loaded = loaded
+        # What this process does (core/roles.py): everything, the gateway or a worker.
+        self.role = role
+        # Unique per process start: its claims' owner, its heartbeat row, its run ids' tag.
+        self.process_id = f"mercury-{uuid.uuid4().hex[:12]}"
+        self.remote: Any = None  # a gateway's view of the workers' runs (remote_runs.py)
+        self.delivery: Any = None  # a gateway's delivery loop (pipeline/delivery.py)
+        self.abort_watch: Any = None  # a worker's ear for /stop (pipeline/abort_watch.py)
+        self._resync: asyncio.Task[None] | None = None  # spending counters, shared
         # The operator confirmed that an empty database is meant (`--accept-empty-database`).
         self.accept_empty_database = accept_empty_database
         self.db_watch: Any = None
@@ -47,24 +69,32 @@ class App:
 
     async def start(self) -> None:
         from mercury.datadir import prepare_data_dir
-        from mercury.http.server import ServerStartError
         from mercury.sandbox.engine import EngineUnavailable, connect_engine
         from mercury.storage import Database
         from mercury.storage.migrate import DatabaseTooNew, upgrade
 
         cfg = self.config
+        url = cfg.resolved_database_url()
+        problem = role_problem(self.role, url)
+        limit, refused = space_limit_for(self.role, cfg.disk.space_limit)
+        if problem or refused:
+            raise StartupError(str(problem or refused))
+        cfg.disk.space_limit = limit  # type: ignore[assignment]  # one of the literals
         try:
             # Private to Mercury's user (0700): it holds tokens and every space.
             prepare_data_dir(cfg)
         except OSError as exc:
             raise StartupError(str(exc)) from exc
         _raise_file_limit()
-        try:
-            self.docker, info = await asyncio.to_thread(connect_engine, 10.0)
-        except EngineUnavailable as exc:
-            raise StartupError(str(exc)) from exc
-        log.info("docker engine", version=info.version, endpoint=info.endpoint)
-        url = cfg.resolved_database_url()
+        if self.role.runs_containers:
+            if cfg.container.docker_host:
+                # docker.from_env and every engine call of this process read it from here.
+                os.environ["DOCKER_HOST"] = cfg.container.docker_host
+            try:
+                self.docker, info = await asyncio.to_thread(connect_engine, 10.0)
+            except EngineUnavailable as exc:
+                raise StartupError(str(exc)) from exc
+            log.info("docker engine", version=info.version, endpoint=info.endpoint)
         try:
             await upgrade(url)
         except DatabaseTooNew as exc:  # its own line already says what to do
@@ -78,13 +108,44 @@ class App:
             ) from exc
         self.db = Database(url)
         await self._guard_database()
-        await self._build_services()
+        if self.role is Role.GATEWAY:
+            await self._build_gateway()
+        else:
+            await self._build_services()
         # The first beat before claiming: another process starting now must see this one
         # alive, or it would take this one's jobs for a dead process's.
         await self._start_heartbeat()
-        await self.pipeline.start()
-        if self.scheduler is not None:
+        await self.pipeline.start(claim=self.role.runs_containers)
+        if self.role is not Role.ALL:
+            from mercury.pipeline.budget import resync_every
+
+            # Caps count every process's spending: re-read it every few seconds.
+            self._resync = asyncio.get_running_loop().create_task(
+                resync_every(self.pipeline.budget, BUDGET_RESYNC_S)
+            )
+        if self.abort_watch is not None:
+            self.abort_watch.start()
+        if self.scheduler is not None and self.role.talks_to_chats:
             self.scheduler.start()
+        if self.role.talks_to_chats:
+            await self._start_chats()
+        await self.heartbeat.beat()  # the adapters as they are now started
+        self._started = True
+        log.info(
+            "mercury started",
+            instance=cfg.instance,
+            role=self.role.value,
+            process=self.process_id,
+            url=f"http://{cfg.server.host}:{self.http.bound_port}"
+            if self.role.talks_to_chats
+            else None,
+            adapters=sorted(self.adapters),
+        )
+
+    async def _start_chats(self) -> None:
+        """The adapters, the replies' delivery, then the web server (not on a worker)."""
+        from mercury.http.server import ServerStartError
+
         for name, adapter in self.adapters.items():
             try:
                 await adapter.start(self.pipeline.inbound)
@@ -93,20 +154,49 @@ class App:
 
                 raise StartupError(f"adapters.{name}: {scrub_text(str(exc))}") from exc
             self._started_adapters.append(adapter)
-        self.pipeline.adapters_started()
+        if self.delivery is not None:
+            self.delivery.start()  # a gateway sends what the workers stored
+        else:
+            self.pipeline.adapters_started()
         # Listen last: once /healthz answers, every adapter accepts messages.
         try:
             await self.http.start()
         except ServerStartError as exc:
             raise StartupError(str(exc)) from exc
-        await self.heartbeat.beat()  # the adapters as they are now started
-        self._started = True
-        log.info(
-            "mercury started",
-            instance=cfg.instance,
-            url=f"http://{cfg.server.host}:{self.http.bound_port}",
-            adapters=sorted(self.adapters),
+
+    async def _build_gateway(self) -> None:
+        """A gateway: chats, web server, dashboard, scheduler and delivery; no runner, no
+        host API, no engine. Runs are the workers'; this process sees them through the
+        database (pipeline/remote_runs.py) and sends what they stored (delivery.py)."""
+        from mercury.pipeline.delivery import GatewayDelivery
+        from mercury.pipeline.remote_runs import RemoteRuns
+        from mercury.pipeline.scheduler import Scheduler
+        from mercury.pipeline.service import Pipeline
+
+        cfg = self.config
+        self._load_extensions()  # checked here too: a broken one stops start-up
+        try:
+            self.remote = RemoteRuns(cfg, self.db, refresh=max(cfg.workers.poll, 1.0))
+        except ValueError as exc:  # container.user
+            raise StartupError(str(exc)) from exc
+        self._build_adapters()
+        self.pipeline = Pipeline(
+            cfg,
+            self.loaded.secrets,
+            self.db,
+            self.remote,
+            None,
+            self.adapters,
+            owner=self.process_id,
+            lease=cfg.workers.lease,
         )
+        self.delivery = GatewayDelivery(
+            self.db, self.pipeline.executor.outbox, poll=cfg.workers.poll
+        )
+        if cfg.scheduler.enabled:
+            self.scheduler = Scheduler.for_app(cfg, self.db, self.pipeline)
+        self.remote.start()
+        self._build_dashboard()
 
     async def _build_services(self) -> None:
         from mercury.api.routes import mount_space_api
@@ -159,10 +249,22 @@ class App:
             container_user=self.runner.identity.user,
             size_limit=self.runner.spaces.mode,
         )
-        # Containers labelled with this instance belong to a dead process: remove them.
-        removed = await self.runner.cleanup_orphans()
+        from mercury.pipeline.peers import live_run_tags
+        from mercury.sandbox.contract import spared_run
+
+        # Containers labelled with this instance belong to a dead process (unless another
+        # live process of the instance shares the engine: its runs carry its tag).
+        self.runner.run_tag = run_tag(self.process_id)
+        others = await live_run_tags(self.db, self.process_id)
+        removed = await self.runner.cleanup_orphans(others)
         if removed:
             log.warning("removed orphaned containers", count=removed)
+        if self.role is Role.WORKER:
+            # Other workers serve while this one's engine is away: its messages are never
+            # failed for the outage (container.engine_outage_limit), they wait or move.
+            self.runner.health.outage_limit = math.inf
+            # A run its engine dropped goes back to the queue soon, for another worker.
+            self.runner.health.run_give_up = WORKER_RUN_GIVE_UP_S
         try:
             # Built in the background: messages are accepted meanwhile and wait in the queue.
             await ensure_agent_image(self.docker, images)
@@ -172,9 +274,34 @@ class App:
             # After the agent image: the derived one is built FROM it (found at once when
             # the engine has the tag for this plan already).
             images.rebuild()
-        self.host.server.remove_stale()
-        self._build_adapters()
-        self.pipeline = Pipeline(cfg, secrets, self.db, self.runner, self.host, self.adapters)
+        self.host.server.remove_stale(
+            spare=lambda run_id: spared_run(run_id, self.runner.run_tag, others)
+        )
+        if self.role is Role.WORKER:
+            from mercury.adapters.registry import enabled_platforms
+            from mercury.pipeline.abort_watch import AbortWatch
+            from mercury.pipeline.relay import relay_adapters
+
+            # No chat connections here: what would be sent is stored for the gateway.
+            self.adapters = dict(relay_adapters(enabled_platforms(cfg), self.db))
+        else:
+            self._build_adapters()
+        self.pipeline = Pipeline(
+            cfg,
+            secrets,
+            self.db,
+            self.runner,
+            self.host,
+            self.adapters,
+            owner=self.process_id,
+            lease=cfg.workers.lease,
+        )
+        if self.role is Role.WORKER:
+            self.pipeline.executor.deliver_replies = False  # the gateway sends them
+            self.pipeline.executor.previews = False
+            self.abort_watch = AbortWatch(
+                self.db, self.process_id, self.runner.abort, poll=cfg.workers.poll
+            )
         self.pipeline.executor.extensions = extensions
         if extensions:
             from mercury.core.permissions import is_custom, permissions_of
@@ -197,8 +324,10 @@ class App:
         )
         if cfg.scheduler.enabled:
             # Checks due tasks like messages; told by the executor how their runs ended.
+            # (A worker's only hears how runs ended: the gateway's checks due tasks.)
             self.scheduler = Scheduler.for_app(cfg, self.db, self.pipeline)
-        self._build_dashboard()
+        if self.role is Role.ALL:
+            self._build_dashboard()
         await self.host.start()
         if self.ext_hooks is not None:
             # Their startup hooks, then their jobs, before any message is taken.
@@ -214,9 +343,10 @@ class App:
 
         self.heartbeat = Heartbeat(
             self.db,
-            process_id=self.pipeline.dispatcher.owner,
+            process_id=self.process_id,
             instance=self.config.instance,
-            adapters=self.adapters,
+            # A worker's relays are no chat connections: the gateway reports those.
+            adapters=self.adapters if self.role.talks_to_chats else {},
         )
         await self.heartbeat.start()
 
@@ -260,34 +390,10 @@ class App:
         self.http.add_health_check(self.db_watch.health)
 
     def _build_auth(self) -> Any:
-        """The one login layer of the web chat and the dashboard (mercury.http.auth).
+        """The one login layer of the web chat and the dashboard (http/stored_sessions.py)."""
+        from mercury.http.stored_sessions import build_web_auth
 
-        Its sessions live in the database and its cookies are signed with the instance's
-        key in data_dir, so a restart keeps the operator logged in; without a database yet
-        (tests that only mount routes) both live in memory.
-        """
-        from mercury.http.auth import WebAuth
-        from mercury.http.sessions import MemorySessionStore, SessionStore, signing_key
-
-        cfg = self.config
-        password = self.loaded.secrets.dashboard_password
-        ttl = cfg.dashboard.session_ttl
-        sessions: SessionStore
-        if self.db is not None:
-            from mercury.http.stored_sessions import DatabaseSessionStore
-
-            sessions = DatabaseSessionStore(self.db, ttl)
-        else:
-            sessions = MemorySessionStore(ttl)
-        return WebAuth(
-            username=cfg.dashboard.username,
-            password=password.get_secret_value() if password else None,
-            session_ttl=ttl,
-            public_url=cfg.server.public_url,
-            trusted_proxies=cfg.server.trusted_proxies,
-            sessions=sessions,
-            cookie_key=signing_key(cfg.data_dir) if self.db is not None else None,
-        )
+        return build_web_auth(self.config, self.loaded.secrets.dashboard_password, self.db)
 
     def _build_adapters(self) -> None:
         """One adapter per enabled platform; their HTTP routes (webhooks, the web chat)
@@ -319,7 +425,7 @@ class App:
                 db=self.db,
                 auth=self.auth,
                 adapters=self.adapters,
-                runner=self.runner,
+                runner=self.runner if self.remote is None else self.remote,
                 pipeline=self.pipeline,
                 scheduler=self.scheduler,
                 host=self.host,
@@ -329,6 +435,15 @@ class App:
 
     async def stop(self) -> None:
         """Stop every service; each step runs even if an earlier one failed."""
+        for helper in (self.abort_watch, self.delivery, self.remote):
+            if helper is not None:
+                with contextlib.suppress(Exception):
+                    await helper.stop()
+        if self._resync is not None:
+            self._resync.cancel()
+            with contextlib.suppress(BaseException):
+                await self._resync
+            self._resync = None
         if self.scheduler is not None:
             with contextlib.suppress(Exception):
                 await self.scheduler.stop()
@@ -386,36 +501,3 @@ def _raise_file_limit() -> None:
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-async def serve(app: App, stop: asyncio.Event | None = None) -> None:
-    """Start `app`, wait for SIGINT/SIGTERM (or `stop`), then shut down within a bound."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, _on_signal, stop, sig)
-    try:
-        try:
-            await app.start()
-        except BaseException:
-            await app.stop()
-            raise
-        await stop.wait()
-        log.info("shutting down", grace_s=RUN_GRACE_S, timeout_s=SHUTDOWN_TIMEOUT_S)
-        try:
-            await asyncio.wait_for(app.stop(), timeout=SHUTDOWN_TIMEOUT_S)
-        except TimeoutError:
-            log.error("shutdown timed out; exiting anyway", timeout_s=SHUTDOWN_TIMEOUT_S)
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-
-
-def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
-    if stop.is_set():
-        # A second signal means "now": the operator is not waiting for a clean stop.
-        log.warning("second signal, exiting immediately", signal=sig.name)
-        raise SystemExit(130)
-    log.info("signal received", signal=sig.name)
-    stop.set()

@@ -43,6 +43,7 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 for _command in (
     init.init,
     run.run,
+    run.worker,
     doctor.doctor,
     db.db,
     sandbox.sandbox,

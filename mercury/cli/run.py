@@ -12,6 +12,7 @@ import click
 
 from mercury.cli.common import config_option, fail, load_or_exit
 from mercury.config import Config
+from mercury.core.roles import Role
 
 
 def run_overrides(host: str | None, port: int | None, log_level: str | None) -> dict[str, Any]:
@@ -73,16 +74,34 @@ def public_bind_problem(config: Config) -> str | None:
     help="Start even though the database is empty while spaces exist on disk "
     "(it was deleted or replaced; history, queue and roles start empty).",
 )
+@click.option(
+    "--role",
+    type=click.Choice([Role.ALL.value, Role.GATEWAY.value]),
+    default=Role.ALL.value,
+    show_default=True,
+    help="all: everything in this process. gateway: chats, web server, dashboard and "
+    "scheduler only; `mercury worker` processes run the jobs (docs/scale-out.md).",
+)
 def run(
-    host: str | None, port: int | None, log_level: str | None, accept_empty_database: bool
+    host: str | None,
+    port: int | None,
+    log_level: str | None,
+    accept_empty_database: bool,
+    role: str,
 ) -> None:
     """Migrate the database and run Mercury until SIGINT/SIGTERM."""
-    from mercury.app import App, StartupError, serve
-    from mercury.logging import configure_logging_for
+    serve_role(Role(role), run_overrides(host, port, log_level), accept_empty_database)
 
-    loaded = load_or_exit(run_overrides(host, port, log_level))
+
+def serve_role(role: Role, overrides: dict[str, Any], accept_empty_database: bool) -> None:
+    """Load the config, then serve `role` until SIGINT/SIGTERM (`mercury run`/`worker`)."""
+    from mercury.app import App, StartupError
+    from mercury.logging import configure_logging_for
+    from mercury.serve import serve
+
+    loaded = load_or_exit(overrides)
     configure_logging_for(loaded)  # every configured secret is redacted from the logs
-    problem = public_bind_problem(loaded.config)
+    problem = public_bind_problem(loaded.config) if role.talks_to_chats else None
     if problem:
         from mercury.logging import get_logger
 
@@ -90,8 +109,23 @@ def run(
         click.secho(f"WARNING: {problem}", err=True, fg="red", bold=True)
     os.umask(0o077)  # whatever Mercury creates from now on is its own (docs/security.md)
     try:
-        asyncio.run(serve(App(loaded, accept_empty_database=accept_empty_database)))
+        app = App(loaded, accept_empty_database=accept_empty_database, role=role)
+        asyncio.run(serve(app))
     except StartupError as exc:
         fail(str(exc))
     except KeyboardInterrupt:  # pragma: no cover - a signal before handlers were installed
         sys.exit(130)
+
+
+@click.command()
+@config_option
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="log.level",
+)
+def worker(log_level: str | None) -> None:
+    """Claim and run jobs for a gateway, on this machine's Docker engine (PostgreSQL only;
+    docs/scale-out.md). Runs until SIGINT/SIGTERM."""
+    serve_role(Role.WORKER, run_overrides(None, None, log_level), accept_empty_database=False)

@@ -2,7 +2,9 @@
 
 The unit's text is mercury/core/service_unit.py; what install does to the machine (the
 system user, its Docker access, data_dir handed over, the unit enabled and started) is
-mercury/ops/service.py. `--dry-run` prints the unit and changes nothing.
+mercury/ops/service.py. `--dry-run` prints the unit and changes nothing. `--role` picks
+what the unit runs: everything (`mercury run`), the gateway or a worker (docs/scale-out.md);
+give a gateway and a worker on one machine different `--name`s.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 import click
 
 from mercury.cli.common import config_option, err, fail, load_or_exit, out
+from mercury.core.roles import Role
 
 DEFAULT_NAME = "mercury"
 DEFAULT_USER = "mercury"
@@ -48,11 +51,24 @@ def service() -> None:
     help="Run as root instead of a dedicated user (needed for space images).",
 )
 @name_option
+@click.option(
+    "--role",
+    type=click.Choice([r.value for r in Role]),
+    default=Role.ALL.value,
+    show_default=True,
+    help="all: `mercury run`; gateway: `mercury run --role gateway`; worker: `mercury "
+    "worker` (docs/scale-out.md). Use --name to tell them apart, e.g. mercury-worker.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the unit and change nothing.")
 @unit_dir_option
 @config_option
 def install(
-    user: str | None, as_root: bool, name: str, dry_run: bool, unit_dir: Path | None
+    user: str | None,
+    as_root: bool,
+    name: str,
+    role: str,
+    dry_run: bool,
+    unit_dir: Path | None,
 ) -> None:
     """Write, enable and start a systemd unit for this install."""
     from mercury.ops.service import (
@@ -73,6 +89,7 @@ def install(
             name=name,
             user=None if as_root else (user or DEFAULT_USER),
             version=systemd_version(),
+            role=Role(role),
         )
         if dry_run:
             for note in plan.notes:

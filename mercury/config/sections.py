@@ -146,6 +146,9 @@ class ContainerConfig(Section):
     # bridge or a named Docker network for agents that need the internet.
     network: str = "none"
     max_concurrency: int = Field(2, ge=1)
+    # The Docker engine this process runs containers on (e.g. unix:///run/docker.sock,
+    # ssh://host); None = DOCKER_HOST or the local socket. Each worker may have its own.
+    docker_host: str | None = None
     # Optional OCI runtime, e.g. runsc (gVisor).
     runtime: str | None = None
     # Hardening: each on by default; docs/security.md explains what turning one off costs.
@@ -436,6 +439,17 @@ class BudgetsConfig(Section):
         )
 
 
+class WorkersConfig(Section):
+    """Several processes on one PostgreSQL (docs/scale-out.md): the gateway and workers."""
+
+    # How long a claimed job is held without renewal; its worker renews every third of it.
+    # A worker killed mid-run loses its jobs to the others after at most this long.
+    lease: Duration = Field(60.0, ge=3.0)
+    # How often the gateway looks for replies and notices the workers stored, and a worker
+    # for runs the gateway asked to stop.
+    poll: Duration = Field(0.25, gt=0, le=10.0)
+
+
 class Config(Section):
     """The whole configuration. `secrets` is filled from the environment only."""
 
@@ -461,6 +475,7 @@ class Config(Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     extensions: ExtensionsConfig = Field(default_factory=ExtensionsConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
 
     @field_validator("database_url")
     @classmethod

@@ -16,6 +16,9 @@ The choices that matter:
 - ProtectHome=yes hides /home, /root and /run/user; when a path Mercury needs is there
   (a venv in a home folder, or the Python a venv elsewhere resolves into, such as pyenv's
   in /root), it is read-only instead, with ReadWritePaths for data_dir.
+- The role (docs/scale-out.md): `all` runs `mercury run`, a gateway `mercury run --role
+  gateway`, a worker `mercury worker`. A gateway starts no container, so it is neither
+  ordered after docker.service nor given the Docker socket's group.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import re
 import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from mercury.core.roles import Role
 
 # systemd learnt Type=exec in 240 and RestartSteps/RestartMaxDelaySec in 254.
 EXEC_TYPE_SINCE = 240
@@ -61,6 +66,7 @@ class UnitSpec:
     read_paths: tuple[str, ...] = ()  # only read (the extensions folder)
     runtime_paths: tuple[str, ...] = ()  # where python really lives: see interpreter_paths()
     mercury_version: str = ""
+    role: Role = Role.ALL  # what the process does: see role_command()
 
     @property
     def working_dir(self) -> str:
@@ -116,6 +122,23 @@ def parse_systemd_version(text: str) -> int | None:
 def stop_timeout(shutdown_timeout_s: float) -> float:
     """TimeoutStopSec: Mercury's own shutdown limit plus a margin for exiting."""
     return shutdown_timeout_s + STOP_MARGIN_S
+
+
+def role_command(role: Role | str) -> list[str]:
+    """The `mercury` arguments that start this role (before `--config`)."""
+    role = Role(role)
+    if role is Role.WORKER:
+        return ["worker"]
+    if role is Role.GATEWAY:
+        return ["run", "--role", Role.GATEWAY.value]
+    return ["run"]
+
+
+def description(role: Role | str, config_path: str) -> str:
+    """Description=: the role is named, so `systemctl list-units` tells the units apart."""
+    role = Role(role)
+    what = "" if role is Role.ALL else f", {role.value}"
+    return f"Mercury chat-bot host{what} ({config_path})"
 
 
 def mounts_space_images(as_root: bool, space_size: int | None, space_limit: str) -> bool:
@@ -181,6 +204,16 @@ def service_type(version: int | None) -> str:
 
 
 Directive = tuple[str, str, str]  # key, value, the comment saying why
+
+# ExecStart's comment per role: what this process does (docs/scale-out.md).
+_EXEC_WHY = {
+    Role.ALL: "The interpreter Mercury is installed in, with this install's config: "
+    "everything in one process.",
+    Role.GATEWAY: "The interpreter Mercury is installed in, with this install's config: the "
+    "gateway (chats, web server, scheduler, sending replies); workers run the jobs.",
+    Role.WORKER: "The interpreter Mercury is installed in, with this install's config: a "
+    "worker (claims jobs, runs their containers on this machine's engine).",
+}
 
 
 def restart_directives(version: int | None) -> tuple[list[Directive], list[Directive]]:
@@ -254,7 +287,7 @@ def _identity(spec: UnitSpec) -> list[Directive]:
         ("User", spec.user, "A dedicated system account: Mercury needs no login user's rights."),
         ("Group", spec.user, "Its own group, so the files it makes are nobody else's."),
     ]
-    if spec.docker_group:
+    if spec.docker_group and Role(spec.role).runs_containers:  # a gateway never uses Docker
         out.append(
             (
                 "SupplementaryGroups",
@@ -347,6 +380,7 @@ def render_unit(spec: UnitSpec) -> str:
     paths += [("the Python installation", p) for p in spec.runtime_paths]
     for what, path in paths:
         check_path(what, path)
+    role = Role(spec.role)
     restart_unit, restart_service = restart_directives(spec.systemd_version)
     head = f" (Mercury {spec.mercury_version})" if spec.mercury_version else ""
     lines = [
@@ -356,15 +390,16 @@ def render_unit(spec: UnitSpec) -> str:
         "",
     ]
     unit: list[Directive] = [
-        ("Description", escape_specifiers(f"Mercury chat-bot host ({spec.config_path})"), "For"
+        ("Description", escape_specifiers(description(role, spec.config_path)), "For"
          " `systemctl status`."),
         ("Wants", "network-online.target", "Chat platforms and models are reached over the "
          "network ..."),
         ("After", "network-online.target", "... so start once it is up."),
-        ("After", "docker.service", "Runs are Docker containers: start after the engine, "
-         "and stop before it."),
-        *restart_unit,
     ]  # fmt: skip
+    if role.runs_containers:
+        unit.append(("After", "docker.service", "Runs are Docker containers: start after "
+                     "the engine, and stop before it."))  # fmt: skip
+    unit += restart_unit
     env = [("PYTHONUNBUFFERED", "1")]
     service: list[Directive] = [
         ("Type", service_type(spec.systemd_version), "Started once the program runs."),
@@ -375,9 +410,9 @@ def render_unit(spec: UnitSpec) -> str:
          "keys, the dashboard password) from .env; '-': a missing file is no error."),
         ("Environment", " ".join(quote_word(f"{k}={v}") for k, v in env), "Log lines reach "
          "the journal as they are written."),
-        ("ExecStart", exec_line([spec.python, "-m", "mercury.cli", "run", "--config",
-                                  spec.config_path]),
-         "The interpreter Mercury is installed in, with this install's config."),
+        ("ExecStart", exec_line([spec.python, "-m", "mercury.cli", *role_command(role),
+                                  "--config", spec.config_path]),
+         _EXEC_WHY[role]),
         ("Restart", "on-failure", "A crash or a failed start is retried; a clean stop is not."),
         *restart_service,
         ("KillSignal", "SIGTERM", "Mercury's graceful stop: runs get their grace period ..."),

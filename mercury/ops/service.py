@@ -1,9 +1,10 @@
 """`mercury service`: the I/O around the unit text of mercury/core/service_unit.py.
 
 Gathers the facts (the interpreter, the config's paths, the systemd version, the Docker
-socket's group), then installs: the dedicated system user, its Docker access, data_dir
-handed to it, the unit written, enabled and started. Uninstall stops and removes the unit
-and keeps data and user. Status reads `systemctl show`.
+socket's group; the role: all, gateway or worker, docs/scale-out.md), then installs: the
+dedicated system user, its Docker access (not for a gateway, which starts no container),
+data_dir handed to it, the unit written, enabled and started. Uninstall stops and removes
+the unit and keeps data and user. Status reads `systemctl show`.
 
 Who owns data_dir afterwards (the spaces' files matter: Mercury hands them to
 `container.user` before each run, and agents write into them as that uid):
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from mercury import __version__
 from mercury.config import AUTO_CONTAINER_ID, LoadedConfig
+from mercury.core.roles import Role, role_problem, space_limit_for
 from mercury.core.service_unit import (
     UnitError,
     UnitSpec,
@@ -87,9 +89,11 @@ def systemd_version() -> int | None:
     return parse_systemd_version(done.stdout) if done.returncode == 0 else None
 
 
-def docker_socket() -> Path | None:
-    """The Docker engine's unix socket ($DOCKER_HOST unix://..., else the usual one)."""
-    host = os.environ.get("DOCKER_HOST", "")
+def docker_socket(configured: str | None = None) -> Path | None:
+    """The Docker engine's unix socket: `container.docker_host` (which Mercury itself puts
+    before $DOCKER_HOST, so a worker's own engine is the one whose group it joins), else
+    $DOCKER_HOST unix://..., else the usual one."""
+    host = configured or os.environ.get("DOCKER_HOST", "")
     if host and not host.startswith("unix://"):
         return None  # a TCP engine: no socket group to join
     path = Path(host[len("unix://") :]) if host else DEFAULT_DOCKER_SOCKET
@@ -117,7 +121,14 @@ def user_uid(name: str) -> int | None:
         return None
 
 
-def plan_install(loaded: LoadedConfig, *, name: str, user: str | None, version: int | None) -> Plan:
+def plan_install(
+    loaded: LoadedConfig,
+    *,
+    name: str,
+    user: str | None,
+    version: int | None,
+    role: Role = Role.ALL,
+) -> Plan:
     """The unit for this install, or ServiceError saying why it cannot run as asked."""
     from mercury.app import SHUTDOWN_TIMEOUT_S
 
@@ -131,6 +142,14 @@ def plan_install(loaded: LoadedConfig, *, name: str, user: str | None, version: 
             check_user_name(user)
     except UnitError as exc:
         raise ServiceError(str(exc)) from None
+    # A gateway or worker on SQLite would fail at every start: say so now, not in a
+    # restart loop in the journal.
+    problem = role_problem(role, config.resolved_database_url())
+    # ... and so would one told to mount space images (a gateway's and workers' spaces
+    # are shared folders: `auto` means watch for them).
+    space_limit, refused = space_limit_for(role, config.disk.space_limit)
+    if problem or refused:
+        raise ServiceError(str(problem or refused))
     disk = config.disk
     if user is not None:
         problem = dedicated_user_problem(
@@ -144,7 +163,8 @@ def plan_install(loaded: LoadedConfig, *, name: str, user: str | None, version: 
         folder = db_file.resolve().parent
         if folder != config.data_dir and config.data_dir not in folder.parents:
             write_paths.append(str(folder))
-    socket = docker_socket()
+    # A gateway never talks to Docker: no socket group, so its account stays unprivileged.
+    socket = docker_socket(config.container.docker_host) if role.runs_containers else None
     group = None
     if user is not None and socket is not None:
         group = socket_group(socket)
@@ -153,12 +173,13 @@ def plan_install(loaded: LoadedConfig, *, name: str, user: str | None, version: 
                 f"the Docker socket {socket} belongs to group root; give it a docker group "
                 "(Docker's post-install steps) or install with --as-root"
             )
-    elif user is not None:
+    elif user is not None and role.runs_containers:
         group = "docker"
         notes.append(
             "no Docker socket found (DOCKER_HOST or /var/run/docker.sock): the unit assumes "
             "group docker"
         )
+    images = mounts_space_images(user is None, disk.space_size, space_limit)
     config_path = loaded.path.resolve()
     spec = UnitSpec(
         name=name,
@@ -170,7 +191,7 @@ def plan_install(loaded: LoadedConfig, *, name: str, user: str | None, version: 
         user=user,
         docker_group=group,
         systemd_version=version,
-        mounts_space_images=mounts_space_images(user is None, disk.space_size, disk.space_limit),
+        mounts_space_images=images,
         write_paths=tuple(write_paths),
         read_paths=(str(config.extensions.dir),),
         runtime_paths=interpreter_paths(
@@ -179,6 +200,7 @@ def plan_install(loaded: LoadedConfig, *, name: str, user: str | None, version: 
             os.path.realpath(sys.base_prefix),
         ),
         mercury_version=__version__,
+        role=role,
     )
     try:
         render_unit(spec)
