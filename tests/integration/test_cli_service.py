@@ -148,6 +148,71 @@ def test_dry_run_prints_a_unit_systemd_accepts(analyze: str, tmp_path: Path) -> 
     verify(analyze, tmp_path, "mercury-b", root.stdout)
 
 
+def test_dry_run_of_a_worker_and_a_gateway(analyze: str, tmp_path: Path) -> None:
+    """A worker's unit runs `mercury worker` and passes verify; a gateway's is not put in the
+    Docker socket's group; both refuse SQLite (one process only) with one line."""
+    config = init_site(tmp_path / "site")
+    sqlite = mercury(
+        "--config", str(config), "service", "install", "--role", "worker", "--dry-run",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert sqlite.returncode == 1 and sqlite.stdout == ""
+    assert sqlite.stderr.strip().startswith("error: database_url: a worker shares")
+    assert len(sqlite.stderr.strip().splitlines()) == 1
+
+    pg = {"MERCURY_DATABASE_URL": "postgresql+asyncpg://mercury@127.0.0.1:1/mercury"}
+    worker = mercury(
+        "--config", str(config), "service", "install", "--role", "worker",
+        "--name", "mercury-worker", "--dry-run", cwd=tmp_path, env=pg,
+    )  # fmt: skip
+    assert worker.returncode == 0, worker.stderr
+    assert f"-m mercury.cli worker --config {config}\n" in worker.stdout
+    assert "Description=Mercury chat-bot host, worker (" in worker.stdout
+    assert "SupplementaryGroups=" in worker.stdout  # it starts containers
+    verify(analyze, tmp_path, "mercury-worker", worker.stdout)
+
+    gateway = mercury(
+        "--config", str(config), "service", "install", "--role", "gateway",
+        "--name", "mercury-gateway", "--dry-run", cwd=tmp_path, env=pg,
+    )  # fmt: skip
+    assert gateway.returncode == 0, gateway.stderr
+    assert f"-m mercury.cli run --role gateway --config {config}\n" in gateway.stdout
+    assert "SupplementaryGroups=" not in gateway.stdout
+    assert "docker" not in gateway.stderr  # no note about a missing Docker socket either
+    verify(analyze, tmp_path, "mercury-gateway", gateway.stdout)
+
+    # As root with the default disk.space_limit (auto) a worker watches sizes instead of
+    # mounting space images (processes sharing data_dir cannot share a mount): its unit
+    # keeps the mount-namespace sandbox an image-mounting root service must give up.
+    root = mercury(
+        "--config", str(config), "service", "install", "--role", "worker", "--as-root",
+        "--dry-run", cwd=tmp_path, env=pg,
+    )  # fmt: skip
+    assert root.returncode == 0, root.stderr
+    assert "ProtectSystem=strict" in root.stdout, root.stdout
+    # Told to mount images, it is refused before anything is written.
+    with config.open("a") as f:
+        f.write("\ndisk:\n  space_limit: image\n")
+    images = mercury(
+        "--config", str(config), "service", "install", "--role", "worker", "--as-root",
+        "--dry-run", cwd=tmp_path, env=pg,
+    )  # fmt: skip
+    assert images.returncode == 1, images.stdout
+    assert "disk.space_limit: image mounts each space on one machine" in images.stderr
+
+
+def test_the_socket_whose_group_is_joined_is_the_configured_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """container.docker_host wins over $DOCKER_HOST, as it does when Mercury runs."""
+    mine = tmp_path / "engine.sock"
+    mine.touch()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'other.sock'}")
+    assert service_ops.docker_socket(f"unix://{mine}") == mine
+    assert service_ops.docker_socket(None) is None  # $DOCKER_HOST's socket does not exist
+    assert service_ops.docker_socket("ssh://builder@10.0.0.5") is None  # no group to join
+
+
 def test_dry_run_refuses_what_a_dedicated_user_cannot_run(tmp_path: Path) -> None:
     config = init_site(tmp_path / "site")
     with config.open("a") as f:

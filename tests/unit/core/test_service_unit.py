@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 
 from mercury.app import RUN_GRACE_S, SHUTDOWN_TIMEOUT_S
+from mercury.core.roles import Role
 from mercury.core.service_unit import (
     UnitError,
     UnitSpec,
@@ -30,6 +31,7 @@ from mercury.core.service_unit import (
     quote_word,
     render_unit,
     restart_directives,
+    role_command,
     service_type,
     status_lines,
     stop_timeout,
@@ -226,12 +228,15 @@ def test_stop_timeout_is_above_mercurys_own_shutdown() -> None:
 
 
 def test_every_directive_says_why() -> None:
-    for spec in (SPEC, replace(SPEC, user=None, mounts_space_images=True)):
+    specs = [SPEC, replace(SPEC, user=None, mounts_space_images=True)]
+    specs += [replace(SPEC, role=role) for role in (Role.GATEWAY, Role.WORKER)]
+    for spec in specs:
         lines = render_unit(spec).splitlines()
         for i, line in enumerate(lines):
             if line and not line.startswith(("#", "[")):
                 assert lines[i - 1].startswith("# "), line
-            assert len(line) <= 100, line
+            # ExecStart holds the operator's paths whole, however long they are.
+            assert len(line) <= 100 or line.startswith("ExecStart="), line
 
 
 def test_the_unit_runs_this_python_with_this_config() -> None:
@@ -244,6 +249,61 @@ def test_the_unit_runs_this_python_with_this_config() -> None:
     assert values(text, "UMask") == ["0077"]
     assert values(text, "After") == ["network-online.target", "docker.service"]
     assert values(text, "WantedBy") == ["multi-user.target"]
+
+
+@pytest.mark.parametrize(
+    ("role", "command", "description"),
+    [
+        (Role.ALL, "run", "Mercury chat-bot host (/srv/mercury/mercury.yaml)"),
+        (
+            Role.GATEWAY,
+            "run --role gateway",
+            "Mercury chat-bot host, gateway (/srv/mercury/mercury.yaml)",
+        ),
+        (Role.WORKER, "worker", "Mercury chat-bot host, worker (/srv/mercury/mercury.yaml)"),
+    ],
+)
+def test_each_role_starts_its_own_command(role: Role, command: str, description: str) -> None:
+    text = render_unit(replace(SPEC, role=role))
+    assert values(text, "ExecStart") == [
+        f"/opt/mercury/venv/bin/python -m mercury.cli {command} --config /srv/mercury/mercury.yaml"
+    ]
+    assert values(text, "Description") == [description]
+    assert render_unit(replace(SPEC, role=role.value)) == text  # a plain string works too
+
+
+def test_role_commands_are_real_mercury_commands() -> None:
+    """The unit's arguments parse as the CLI parses them (every option converted, which
+    `--help` alone would skip), and each role's command runs that role."""
+    import click
+
+    from mercury.cli import main
+
+    for role in Role:
+        name, *rest = [*role_command(role), "--config", "/srv/m/mercury.yaml"]
+        parent = click.Context(main, info_name="mercury")
+        command = main.get_command(parent, name)
+        assert command is not None, name
+        with command.make_context(name, rest, parent=parent) as ctx:
+            assert str(ctx.params["config_path"]) == "/srv/m/mercury.yaml"
+            assert ctx.params.get("role", Role.WORKER.value) == role.value
+    assert role_command("worker") == ["worker"]
+
+
+def test_a_gateway_neither_waits_for_docker_nor_joins_its_group() -> None:
+    """It starts no container: no docker.service ordering, no root-equivalent group, even
+    when a socket group was passed in."""
+    gateway = render_unit(replace(SPEC, role=Role.GATEWAY))
+    assert values(gateway, "After") == ["network-online.target"]
+    assert "SupplementaryGroups" not in dict(directives(gateway))
+    assert "root-equivalent" not in gateway
+    worker = render_unit(replace(SPEC, role=Role.WORKER))
+    assert values(worker, "After") == ["network-online.target", "docker.service"]
+    assert values(worker, "SupplementaryGroups") == ["docker"]
+    for text in (gateway, worker):  # the rest of the unit is the same for every role
+        assert values(text, "User") == ["mercury"]
+        assert values(text, "ProtectSystem") == ["strict"]
+        assert values(text, "Restart") == ["on-failure"]
 
 
 def test_quoting_for_systemd() -> None:
