@@ -10,10 +10,10 @@ ends "aborted" with no reply (the gateway already answered the /stop).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 from mercury.logging import get_logger
+from mercury.pipeline.background import BackgroundTask
 from mercury.storage import Database
 from mercury.storage.job_control import abort_requests
 
@@ -36,17 +36,13 @@ class AbortWatch:
         self.abort = abort
         self.poll = poll
         self._done: set[int] = set()  # jobs already aborted (their mark stays until they end)
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._task.start(self._loop(), name="abort watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _loop(self) -> None:
         while True:

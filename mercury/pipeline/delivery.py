@@ -22,6 +22,7 @@ import contextlib
 from collections import deque
 
 from mercury.logging import get_logger
+from mercury.pipeline.background import BackgroundTask
 from mercury.pipeline.outbox import Outgoing, ReplyOutbox, until_stored
 from mercury.storage import Database, ReplyStatus, notices, replies
 from mercury.storage.notices import NoticeRecord
@@ -55,20 +56,20 @@ class GatewayDelivery:
         self._queues: dict[tuple[str, str, str], deque[Outgoing]] = {}
         self._senders: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._taken: set[tuple[str, int]] = set()  # queued or being sent
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask()
         self.sent = 0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._task.start(self._loop(), name="delivery")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._senders.values()) if t is not None]
-        for task in tasks:
+        await self._task.stop()
+        senders = list(self._senders.values())
+        for task in senders:
             task.cancel()
-        for task in tasks:
+        for task in senders:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._task = None
         self._senders.clear()
 
     async def _loop(self) -> None:

@@ -12,10 +12,10 @@ to stop; the running list is every worker's running jobs, read every `refresh` s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from mercury.config import Config
 from mercury.logging import get_logger
+from mercury.pipeline.background import BackgroundTask
 from mercury.sandbox.identity import container_identity
 from mercury.sandbox.runner import RunningContainer, disk_low_reason
 from mercury.sandbox.spaces import SpaceStore
@@ -52,17 +52,13 @@ class RemoteRuns:
         self.identity = container_identity(config.container)
         self.spaces = SpaceStore(config, self.identity)
         self._running: list[RunningJob] = []
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._task.start(self._loop(), name="remote runs")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _loop(self) -> None:
         while True:
