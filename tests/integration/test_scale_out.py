@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.cookiejar
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
@@ -210,6 +212,17 @@ class Cluster:
 
         return asyncio.run(go())
 
+    def page(self, path: str) -> str:
+        """A dashboard page of the gateway, logged in through its form as the operator."""
+        base = f"http://127.0.0.1:{self.port}"
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
+        form = urllib.parse.urlencode({"username": "admin", "password": PASSWORD}).encode()
+        opener.open(urllib.request.Request(f"{base}/login", data=form), timeout=10).close()
+        with opener.open(f"{base}{path}", timeout=10) as resp:
+            return str(resp.read().decode())
+
     def process_id(self, name: str) -> str:
         return str(self.wait_started(name)["process"])
 
@@ -340,6 +353,10 @@ def test_stop_heard_by_the_gateway_stops_the_run_on_the_worker(
     telegram.push(2001, "echo-after 120 never said")
     wait_for("the run", lambda: cluster.running_jobs_of(worker), cluster, 60)
     (job,) = cluster.running_jobs_of(worker)
+    # The gateway's dashboard shows the worker's run under "running now" (read from the
+    # database: the gateway runs no container itself).
+    shown = f"{worker} (job {job})"
+    wait_for("the run on the dashboard", lambda: shown in cluster.page("/overview"), cluster, 30)
     telegram.push(2001, "stop")
     wait_for("the job's end", lambda: not cluster.running_jobs_of(worker), cluster, 60)
     time.sleep(1)  # a reply, were one sent, would arrive now
