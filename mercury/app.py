@@ -299,6 +299,9 @@ class App:
         if self.role is Role.WORKER:
             self.pipeline.executor.deliver_replies = False  # the gateway sends them
             self.pipeline.executor.previews = False
+            # Nobody wakes a worker when a message is queued (the gateway queues it): it
+            # looks for work as often as the gateway looks for replies.
+            self.pipeline.dispatcher.poll_interval = min(cfg.workers.poll, 1.0)
             self.abort_watch = AbortWatch(
                 self.db, self.process_id, self.runner.abort, poll=cfg.workers.poll
             )

@@ -446,7 +446,7 @@ class WorkersConfig(Section):
     # A worker killed mid-run loses its jobs to the others after at most this long.
     lease: Duration = Field(60.0, ge=3.0)
     # How often the gateway looks for replies and notices the workers stored, and a worker
-    # for runs the gateway asked to stop.
+    # for queued jobs (at most a second apart) and runs the gateway asked to stop.
     poll: Duration = Field(0.25, gt=0, le=10.0)
 
 
