@@ -52,6 +52,11 @@ LOG_TAIL_LINES = 40
 _ALIVE = ("created", "running", "paused", "restarting")
 # How long to wait for a killed container to be reported as exited.
 KILL_WAIT_S = 10.0
+# A SIGKILLed container (exit 137) not marked OOM-killed is looked at again this many
+# times, this far apart: the engine's OOM event may come after its exit event.
+SIGKILL_EXIT = 137
+LATE_OOM_LOOKS = 3
+LATE_OOM_WAIT_S = 0.2
 # A result.json that fails to parse is re-read while it is still changing: a non-atomic
 # writer is caught mid-write rather than reported as malformed.
 _SETTLE_S = 0.05
@@ -272,6 +277,8 @@ class RunWatching:
         run.exit_code = code if isinstance(code, int) else None
         if result_present(run.io_dir):  # type: ignore[arg-type]
             return await self._from_result(run, client, stopped=True)
+        if run.exit_code == SIGKILL_EXIT and not state.get("OOMKilled"):
+            state = await self._late_oom(run, client, state)
         if state.get("OOMKilled"):
             limit = run.request.memory or self.config.container.memory
             return self._result(
@@ -297,6 +304,25 @@ class RunWatching:
             error=f"exited with code {run.exit_code} without writing result.json",
             log_tail=tail,
         )
+
+    async def _late_oom(
+        self, run: ActiveRun, client: docker.DockerClient, state: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A SIGKILLed container's state once the engine had a moment to mark an OOM kill.
+
+        The engine learns of an OOM kill from its own event, which on a busy machine can
+        come after the exit event: read right at the exit, `OOMKilled` may still be false
+        for a container the kernel killed for its memory. Looked at again a few times."""
+        for _ in range(LATE_OOM_LOOKS):
+            await asyncio.sleep(LATE_OOM_WAIT_S)
+            try:
+                info = await self._call_run(run, client.api.inspect_container, run.name)
+            except Exception:
+                return state  # gone or unreachable: decide on what is known
+            later = dict(info.get("State") or {})
+            if later.get("OOMKilled"):
+                return later
+        return state
 
     async def _from_result(
         self, run: ActiveRun, client: docker.DockerClient, *, stopped: bool
