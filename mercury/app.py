@@ -175,6 +175,7 @@ class App:
 
         cfg = self.config
         self._load_extensions()  # checked here too: a broken one stops start-up
+        self.ext_hooks = None  # their host hooks run around runs: on the workers
         try:
             self.remote = RemoteRuns(cfg, self.db, refresh=max(cfg.workers.poll, 1.0))
         except ValueError as exc:  # container.user
