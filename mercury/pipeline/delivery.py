@@ -31,6 +31,8 @@ log = get_logger("mercury.delivery")
 
 # Conversations sent to at once; each sends its items one after another.
 PARALLEL = 32
+# How long a stopping gateway lets the sends under way finish.
+STOP_GRACE_S = 10.0
 UNCONFIRMED = "unconfirmed: the gateway stopped during the send"
 
 
@@ -57,14 +59,22 @@ class GatewayDelivery:
         self._senders: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._taken: set[tuple[str, int]] = set()  # queued or being sent
         self._task = BackgroundTask()
+        self._stopping = False
         self.sent = 0
 
     def start(self) -> None:
         self._task.start(self._loop(), name="delivery")
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """Look no more; let each conversation finish the item it is sending (up to
+        `grace`), so a clean restart leaves nothing `sending`: what was not started stays
+        `pending` and the next gateway sends it once. Only a send still going after
+        `grace` is cut (and then settled, not resent, at the next start)."""
         await self._task.stop()
+        self._stopping = True
         senders = list(self._senders.values())
+        if senders:
+            await asyncio.wait(senders, timeout=grace)
         for task in senders:
             task.cancel()
         for task in senders:
@@ -124,7 +134,7 @@ class GatewayDelivery:
     async def _send(self, conv: tuple[str, str, str]) -> None:
         queue = self._queues[conv]
         try:
-            while queue:
+            while queue and not self._stopping:
                 item = queue[0]
                 async with self._slots:
                     try:
