@@ -60,7 +60,6 @@ class GatewayDelivery:
         self._taken: set[tuple[str, int]] = set()  # queued or being sent
         self._task = BackgroundTask()
         self._stopping = False
-        self.sent = 0
 
     def start(self) -> None:
         self._task.start(self._loop(), name="delivery")
@@ -139,7 +138,6 @@ class GatewayDelivery:
                 async with self._slots:
                     try:
                         await self.outbox.deliver(item)
-                        self.sent += 1
                     except asyncio.CancelledError:
                         raise
                     except Exception:
