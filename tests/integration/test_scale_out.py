@@ -50,6 +50,7 @@ import docker
 import pytest
 from sqlalchemy.engine import make_url
 
+from mercury.core.roles import run_tag
 from mercury.sandbox.hardening import LABEL_INSTANCE
 from tests.fakes.model_server import FakeModelServer
 from tests.integration.dockerd import PrivateEngine
@@ -231,9 +232,16 @@ class Cluster:
     def process_id(self, name: str) -> str:
         return str(self.wait_started(name)["process"])
 
-    def running_jobs_of(self, owner: str) -> list[int]:
-        rows = self.sql("SELECT id FROM jobs WHERE status = 'running' AND owner = $1", owner)
-        return [r["id"] for r in rows]
+    def running_jobs_of(self, owner: str, claimed_within: float | None = None) -> list[int]:
+        """The jobs `owner` runs; with `claimed_within`, only if one was claimed that
+        recently (seconds, by the database's clock)."""
+        rows = self.sql(
+            "SELECT id, started_at > now() - make_interval(secs => $2) AS fresh FROM jobs"
+            " WHERE status = 'running' AND owner = $1",
+            owner,
+            claimed_within if claimed_within is not None else 1e9,
+        )
+        return [r["id"] for r in rows] if any(r["fresh"] for r in rows) else []
 
 
 @pytest.fixture
@@ -252,11 +260,13 @@ def cluster(tmp_path: Path, test_image: str, fake: FakeModelServer, pg_url: str,
         client.close()
 
 
-def wait_for(what: str, cond: Any, cluster: Cluster, timeout: float = 300) -> None:
+def wait_for(what: str, cond: Any, cluster: Cluster, timeout: float = 300) -> Any:
+    """Until `cond()` is truthy; that value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if cond():
-            return
+        value = cond()
+        if value:
+            return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}\n{cluster.all_logs()}")
 
@@ -284,13 +294,16 @@ def test_a_gateway_and_three_workers_on_two_engines_answer_each_message_once_in_
 
     # 1. Worker 1 dies with runs in flight.
     wait_for("30 answers", lambda: answered() >= 30, cluster)
-    wait_for("w1 running jobs", lambda: cluster.running_jobs_of(owners["w1"]), cluster, 60)
-    held_by_w1 = cluster.running_jobs_of(owners["w1"])
+    # At a moment it has just claimed one: that run cannot have its answer yet.
+    held_by_w1 = wait_for(
+        "w1 starting a run", lambda: cluster.running_jobs_of(owners["w1"], 0.3), cluster, 60
+    )
     cluster.kill("w1")
     # 2. Worker 3's engine goes away with runs in flight.
     wait_for("100 answers", lambda: answered() >= 100, cluster)
-    wait_for("w3 running jobs", lambda: cluster.running_jobs_of(owners["w3"]), cluster, 60)
-    held_by_w3 = cluster.running_jobs_of(owners["w3"])
+    held_by_w3 = wait_for(
+        "w3 starting a run", lambda: cluster.running_jobs_of(owners["w3"], 0.3), cluster, 60
+    )
     engine.stop()
     # 3. The gateway goes away for a few seconds while the workers go on.
     wait_for("160 answers", lambda: answered() >= 160, cluster)
@@ -325,12 +338,42 @@ def test_a_gateway_and_three_workers_on_two_engines_answer_each_message_once_in_
     assert len(jobs) == total
     assert {j["status"] for j in jobs} == {"done"}, [dict(j) for j in jobs if j["status"] != "done"]
     by_id = {j["id"]: j for j in jobs}
-    # The killed worker's jobs were taken over (requeued once: a second attempt) ...
-    assert held_by_w1 and all(by_id[j]["owner"] != owners["w1"] for j in held_by_w1)
-    assert all(by_id[j]["attempts"] == 2 for j in held_by_w1), [dict(by_id[j]) for j in held_by_w1]
-    # ... and the runs the stopped engine cut short were run by the others, not counted
-    # as an attempt of the worker that could not finish them.
-    assert held_by_w3 and all(by_id[j]["owner"] in (owners["w2"],) for j in held_by_w3)
+    # The killed worker's jobs were taken over (requeued once: a second attempt); one
+    # whose answer was stored in the moment before the kill is w1's, rightly ...
+    w1_ok = {
+        r["job_id"]
+        for r in cluster.sql(
+            "SELECT job_id FROM runs WHERE reason = 'ok' AND container_name LIKE $1",
+            f"%-{run_tag(owners['w1'])}-%",
+        )
+    }
+    taken_over = [j for j in held_by_w1 if by_id[j]["owner"] != owners["w1"]]
+    detail = [dict(by_id[j]) for j in held_by_w1]
+    assert taken_over and all(by_id[j]["attempts"] == 2 for j in taken_over), detail
+    assert all(j in w1_ok for j in held_by_w1 if j not in taken_over), detail
+    # ... and the runs the stopped engine cut short were handed back and run by the
+    # other live worker, not counted as an attempt of the worker that could not finish
+    # them. A run whose answer landed just before the engine went is w3's, rightly.
+    w3_runs = cluster.sql(
+        "SELECT job_id, reason, error FROM runs WHERE container_name LIKE $1",
+        f"%-{run_tag(owners['w3'])}-%",
+    )
+    cut = {r["job_id"] for r in w3_runs if "handed back to the queue" in (r["error"] or "")}
+    done_on_w3 = {r["job_id"] for r in w3_runs if r["reason"] == "ok"}
+    detail = (
+        [dict(by_id[j]) for j in held_by_w3],
+        [dict(r) for r in w3_runs if r["job_id"] in held_by_w3 or r["reason"] != "ok"],
+        owners,
+    )
+    assert cut, detail
+    assert all(
+        by_id[j]["owner"] == owners["w2"] and by_id[j]["attempts"] == 1 + (j in taken_over)
+        for j in cut
+    ), detail
+    assert held_by_w3 and all(
+        (j in done_on_w3 and by_id[j]["owner"] == owners["w3"]) or by_id[j]["owner"] == owners["w2"]
+        for j in held_by_w3
+    ), detail
     # Every worker did some of the work; the live ones most of it.
     done_by = Counter(j["owner"] for j in jobs)
     assert all(done_by[owners[w]] > 0 for w in ("w1", "w2", "w3")), done_by
