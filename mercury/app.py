@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import uuid
 from typing import Any
 
@@ -69,7 +68,7 @@ class App:
 
     async def start(self) -> None:
         from mercury.datadir import prepare_data_dir
-        from mercury.sandbox.engine import EngineUnavailable, connect_engine
+        from mercury.sandbox.engine import EngineUnavailable, connect_engine, use_docker_host
         from mercury.storage import Database
         from mercury.storage.migrate import DatabaseTooNew, upgrade
 
@@ -87,9 +86,7 @@ class App:
             raise StartupError(str(exc)) from exc
         _raise_file_limit()
         if self.role.runs_containers:
-            if cfg.container.docker_host:
-                # docker.from_env and every engine call of this process read it from here.
-                os.environ["DOCKER_HOST"] = cfg.container.docker_host
+            use_docker_host(cfg.container.docker_host)
             try:
                 self.docker, info = await asyncio.to_thread(connect_engine, 10.0)
             except EngineUnavailable as exc:
@@ -433,6 +430,7 @@ class App:
                 pipeline=self.pipeline,
                 scheduler=self.scheduler,
                 host=self.host,
+                role=self.role,
             )
         )
         self.dashboard.mount(self.http.app)

@@ -14,9 +14,12 @@ from collections.abc import Callable
 from mercury.adapters.registry import secret_needs
 from mercury.checks import CheckResult, Status
 from mercury.config import SECRET_ENV, Config, ConfigError, LoadedConfig, Secrets
+from mercury.core.roles import Role
 from mercury.logging import first_line
 
 __all__ = ["CheckResult", "Status", "run_checks"]
+
+ENGINE_CHECK = "Docker engine reachable"
 
 
 def _env(secret: str) -> str:
@@ -45,9 +48,9 @@ def check_docker() -> tuple[CheckResult, object | None]:
     try:
         client, info = connect_engine(timeout=5)
     except EngineUnavailable as exc:
-        return CheckResult("Docker engine reachable", Status.FAIL, str(exc), ENGINE_HINT), None
+        return CheckResult(ENGINE_CHECK, Status.FAIL, str(exc), ENGINE_HINT), None
     detail = f"Docker {info.version} (API {info.api_version}) at {info.endpoint}"
-    return CheckResult("Docker engine reachable", Status.OK, detail), client
+    return CheckResult(ENGINE_CHECK, Status.OK, detail), client
 
 
 def check_image(config: Config, client: object | None) -> CheckResult:
@@ -328,17 +331,32 @@ def check_model(config: Config, secrets: Secrets) -> CheckResult:
     return CheckResult(name, Status.OK, ", ".join(usable))
 
 
+# What a process of each role does not do, so is not checked for (docs/scale-out.md).
+NO_ENGINE = "not on a gateway: the workers run the containers"
+NO_CHATS = "not on a worker: the gateway talks to the chats"
+
+
 async def run_checks(
     load: Callable[[], LoadedConfig],
+    role: Role = Role.ALL,
 ) -> list[CheckResult]:
-    """Every check, in the order `mercury doctor` prints them."""
+    """Every check, in the order `mercury doctor` prints them. A gateway skips the
+    Docker ones (it has no engine to find) and a worker the chat ones, saying why."""
     try:
         loaded: LoadedConfig | None = load()
         error = None
     except ConfigError as exc:
         loaded, error = None, exc
     results = [check_config(loaded, error)]
-    docker_result, client = await asyncio.to_thread(check_docker)
+    engine = role.runs_containers
+    if engine:
+        from mercury.sandbox.engine import use_docker_host
+
+        if loaded is not None:
+            use_docker_host(loaded.config.container.docker_host)  # as `mercury run` does
+        docker_result, client = await asyncio.to_thread(check_docker)
+    else:
+        docker_result, client = CheckResult(ENGINE_CHECK, Status.SKIP, NO_ENGINE), None
     results.append(docker_result)
     if loaded is None:
         skipped = [
@@ -357,14 +375,24 @@ async def run_checks(
         results += [CheckResult(n, Status.SKIP, "needs a valid config") for n in skipped]
         return results
     config = loaded.config
-    results.append(await asyncio.to_thread(check_image, config, client))
-    results.append(await asyncio.to_thread(check_ext_image, config, client))
-    results.append(await asyncio.to_thread(check_warm, config, client))
+    if engine:
+        results.append(await asyncio.to_thread(check_image, config, client))
+        results.append(await asyncio.to_thread(check_ext_image, config, client))
+        results.append(await asyncio.to_thread(check_warm, config, client))
+    else:
+        names = ("agent image present", "extension image", "warm containers")
+        results += [CheckResult(n, Status.SKIP, NO_ENGINE) for n in names]
     results.append(check_data_dir(config))
-    results += check_host_side(config)
+    results += [
+        r if engine or r.name != "container user" else CheckResult(r.name, Status.SKIP, NO_ENGINE)
+        for r in check_host_side(config)
+    ]
     results.append(await check_database(config))
-    results += check_adapters(config, loaded.secrets)
-    results += await check_platform_credentials(config, loaded.secrets)
+    if role.talks_to_chats:
+        results += check_adapters(config, loaded.secrets)
+        results += await check_platform_credentials(config, loaded.secrets)
+    else:
+        results.append(CheckResult("adapters", Status.SKIP, NO_CHATS))
     results.append(check_model(config, loaded.secrets))
     if client is not None:
         client.close()  # type: ignore[attr-defined]

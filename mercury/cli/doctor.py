@@ -8,20 +8,29 @@ import sys
 import click
 
 from mercury.cli.common import config_option, err, load, out
+from mercury.core.roles import Role
 
 _STATE_STYLE = {"ok": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
 
 
 @click.command()
 @config_option
-def doctor() -> None:
+@click.option(
+    "--role",
+    type=click.Choice([r.value for r in Role]),
+    default=Role.ALL.value,
+    show_default=True,
+    help="What this machine runs: a gateway needs no Docker engine, a worker no chat "
+    "tokens; their checks are skipped (docs/scale-out.md).",
+)
+def doctor(role: str) -> None:
     """Check everything `mercury run` needs; exit 1 when a required check fails."""
     from rich.table import Table
 
     from mercury.doctor import run_checks
 
     # `load`, not `load_or_exit`: a config that does not load is the first failed check.
-    results = asyncio.run(run_checks(load))
+    results = asyncio.run(run_checks(load, Role(role)))
     table = Table(title="mercury doctor", show_lines=False)
     table.add_column("check")
     table.add_column("state")

@@ -83,7 +83,12 @@ def image() -> None:
 @config_option
 def build(base: str | None, tag: str | None, if_missing: bool, no_cache: bool) -> None:
     """Build the agent image (container/Dockerfile) FROM a base image."""
-    from mercury.sandbox.engine import ENGINE_HINT, EngineUnavailable, connect_engine
+    from mercury.sandbox.engine import (
+        ENGINE_HINT,
+        EngineUnavailable,
+        connect_engine,
+        use_docker_host,
+    )
     from mercury.sandbox.identity import IdentityError
     from mercury.sandbox.images import (
         BaseImageUnavailable,
@@ -101,6 +106,7 @@ def build(base: str | None, tag: str | None, if_missing: bool, no_cache: bool) -
         fail(str(exc))
     tag, base = plan.tag, plan.base
 
+    use_docker_host(cfg.container.docker_host)  # a worker's own engine, as `mercury worker`
     try:
         client, _info = connect_engine()
     except EngineUnavailable as exc:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from mercury.core.roles import Role
+
 if TYPE_CHECKING:
     from mercury.adapters.base import Adapter
     from mercury.api.runhost import RunHost
@@ -44,6 +46,7 @@ class DashboardDeps:
     pipeline: Pipeline | None = None
     scheduler: Scheduler | None = None
     host: RunHost | None = None  # the host API: its usage meter, for live token counts
+    role: Role = Role.ALL  # a gateway's Health page skips the Docker checks
 
 
 DEPS = web.AppKey("mercury_dashboard_deps", DashboardDeps)

@@ -31,6 +31,13 @@ def engine_endpoint() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
+def use_docker_host(docker_host: str | None) -> None:
+    """Point this process at `container.docker_host` when set: docker.from_env and so every
+    engine call of the process read DOCKER_HOST (a worker's own engine, docs/scale-out.md)."""
+    if docker_host:
+        os.environ["DOCKER_HOST"] = docker_host
+
+
 def connect_engine(timeout: float = 10.0) -> tuple[docker.DockerClient, EngineInfo]:
     """Connect and ping. Blocking: call it off the event loop."""
     endpoint = engine_endpoint()

@@ -243,6 +243,40 @@ def test_doctor_with_a_bogus_docker_host_fails_with_a_hint(tmp_path: Path) -> No
     assert "required check(s) failed" in r.stderr
 
 
+def test_doctor_checks_what_the_role_needs(tmp_path: Path) -> None:
+    # No engine answers here: a gateway does not need one, so nothing fails for it.
+    site = _doctor_site(tmp_path)
+    assert mercury("db", "upgrade", cwd=site).returncode == 0
+    env = {"DOCKER_HOST": f"tcp://127.0.0.1:{free_port()}", "ANTHROPIC_API_KEY": "sk-test-0000"}
+    r = mercury("doctor", "--role", "gateway", cwd=site, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("Docker engine reachable", "agent image present", "container user"):
+        row = _row(r.stdout, name)
+        assert " skip " in row and "not on a gateway" in row, row
+    assert " ok " in _row(r.stdout, "web adapter has its token")
+    # A worker needs the engine (so fails here) but no chat token.
+    r = mercury("doctor", "--role", "worker", cwd=site, env=env)
+    assert r.returncode == 1
+    assert " fail " in _row(r.stdout, "Docker engine reachable")
+    row = _row(r.stdout, "adapters")
+    assert " skip " in row and "not on a worker" in row, row
+    assert "adapter has its token" not in r.stdout
+
+
+def test_doctor_checks_the_engine_named_by_container_docker_host(tmp_path: Path) -> None:
+    # A worker's own engine (docs/scale-out.md): the doctor looks where `mercury run` would.
+    site = _doctor_site(tmp_path)
+    port = free_port()
+    cfg = site / "mercury.yaml"
+    cfg.write_text(cfg.read_text() + f"\ncontainer:\n  docker_host: tcp://127.0.0.1:{port}\n")
+    r = mercury("doctor", "--role", "worker", cwd=site)
+    row = _row(r.stdout, "Docker engine reachable")
+    assert " fail " in row and f"127.0.0.1:{port}" in row, r.stdout + r.stderr
+    # ... and `mercury image build` builds there.
+    r = mercury("image", "build", cwd=site)
+    assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr, r.stdout + r.stderr
+
+
 def test_doctor_reports_missing_tokens_and_unmigrated_db(tmp_path: Path) -> None:
     site = _doctor_site(tmp_path)
     cfg = site / "mercury.yaml"

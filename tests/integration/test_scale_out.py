@@ -399,6 +399,8 @@ def test_stop_heard_by_the_gateway_stops_the_run_on_the_worker(
     # database: the gateway runs no container itself).
     shown = f"{worker} (job {job})"
     wait_for("the run on the dashboard", lambda: shown in cluster.page("/overview"), cluster, 30)
+    # Its Health page does not look for a Docker engine the gateway does not use.
+    assert "not on a gateway: the workers run the containers" in cluster.page("/health")
     telegram.push(2001, "stop")
     wait_for("the job's end", lambda: not cluster.running_jobs_of(worker), cluster, 60)
     time.sleep(1)  # a reply, were one sent, would arrive now

@@ -8,9 +8,9 @@ same run. The Refresh button asks for a new run, but not more often than every
 MIN_FRESH_S seconds. A run that takes longer than TIMEOUT_S answers one failed row
 instead of a page that never loads.
 
-The checks are the CLI's own (mercury.doctor.run_checks) over the configuration the
-server is running with; details are scrubbed of anything credential-shaped before they
-are shown.
+The checks are the CLI's own (mercury.doctor.run_checks) over the configuration and role
+the server is running with (a gateway has no Docker engine to check); details are
+scrubbed of anything credential-shaped before they are shown.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def _doctor(d: DashboardDeps) -> Runner:
         from mercury.doctor import run_checks  # the doctor imports most of Mercury
 
         loaded = d.loaded
-        results = await run_checks(lambda: loaded)
+        results = await run_checks(lambda: loaded, d.role)
         live = ext_image_row(d)
         return [live if live and r.name == live.name else r for r in results]
 
