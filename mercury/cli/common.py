@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.text import Text
 
 from mercury.config import ConfigError, LoadedConfig, load_config
+from mercury.core.roles import Role
 
 # Rich resolves sys.stdout/sys.stderr at print time, so module-level consoles still follow
 # a stream that a test or wrapper swaps in later.
@@ -34,6 +35,17 @@ config_path_option = click.option(
     default=None,
     help="Config file (default: $MERCURY_CONFIG, else ./mercury.yaml).",
 )
+
+
+def role_option(help_text: str, roles: tuple[Role, ...] = tuple(Role)) -> Any:
+    """`--role`, one of `roles` (default all): what a process of a scale-out runs."""
+    return click.option(
+        "--role",
+        type=click.Choice([r.value for r in roles]),
+        default=Role.ALL.value,
+        show_default=True,
+        help=help_text,
+    )
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

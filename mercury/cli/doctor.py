@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from mercury.cli.common import config_option, err, load, out
+from mercury.cli.common import config_option, err, load, out, role_option
 from mercury.core.roles import Role
 
 _STATE_STYLE = {"ok": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
@@ -15,13 +15,9 @@ _STATE_STYLE = {"ok": "green", "fail": "bold red", "warn": "yellow", "skip": "di
 
 @click.command()
 @config_option
-@click.option(
-    "--role",
-    type=click.Choice([r.value for r in Role]),
-    default=Role.ALL.value,
-    show_default=True,
-    help="What this machine runs: a gateway needs no Docker engine, a worker no chat "
-    "tokens; their checks are skipped (docs/scale-out.md).",
+@role_option(
+    "What this machine runs: a gateway needs no Docker engine, a worker no chat tokens; "
+    "their checks are skipped (docs/scale-out.md)."
 )
 def doctor(role: str) -> None:
     """Check everything `mercury run` needs; exit 1 when a required check fails."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from mercury.cli.common import config_option, fail, load_or_exit
+from mercury.cli.common import config_option, fail, load_or_exit, role_option
 from mercury.config import Config
 from mercury.core.roles import Role
 
@@ -74,13 +74,10 @@ def public_bind_problem(config: Config) -> str | None:
     help="Start even though the database is empty while spaces exist on disk "
     "(it was deleted or replaced; history, queue and roles start empty).",
 )
-@click.option(
-    "--role",
-    type=click.Choice([Role.ALL.value, Role.GATEWAY.value]),
-    default=Role.ALL.value,
-    show_default=True,
-    help="all: everything in this process. gateway: chats, web server, dashboard and "
+@role_option(
+    "all: everything in this process. gateway: chats, web server, dashboard and "
     "scheduler only; `mercury worker` processes run the jobs (docs/scale-out.md).",
+    (Role.ALL, Role.GATEWAY),
 )
 def run(
     host: str | None,

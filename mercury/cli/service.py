@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from mercury.cli.common import config_option, err, fail, load_or_exit, out
+from mercury.cli.common import config_option, err, fail, load_or_exit, out, role_option
 from mercury.core.roles import Role
 
 DEFAULT_NAME = "mercury"
@@ -51,13 +51,9 @@ def service() -> None:
     help="Run as root instead of a dedicated user (needed for space images).",
 )
 @name_option
-@click.option(
-    "--role",
-    type=click.Choice([r.value for r in Role]),
-    default=Role.ALL.value,
-    show_default=True,
-    help="all: `mercury run`; gateway: `mercury run --role gateway`; worker: `mercury "
-    "worker` (docs/scale-out.md). Use --name to tell them apart, e.g. mercury-worker.",
+@role_option(
+    "all: `mercury run`; gateway: `mercury run --role gateway`; worker: `mercury worker` "
+    "(docs/scale-out.md). Use --name to tell them apart, e.g. mercury-worker."
 )
 @click.option("--dry-run", is_flag=True, help="Print the unit and change nothing.")
 @unit_dir_option
