@@ -66,10 +66,23 @@ class WebDriver:
         self.posts: asyncio.Queue[Out] = asyncio.Queue()
         self.edits: list[Change] = []
         self.deletes: list[Change] = []
+        self.applied: dict[tuple[str, str], float] = {}  # (message id, text) -> when
         self.http: aiohttp.ClientSession | None = None
         self.reader: asyncio.Task[None] | None = None
 
-    async def attach(self) -> None:
+    async def attach(self, app: Any = None) -> None:
+        """Open the event stream; with `app`, also note when its web adapter applied each
+        edit (what pacing governs). The stream's own arrival times are the fallback: they
+        share the App's event loop, so a busy moment can squeeze two of them together."""
+        if app is not None:
+            logs = app.adapters["web"].logs
+            apply = logs.edit
+
+            def edit(space: str, message_id: str, text: str) -> None:
+                self.applied.setdefault((message_id, text), time.monotonic())
+                apply(space, message_id, text)
+
+            logs.edit = edit
         self.http = aiohttp.ClientSession(
             f"http://127.0.0.1:{self.port}", headers={"Authorization": f"Bearer {PASSWORD}"}
         )
@@ -101,7 +114,8 @@ class WebDriver:
             self.posts.put_nowait(Out("main", None, str(entry.get("text", ""))))
             self.last_post_id = str(entry["id"])
         elif kind == "edit" and entry.get("role") == "assistant":
-            self.edits.append(Change(str(entry["id"]), str(entry.get("text", "")), now))
+            key = (str(entry["id"]), str(entry.get("text", "")))
+            self.edits.append(Change(*key, self.applied.get(key, now)))
         elif kind == "delete":
             self.deletes.append(Change(str(entry["id"]), "", now))
 
@@ -214,7 +228,7 @@ async def rig(
         app = App(load_config(path, env=env))
         await app.start()
         if isinstance(driver, WebDriver):
-            await driver.attach()
+            await driver.attach(app)
         interval = getattr(app.config.adapters, request.param).stream.interval
         try:
             yield Rig(driver, fake, app, interval)
