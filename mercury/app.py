@@ -46,7 +46,7 @@ class App:
         self.remote: Any = None  # a gateway's view of the workers' runs (remote_runs.py)
         self.delivery: Any = None  # a gateway's delivery loop (pipeline/delivery.py)
         self.abort_watch: Any = None  # a worker's ear for /stop (pipeline/abort_watch.py)
-        self._resync: asyncio.Task[None] | None = None  # spending counters, shared
+        self._resync: Any = None  # re-reads the spending counters (a BackgroundTask)
         # The operator confirmed that an empty database is meant (`--accept-empty-database`).
         self.accept_empty_database = accept_empty_database
         self.db_watch: Any = None
@@ -114,11 +114,18 @@ class App:
         await self._start_heartbeat()
         await self.pipeline.start(claim=self.role.runs_containers)
         if self.role is not Role.ALL:
-            from mercury.pipeline.budget import resync_every
+            from mercury.pipeline.background import BackgroundTask, every
 
             # Caps count every process's spending: re-read it every few seconds.
-            self._resync = asyncio.get_running_loop().create_task(
-                resync_every(self.pipeline.budget, BUDGET_RESYNC_S)
+            self._resync = BackgroundTask()
+            self._resync.start(
+                every(
+                    BUDGET_RESYNC_S,
+                    self.pipeline.budget.resync,
+                    what="re-reading the spending counters",
+                    wait_first=True,
+                ),
+                name="budget resync",
             )
         if self.abort_watch is not None:
             self.abort_watch.start()
@@ -437,15 +444,11 @@ class App:
 
     async def stop(self) -> None:
         """Stop every service; each step runs even if an earlier one failed."""
-        for helper in (self.abort_watch, self.delivery, self.remote):
+        for helper in (self.abort_watch, self.delivery, self.remote, self._resync):
             if helper is not None:
                 with contextlib.suppress(Exception):
                     await helper.stop()
-        if self._resync is not None:
-            self._resync.cancel()
-            with contextlib.suppress(BaseException):
-                await self._resync
-            self._resync = None
+        self._resync = None
         if self.scheduler is not None:
             with contextlib.suppress(Exception):
                 await self.scheduler.stop()

@@ -9,11 +9,10 @@ ends "aborted" with no reply (the gateway already answered the /stop).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from mercury.logging import get_logger
-from mercury.pipeline.background import BackgroundTask
+from mercury.pipeline.background import BackgroundTask, every
 from mercury.storage import Database
 from mercury.storage.job_control import abort_requests
 
@@ -39,20 +38,12 @@ class AbortWatch:
         self._task = BackgroundTask()
 
     def start(self) -> None:
-        self._task.start(self._loop(), name="abort watch")
+        self._task.start(
+            every(self.poll, self.check, what="reading stop requests"), name="abort watch"
+        )
 
     async def stop(self) -> None:
         await self._task.stop()
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database is watched elsewhere
-                log.debug("stop requests not read", error=type(exc).__name__)
-            await asyncio.sleep(self.poll)
 
     async def check(self) -> int:
         """Abort the runs newly asked to stop; how many."""

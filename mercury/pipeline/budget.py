@@ -182,16 +182,6 @@ async def spent_from_db(
 # --------------------------------------------------------------------------- the book
 
 
-async def resync_every(book: BudgetBook, seconds: float) -> None:
-    """`book.resync()` every `seconds` until cancelled (a gateway's or worker's caps)."""
-    while True:
-        await asyncio.sleep(seconds)
-        try:
-            await book.resync()
-        except Exception as exc:  # the database is watched elsewhere; try again later
-            log.warning("spending counters not re-read", error=type(exc).__name__)
-
-
 class BudgetBook:
     """The running counts and the checks every spending path asks (one per process)."""
 
@@ -470,7 +460,6 @@ __all__ = [
     "cap_statuses",
     "overrides_from_prefs",
     "read_overrides",
-    "resync_every",
     "spent_from_db",
     "write_override",
 ]

@@ -22,7 +22,7 @@ import contextlib
 from collections import deque
 
 from mercury.logging import get_logger
-from mercury.pipeline.background import BackgroundTask
+from mercury.pipeline.background import BackgroundTask, every
 from mercury.pipeline.outbox import Outgoing, ReplyOutbox, until_stored
 from mercury.storage import Database, ReplyStatus, notices, replies
 from mercury.storage.notices import NoticeRecord
@@ -83,20 +83,7 @@ class GatewayDelivery:
 
     async def _loop(self) -> None:
         await self._settle_unconfirmed()
-        failing = False
-        while True:
-            try:
-                await self.round()
-                if failing:
-                    log.info("delivery reads the database again")
-                failing = False
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not failing:  # once per outage
-                    log.error("delivery cannot read the outbox", error=f"{type(exc).__name__}")
-                failing = True
-            await asyncio.sleep(self.poll)
+        await every(self.poll, self.round, what="delivery reading the outbox")
 
     async def _settle_unconfirmed(self) -> None:
         """At start: what a dead gateway was sending may be out; it is not sent again."""

@@ -11,19 +11,14 @@ to stop; the running list is every worker's running jobs, read every `refresh` s
 
 from __future__ import annotations
 
-import asyncio
-
 from mercury.config import Config
-from mercury.logging import get_logger
-from mercury.pipeline.background import BackgroundTask
+from mercury.pipeline.background import BackgroundTask, every
 from mercury.sandbox.identity import container_identity
 from mercury.sandbox.runner import RunningContainer, disk_low_reason
 from mercury.sandbox.spaces import SpaceStore
 from mercury.storage import Database
 from mercury.storage.job_control import RunningJob, request_abort, running_jobs
 from mercury.storage.models import utcnow
-
-log = get_logger("mercury.remote_runs")
 
 
 def shown_as_container(job: RunningJob) -> RunningContainer:
@@ -55,22 +50,17 @@ class RemoteRuns:
         self._task = BackgroundTask()
 
     def start(self) -> None:
-        self._task.start(self._loop(), name="remote runs")
+        # A failed read keeps the last view.
+        self._task.start(
+            every(self.refresh, self.read, what="reading the running jobs"), name="remote runs"
+        )
 
     async def stop(self) -> None:
         await self._task.stop()
 
-    async def _loop(self) -> None:
-        while True:
-            await self.read()
-            await asyncio.sleep(self.refresh)
-
     async def read(self) -> None:
         """Read every worker's running jobs now (kept for the synchronous questions)."""
-        try:
-            self._running = await running_jobs(self.db)
-        except Exception as exc:  # the database is watched elsewhere; keep the last view
-            log.debug("running jobs not read", error=type(exc).__name__)
+        self._running = await running_jobs(self.db)
 
     # ------------------------------------------------------------------ runner's questions
 

@@ -20,7 +20,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from mercury.core.budget import Scope, Spent
-from mercury.pipeline.budget import BudgetBook, resync_every
+from mercury.pipeline.background import every
+from mercury.pipeline.budget import BudgetBook
 from mercury.storage import Database, get_or_create_space
 from tests.integration.test_budget_book import Clock, call, config, spend
 from tests.integration.test_storage import db, db_url, postgres_server_url
@@ -170,9 +171,9 @@ async def test_a_call_counted_during_a_resync_is_not_lost_nor_counted_twice_for_
     assert worker.spent("a")[Scope.SPACE_DAY].usd == pytest.approx(3.2)
 
 
-async def test_resync_every_keeps_re_reading(db: Database, other_db: Database) -> None:
+async def test_a_periodic_resync_keeps_re_reading(db: Database, other_db: Database) -> None:
     worker, gateway, _ = await books(db, other_db, space_day="$1")
-    loop = asyncio.create_task(resync_every(gateway, 0.05))
+    loop = asyncio.create_task(every(0.05, gateway.resync, what="resync", wait_first=True))
     try:
         for usd in (0.3, 0.8):
             await spend(worker, call("a", 10, usd, run="w-run-1"))
