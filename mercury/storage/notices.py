@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy import select, update
 
 from mercury.storage.models import Notice, ReplyStatus, utcnow
-from mercury.storage.session import Store, all_columns, rowcount, to_record, tx
+from mercury.storage.outbox_state import refused, start_sending
+from mercury.storage.session import Store, all_columns, to_record, tx
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,23 +82,12 @@ async def unfinished_notices(store: Store) -> list[NoticeRecord]:
 
 async def mark_sending(store: Store, notice_id: int) -> bool:
     """pending -> sending, before the platform call. False if it is not pending any more."""
-    async with tx(store) as s:
-        result = await s.execute(
-            update(Notice)
-            .where(Notice.id == notice_id, Notice.status == ReplyStatus.PENDING)
-            .values(status=ReplyStatus.SENDING, attempts=Notice.attempts + 1)
-        )
-        return bool(rowcount(result))
+    return await start_sending(store, Notice, notice_id)
 
 
 async def back_to_pending(store: Store, notice_id: int, error: str) -> None:
     """sending -> pending: the platform refused the send, so it is known not to be out."""
-    async with tx(store) as s:
-        await s.execute(
-            update(Notice)
-            .where(Notice.id == notice_id, Notice.status == ReplyStatus.SENDING)
-            .values(status=ReplyStatus.PENDING, error=error)
-        )
+    await refused(store, Notice, notice_id, error)
 
 
 async def mark_sent(store: Store, notice_id: int, *, note: str | None = None) -> None:

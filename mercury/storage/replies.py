@@ -22,7 +22,8 @@ from typing import Any
 from sqlalchemy import select, update
 
 from mercury.storage.models import Job, JobStatus, Reply, ReplyStatus, utcnow
-from mercury.storage.session import Store, all_columns, rowcount, to_record, tx
+from mercury.storage.outbox_state import refused, start_sending
+from mercury.storage.session import Store, all_columns, to_record, tx
 
 # The outcome a reply stands for: the job ends with this status once the reply is out.
 FINISHABLE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -77,23 +78,12 @@ async def reply_for_job(store: Store, job_id: int) -> ReplyRecord | None:
 
 async def mark_sending(store: Store, reply_id: int) -> bool:
     """pending -> sending, before the platform call. False if it is not pending any more."""
-    async with tx(store) as s:
-        result = await s.execute(
-            update(Reply)
-            .where(Reply.id == reply_id, Reply.status == ReplyStatus.PENDING)
-            .values(status=ReplyStatus.SENDING, attempts=Reply.attempts + 1)
-        )
-        return bool(rowcount(result))
+    return await start_sending(store, Reply, reply_id)
 
 
 async def back_to_pending(store: Store, reply_id: int, error: str) -> None:
     """sending -> pending: the platform refused the send, so it is known not to be out."""
-    async with tx(store) as s:
-        await s.execute(
-            update(Reply)
-            .where(Reply.id == reply_id, Reply.status == ReplyStatus.SENDING)
-            .values(status=ReplyStatus.PENDING, error=error)
-        )
+    await refused(store, Reply, reply_id, error)
 
 
 async def mark_sent(store: Store, reply_id: int, *, note: str | None = None) -> None:
